@@ -1,0 +1,93 @@
+// subbit info MODEL: architecture, parameters and bytes per tensor kind, bits per weight.
+#include <fmt/format.h>
+
+#include <map>
+#include <set>
+
+#include "cli/commands.h"
+#include "model/loader.h"
+
+namespace subbit::cli {
+
+namespace {
+
+std::string human_bytes(double bytes) {
+  if (bytes >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
+  if (bytes >= 1024.0 * 1024) return fmt::format("{:.2f} MiB", bytes / (1024.0 * 1024));
+  if (bytes >= 1024.0) return fmt::format("{:.2f} KiB", bytes / 1024.0);
+  return fmt::format("{:.0f} B", bytes);
+}
+
+std::string human_count(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f} B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f} M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.2f} K", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+}  // namespace
+
+Action add_info_command(CLI::App& app) {
+  struct Options {
+    std::string model;
+    bool tensors = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("info", "architecture, parameters, sizes and bits per weight");
+  cmd->add_option("model", o->model, "model directory or .subbit file")->required();
+  cmd->add_flag("--tensors", o->tensors, "list every tensor");
+
+  return [o] {
+    ModelBundle bundle = load_model(o->model);
+    const LlamaConfig& c = bundle.model->config();
+    fmt::print("model:        {} ({})\n", bundle.path.string(), bundle.container);
+    fmt::print("architecture: LlamaForCausalLM, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
+               "ffn {}, vocab {}, max ctx {}\n",
+               c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+               c.intermediate_size, c.vocab_size, c.max_position_embeddings);
+    fmt::print("              rope_theta {}, rms_norm_eps {}, tied embeddings: {}\n", c.rope_theta,
+               c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no");
+    fmt::print("tokenizer:    {} tokens\n\n", bundle.tokenizer->vocab_size());
+
+    struct Totals {
+      int64_t tensors = 0, params = 0, bytes = 0;
+      std::set<std::string> types;
+    };
+    std::map<std::string, Totals> by_kind;
+    Totals all, linear;
+    for (const StoredTensor& t : bundle.inventory) {
+      for (Totals* totals : {&by_kind[t.kind], &all}) {
+        totals->tensors++;
+        totals->params += t.params;
+        totals->bytes += t.bytes;
+        totals->types.insert(t.type);
+      }
+      if (t.kind == "attention" || t.kind == "mlp") {
+        linear.tensors++;
+        linear.params += t.params;
+        linear.bytes += t.bytes;
+        linear.types.insert(t.type);
+      }
+    }
+    auto row = [](const std::string& name, const Totals& t) {
+      fmt::print("{:<16} {:>7} {:>11} {:>12} {:>8.3f}  {}\n", name, t.tensors, human_count(t.params),
+                 human_bytes(t.bytes), t.params ? 8.0 * t.bytes / t.params : 0.0,
+                 fmt::join(t.types, ","));
+    };
+    fmt::print("{:<16} {:>7} {:>11} {:>12} {:>8}  {}\n", "kind", "tensors", "params", "bytes",
+               "bits/w", "types");
+    for (const auto& [kind, totals] : by_kind) row(kind, totals);
+    row("linear layers", linear);
+    row("total", all);
+
+    if (o->tensors || bundle.container != "huggingface") {
+      fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w", "detail");
+      for (const StoredTensor& t : bundle.inventory)
+        fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}\n", t.name, t.type, human_count(t.params),
+                   t.params ? 8.0 * t.bytes / t.params : 0.0, t.detail);
+    }
+    return 0;
+  };
+}
+
+}  // namespace subbit::cli

@@ -1,0 +1,30 @@
+#include <cstring>
+
+#include "formats/linear.h"
+
+namespace subbit {
+
+DenseLinear::DenseLinear(DenseMatrix matrix, std::vector<uint8_t> owned)
+    : matrix_(matrix), owned_(std::move(owned)) {
+  if (!owned_.empty()) matrix_.data = owned_.data();
+}
+
+std::unique_ptr<DenseLinear> DenseLinear::from_stored(DType dtype, const void* data, int64_t n_out,
+                                                      int64_t n_in) {
+  if (dtype != DType::F16) return std::make_unique<DenseLinear>(DenseMatrix{dtype, data, n_out, n_in});
+  std::vector<uint8_t> owned(n_out * n_in * sizeof(float));
+  float* out = reinterpret_cast<float*>(owned.data());
+  const uint16_t* in = static_cast<const uint16_t*>(data);
+  for (int64_t i = 0; i < n_out * n_in; ++i) out[i] = f16_to_f32(in[i]);
+  return std::make_unique<DenseLinear>(DenseMatrix{DType::F32, nullptr, n_out, n_in}, std::move(owned));
+}
+
+void DenseLinear::forward(const float* x, float* y, int64_t tokens) const {
+  dense_matmul(matrix_, x, y, tokens);
+}
+
+void DenseLinear::dequantize(float* w) const {
+  for (int64_t r = 0; r < matrix_.n_out; ++r) dense_row_to_f32(matrix_, r, w + r * matrix_.n_in);
+}
+
+}  // namespace subbit

@@ -1,0 +1,54 @@
+#pragma once
+// A linear layer in any weight format. The model only calls forward(); each compression format
+// (dense, littlebit, sketch, rtn, ...) is one implementation, so adding a format never touches
+// model code.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "ops/dense_matmul.h"
+
+namespace subbit {
+
+class Linear {
+ public:
+  virtual ~Linear() = default;
+  virtual int64_t n_in() const = 0;
+  virtual int64_t n_out() const = 0;
+  // y (tokens, n_out) = x (tokens, n_in) · Wᵀ
+  virtual void forward(const float* x, float* y, int64_t tokens) const = 0;
+  // The dense matrix this layer computes with, (n_out, n_in) row-major, for export and tests.
+  virtual void dequantize(float* w) const = 0;
+  virtual std::string format_name() const = 0;
+  // Bits of everything this layer stores (signs, scales, tables, seeds, ...).
+  virtual int64_t storage_bits() const = 0;
+  // A one-line description for `subbit info` (rank, table size, ...).
+  virtual std::string describe() const { return format_name(); }
+};
+
+// Dense F32 or BF16 weights, either borrowed (memory-mapped file) or owned.
+class DenseLinear final : public Linear {
+ public:
+  DenseLinear(DenseMatrix matrix, std::vector<uint8_t> owned = {});
+  // Converts any stored dtype to the kernel's: F16 becomes F32 (owned), F32/BF16 are borrowed.
+  static std::unique_ptr<DenseLinear> from_stored(DType dtype, const void* data, int64_t n_out,
+                                                  int64_t n_in);
+
+  int64_t n_in() const override { return matrix_.n_in; }
+  int64_t n_out() const override { return matrix_.n_out; }
+  void forward(const float* x, float* y, int64_t tokens) const override;
+  void dequantize(float* w) const override;
+  std::string format_name() const override { return std::string(dtype_name(matrix_.dtype)); }
+  int64_t storage_bits() const override {
+    return matrix_.n_in * matrix_.n_out * int64_t(dtype_size(matrix_.dtype)) * 8;
+  }
+  const DenseMatrix& matrix() const { return matrix_; }
+
+ private:
+  DenseMatrix matrix_;
+  std::vector<uint8_t> owned_;
+};
+
+}  // namespace subbit

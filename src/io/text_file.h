@@ -1,0 +1,15 @@
+#pragma once
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace subbit {
+
+// Reads a UTF-8 text file with CRLF normalised to LF. Throws Error naming the file and the
+// byte offset when it is not valid UTF-8.
+std::string read_text_file(const std::filesystem::path& path);
+
+// Offset of the first invalid UTF-8 byte, or npos.
+size_t find_invalid_utf8(std::string_view text);
+
+}  // namespace subbit

@@ -1,0 +1,120 @@
+#include "model/loader.h"
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "io/safetensors.h"
+
+namespace subbit {
+
+std::string hf_layer_prefix(int64_t layer) { return fmt::format("model.layers.{}.", layer); }
+
+const std::vector<std::string>& linear_names() {
+  static const std::vector<std::string> names = {"q_proj", "k_proj",    "v_proj", "o_proj",
+                                                 "gate_proj", "up_proj", "down_proj"};
+  return names;
+}
+
+std::string hf_linear_name(int64_t layer, const std::string& linear) {
+  const bool attention = linear == "q_proj" || linear == "k_proj" || linear == "v_proj" ||
+                         linear == "o_proj";
+  return hf_layer_prefix(layer) + (attention ? "self_attn." : "mlp.") + linear + ".weight";
+}
+
+namespace {
+
+std::string tensor_kind(const std::string& name) {
+  if (name.find("embed_tokens") != std::string::npos) return "embedding";
+  if (name.find("self_attn") != std::string::npos) return "attention";
+  if (name.find("mlp") != std::string::npos) return "mlp";
+  if (name.find("norm") != std::string::npos) return "norm";
+  if (name.find("lm_head") != std::string::npos) return "lm_head";
+  return "other";
+}
+
+const TensorView& expect(const SafetensorsArchive& archive, const std::filesystem::path& dir,
+                         const std::string& name, std::vector<int64_t> shape) {
+  const TensorView* t = archive.find(name);
+  if (t == nullptr) fail("{}: tensor {} is missing", dir.string(), name);
+  if (t->shape != shape)
+    fail("{}: tensor {} has shape [{}], expected [{}]", dir.string(), name,
+         fmt::join(t->shape, ","), fmt::join(shape, ","));
+  return *t;
+}
+
+std::vector<float> to_f32(const TensorView& t) {
+  std::vector<float> out(t.numel());
+  DenseMatrix m{t.dtype, t.data, 1, t.numel()};
+  dense_row_to_f32(m, 0, out.data());
+  return out;
+}
+
+}  // namespace
+
+ModelBundle load_hf_model(const std::filesystem::path& dir) {
+  if (!std::filesystem::is_directory(dir)) fail("{}: not a model directory", dir.string());
+  const auto config_path = dir / "config.json";
+  if (!std::filesystem::exists(config_path)) fail("{}: no config.json", dir.string());
+  const LlamaConfig c = load_llama_config(config_path);
+  const auto tokenizer_path = dir / "tokenizer.json";
+  if (!std::filesystem::exists(tokenizer_path))
+    fail("{}: no tokenizer.json (a Hugging Face fast tokenizer is required)", dir.string());
+
+  auto archive = std::make_shared<SafetensorsArchive>(SafetensorsArchive::open_model_dir(dir));
+  ModelBundle bundle;
+  bundle.path = dir;
+  bundle.container = "huggingface";
+  bundle.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tokenizer_path));
+  if (bundle.tokenizer->vocab_size() > c.vocab_size)
+    fail("{}: tokenizer has {} tokens but the model's vocab_size is {}", dir.string(),
+         bundle.tokenizer->vocab_size(), c.vocab_size);
+
+  LlamaWeights w;
+  const auto& embed = expect(*archive, dir, "model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  auto embed_linear = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
+  w.embedding = embed_linear->matrix();
+  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  const std::map<std::string, std::pair<int64_t, int64_t>> linear_shapes = {
+      {"q_proj", {q_dim, c.hidden_size}},     {"k_proj", {kv_dim, c.hidden_size}},
+      {"v_proj", {kv_dim, c.hidden_size}},    {"o_proj", {c.hidden_size, q_dim}},
+      {"gate_proj", {c.intermediate_size, c.hidden_size}},
+      {"up_proj", {c.intermediate_size, c.hidden_size}},
+      {"down_proj", {c.hidden_size, c.intermediate_size}}};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LlamaLayer layer;
+    const std::string prefix = hf_layer_prefix(l);
+    layer.attn_norm = to_f32(expect(*archive, dir, prefix + "input_layernorm.weight", {c.hidden_size}));
+    layer.mlp_norm = to_f32(expect(*archive, dir, prefix + "post_attention_layernorm.weight", {c.hidden_size}));
+    std::unique_ptr<Linear>* slots[] = {&layer.q, &layer.k, &layer.v, &layer.o,
+                                        &layer.gate, &layer.up, &layer.down};
+    for (size_t i = 0; i < linear_names().size(); ++i) {
+      const auto [rows, cols] = linear_shapes.at(linear_names()[i]);
+      const auto& t = expect(*archive, dir, hf_linear_name(l, linear_names()[i]), {rows, cols});
+      *slots[i] = DenseLinear::from_stored(t.dtype, t.data, rows, cols);
+    }
+    w.layers.push_back(std::move(layer));
+  }
+  w.final_norm = to_f32(expect(*archive, dir, "model.norm.weight", {c.hidden_size}));
+  if (c.tie_word_embeddings) {
+    w.lm_head = std::make_unique<DenseLinear>(w.embedding);
+  } else {
+    const auto& head = expect(*archive, dir, "lm_head.weight", {c.vocab_size, c.hidden_size});
+    w.lm_head = DenseLinear::from_stored(head.dtype, head.data, c.vocab_size, c.hidden_size);
+  }
+  w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));
+  w.storage.emplace_back(archive);
+
+  for (const auto& [name, t] : archive->tensors())
+    bundle.inventory.push_back({name, tensor_kind(name), std::string(dtype_name(t.dtype)),
+                                t.numel(), int64_t(t.nbytes), ""});
+  bundle.model = std::make_unique<LlamaModel>(c, std::move(w));
+  return bundle;
+}
+
+ModelBundle load_model(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) fail("{}: no such file or directory", path.string());
+  if (std::filesystem::is_directory(path)) return load_hf_model(path);
+  fail("{}: not a model directory (a Hugging Face checkpoint folder is expected)", path.string());
+}
+
+}  // namespace subbit

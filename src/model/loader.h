@@ -1,0 +1,40 @@
+#pragma once
+// Opens a model for inference from a Hugging Face directory (config.json, safetensors,
+// tokenizer.json) or a subbit model file.
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace subbit {
+
+// One stored tensor as `subbit info` reports it.
+struct StoredTensor {
+  std::string name;
+  std::string kind;  // embedding, attention, mlp, norm, lm_head
+  std::string type;  // BF16, F32, littlebit, ...
+  int64_t params;
+  int64_t bytes;
+  std::string detail;  // format-specific (rank, table size, ...)
+};
+
+struct ModelBundle {
+  std::filesystem::path path;
+  std::string container;  // "huggingface" or "subbit"
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<StoredTensor> inventory;
+};
+
+ModelBundle load_model(const std::filesystem::path& path);
+ModelBundle load_hf_model(const std::filesystem::path& dir);
+
+// Hugging Face tensor names of layer `layer`'s projections, in LlamaLayer order.
+std::string hf_layer_prefix(int64_t layer);
+const std::vector<std::string>& linear_names();  // q_proj, k_proj, ..., down_proj
+std::string hf_linear_name(int64_t layer, const std::string& linear);  // full tensor name
+
+}  // namespace subbit

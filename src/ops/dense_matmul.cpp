@@ -1,0 +1,144 @@
+#include "ops/dense_matmul.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/dense_matmul.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "ops/parallel.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace subbit::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+
+template <DType kType>
+HWY_INLINE hn::Vec<DF> load_weights(DF d, const void* row, int64_t i) {
+  if constexpr (kType == DType::F32) {
+    return hn::LoadU(d, static_cast<const float*>(row) + i);
+  } else {
+    // BF16 is the top half of an fp32: widen and shift.
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::RebindToUnsigned<DF> d32;
+    const auto bits = hn::PromoteTo(d32, hn::LoadU(d16, static_cast<const uint16_t*>(row) + i));
+    return hn::BitCast(d, hn::ShiftLeft<16>(bits));
+  }
+}
+
+template <DType kType>
+HWY_INLINE float load_weight_scalar(const void* row, int64_t i) {
+  if constexpr (kType == DType::F32) return static_cast<const float*>(row)[i];
+  else return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+}
+
+// Register tile: kRows weight rows x kTokens activation rows, one accumulator vector each,
+// so every loaded vector feeds several FMAs.
+template <DType kType, int kRows, int kTokens>
+HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t token0,
+                     float* y) {
+  const DF d;
+  const int64_t n_in = w.n_in;
+  const int64_t lanes = hn::Lanes(d);
+  const size_t row_bytes = n_in * dtype_size(kType);
+  const void* rows[kRows];
+  for (int r = 0; r < kRows; ++r)
+    rows[r] = static_cast<const uint8_t*>(w.data) + (row0 + r) * row_bytes;
+  const float* xs[kTokens];
+  for (int t = 0; t < kTokens; ++t) xs[t] = x + (token0 + t) * n_in;
+
+  hn::Vec<DF> acc[kRows][kTokens];
+  for (int r = 0; r < kRows; ++r)
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(d);
+
+  int64_t i = 0;
+  for (; i + lanes <= n_in; i += lanes) {
+    hn::Vec<DF> wv[kRows];
+    for (int r = 0; r < kRows; ++r) wv[r] = load_weights<kType>(d, rows[r], i);
+    for (int t = 0; t < kTokens; ++t) {
+      const auto xv = hn::LoadU(d, xs[t] + i);
+      for (int r = 0; r < kRows; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTokens; ++t) {
+      float sum = hn::GetLane(hn::SumOfLanes(d, acc[r][t]));
+      for (int64_t j = i; j < n_in; ++j) sum += load_weight_scalar<kType>(rows[r], j) * xs[t][j];
+      y[(token0 + t) * w.n_out + row0 + r] = sum;
+    }
+  }
+}
+
+template <DType kType, int kRows>
+HWY_INLINE void rows_all_tokens(const DenseMatrix& w, int64_t row0, const float* x, float* y,
+                                int64_t tokens) {
+  int64_t t = 0;
+  for (; t + 4 <= tokens; t += 4) tile<kType, kRows, 4>(w, row0, x, t, y);
+  for (; t < tokens; ++t) tile<kType, kRows, 1>(w, row0, x, t, y);
+}
+
+template <DType kType>
+void matmul_rows(const DenseMatrix& w, const float* x, float* y, int64_t tokens,
+                 int64_t row_begin, int64_t row_end) {
+  // Token blocks keep a slice of x hot in cache while a band of weight rows streams past.
+  constexpr int64_t kTokenBlock = 64;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
+    const int64_t nt = std::min(kTokenBlock, tokens - t0);
+    const float* xb = x + t0 * w.n_in;
+    float* yb = y + t0 * w.n_out;
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) rows_all_tokens<kType, 4>(w, r, xb, yb, nt);
+    for (; r < row_end; ++r) rows_all_tokens<kType, 1>(w, r, xb, yb, nt);
+  }
+}
+
+void DenseMatmul(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
+  // Bands of rows sized so each thread gets several, and each band stays in L2.
+  const int64_t grain = std::max<int64_t>(16, std::min<int64_t>(256, w.n_out / (num_threads() * 4)));
+  parallel_for(w.n_out, grain & ~int64_t{3}, [&](int64_t begin, int64_t end) {
+    if (w.dtype == DType::F32) matmul_rows<DType::F32>(w, x, y, tokens, begin, end);
+    else matmul_rows<DType::BF16>(w, x, y, tokens, begin, end);
+  });
+}
+
+}  // namespace subbit::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "common/error.h"
+
+namespace subbit {
+
+HWY_EXPORT(DenseMatmul);
+
+void dense_matmul(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
+  if (w.dtype == DType::F16) fail("dense_matmul: F16 weights must be converted at load");
+  HWY_DYNAMIC_DISPATCH(DenseMatmul)(w, x, y, tokens);
+}
+
+void dense_row_to_f32(const DenseMatrix& w, int64_t row, float* out) {
+  const int64_t n = w.n_in;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + row * n * dtype_size(w.dtype);
+  for (int64_t i = 0; i < n; ++i) {
+    switch (w.dtype) {
+      case DType::F32: out[i] = reinterpret_cast<const float*>(base)[i]; break;
+      case DType::BF16: out[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]); break;
+      case DType::F16: out[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]); break;
+    }
+  }
+}
+
+void dense_matmul_reference(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
+  std::vector<float> row(w.n_in);
+  for (int64_t o = 0; o < w.n_out; ++o) {
+    dense_row_to_f32(w, o, row.data());
+    for (int64_t t = 0; t < tokens; ++t) {
+      double sum = 0;
+      for (int64_t i = 0; i < w.n_in; ++i) sum += double(row[i]) * x[t * w.n_in + i];
+      y[t * w.n_out + o] = float(sum);
+    }
+  }
+}
+
+}  // namespace subbit
+#endif

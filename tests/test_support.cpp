@@ -1,0 +1,47 @@
+#include "test_support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace subbit::testing {
+
+std::filesystem::path shared_dir() {
+  if (const char* env = std::getenv("SUBBIT_SHARED"); env != nullptr && *env != '\0') return env;
+  return SUBBIT_SHARED_DIR;
+}
+std::filesystem::path source_dir() { return SUBBIT_SOURCE_DIR; }
+std::filesystem::path cli_path() { return SUBBIT_CLI; }
+
+static std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::filesystem::path temp_dir(const std::string& tag) {
+  static std::atomic<int> counter{0};
+  auto dir = std::filesystem::temp_directory_path() /
+             ("subbit-test-" + tag + "-" + std::to_string(::getpid()) + "-" +
+              std::to_string(counter++));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+CommandResult run_command(const std::string& command) {
+  auto dir = temp_dir("cmd");
+  std::string full = command + " >" + (dir / "out").string() + " 2>" + (dir / "err").string();
+  int status = std::system(full.c_str());
+  CommandResult r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+                  slurp(dir / "out"), slurp(dir / "err")};
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+}  // namespace subbit::testing

@@ -1,0 +1,32 @@
+#pragma once
+// Locating shared test material. Tests call skip_unless_exists() so a missing file becomes a
+// clean GTEST_SKIP with a message, never an obscure failure.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+namespace subbit::testing {
+
+// $SUBBIT_SHARED if set, else the CMake-configured SUBBIT_SHARED_DIR (default ../shared).
+std::filesystem::path shared_dir();
+std::filesystem::path source_dir();
+std::filesystem::path cli_path();  // the built `subbit` executable
+
+// Runs a shell command, returns its exit code; stdout and stderr are captured.
+struct CommandResult {
+  int exit_code;
+  std::string out;
+  std::string err;
+};
+CommandResult run_command(const std::string& command);
+
+std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per call
+
+}  // namespace subbit::testing
+
+#define SKIP_UNLESS_EXISTS(path)                                              \
+  do {                                                                        \
+    if (!std::filesystem::exists(path))                                       \
+      GTEST_SKIP() << "shared file absent: " << (path).string() << " (skipped)"; \
+  } while (0)
