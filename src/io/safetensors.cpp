@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "common/error.h"
+#include "io/atomic_file.h"
 
 namespace subbit {
 namespace {
@@ -159,53 +160,6 @@ bool is_plain_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." &&
          name.find_first_of(std::string_view("/\\\0", 3)) == std::string::npos;
 }
-
-// Write side of the atomic save: a raw descriptor so the data can be fsync'ed before the
-// rename makes it visible under the final name.
-class OutputFile {
- public:
-  explicit OutputFile(const fs::path& path)
-      : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) {
-    if (fd_ < 0) fail("{}: cannot create: {}", path_.string(), std::strerror(errno));
-  }
-  ~OutputFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  OutputFile(const OutputFile&) = delete;
-  OutputFile& operator=(const OutputFile&) = delete;
-
-  void write(const void* data, size_t size) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    while (size > 0) {
-      ssize_t n = ::write(fd_, p, size);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("{}: write failed: {}", path_.string(), std::strerror(errno));
-      p += n;
-      size -= static_cast<size_t>(n);
-    }
-  }
-
-  void sync_and_close() {
-    if (::fsync(fd_) != 0) fail("{}: fsync failed: {}", path_.string(), std::strerror(errno));
-    int rc = ::close(fd_);
-    fd_ = -1;
-    if (rc != 0) fail("{}: close failed: {}", path_.string(), std::strerror(errno));
-  }
-
- private:
-  fs::path path_;
-  int fd_;
-};
-
-// Deletes the temporary file on every exit path except a successful rename.
-struct RemoveUnlessCommitted {
-  fs::path path;
-  bool committed = false;
-  ~RemoveUnlessCommitted() {
-    std::error_code ignored;
-    if (!committed) fs::remove(path, ignored);
-  }
-};
 
 }  // namespace
 
@@ -377,18 +331,11 @@ void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& t
   for (size_t i = 0; i < kLengthFieldBytes; ++i)
     length_field[i] = static_cast<uint8_t>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
 
-  RemoveUnlessCommitted temp{file.parent_path() /
-                             (file.filename().string() + ".tmp." + std::to_string(::getpid()))};
-  OutputFile out(temp.path);
+  AtomicFile out(file);
   out.write(length_field, sizeof length_field);
   out.write(header_text.data(), header_text.size());
   for (const TensorToWrite& t : tensors) out.write(t.bytes.data(), t.bytes.size());
-  out.sync_and_close();
-
-  std::error_code ec;
-  fs::rename(temp.path, file, ec);
-  if (ec) fail("{}: cannot rename {} into place: {}", where, temp.path.string(), ec.message());
-  temp.committed = true;
+  out.commit();
 }
 
 }  // namespace subbit

@@ -15,6 +15,8 @@ namespace subbit {
 class Tokenizer {
  public:
   static Tokenizer from_file(const std::filesystem::path& tokenizer_json);  // throws Error
+  // The same from tokenizer.json text (embedded in a model file); `source` names it in errors.
+  static Tokenizer from_json_text(std::string_view json_text, const std::string& source);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
