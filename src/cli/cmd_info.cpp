@@ -1,6 +1,8 @@
 // subbit info MODEL: architecture, parameters and bytes per tensor kind, bits per weight.
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include <map>
 #include <set>
 
@@ -47,7 +49,14 @@ Action add_info_command(CLI::App& app) {
                c.intermediate_size, c.vocab_size, c.max_position_embeddings);
     fmt::print("              rope_theta {}, rms_norm_eps {}, tied embeddings: {}\n", c.rope_theta,
                c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no");
-    fmt::print("tokenizer:    {} tokens\n\n", bundle.tokenizer->vocab_size());
+    fmt::print("tokenizer:    {} tokens\n", bundle.tokenizer->vocab_size());
+    double target_bpw = 0;
+    if (!bundle.compression_json.empty()) {
+      fmt::print("compression:  {}\n", bundle.compression_json);
+      const auto details = nlohmann::json::parse(bundle.compression_json, nullptr, false);
+      if (details.is_object() && details.contains("target_bpw")) target_bpw = details["target_bpw"].get<double>();
+    }
+    fmt::print("\n");
 
     struct Totals {
       int64_t tensors = 0, params = 0, bytes = 0;
@@ -82,9 +91,18 @@ Action add_info_command(CLI::App& app) {
 
     if (o->tensors || bundle.container != "huggingface") {
       fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w", "detail");
-      for (const StoredTensor& t : bundle.inventory)
-        fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}\n", t.name, t.type, human_count(t.params),
-                   t.params ? 8.0 * t.bytes / t.params : 0.0, t.detail);
+      int64_t over_target = 0;
+      for (const StoredTensor& t : bundle.inventory) {
+        const double bpw = t.params ? 8.0 * t.bytes / t.params : 0.0;
+        // The minimum rank can overshoot a low target on small layers: say so.
+        const bool over = target_bpw > 0 && !t.detail.empty() && bpw > target_bpw * 1.001;
+        over_target += over;
+        fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}{}\n", t.name, t.type, human_count(t.params), bpw,
+                   t.detail, over ? "  [over target: minimum rank]" : "");
+      }
+      if (over_target > 0)
+        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the minimum rank\n", over_target,
+                   target_bpw);
     }
     return 0;
   };

@@ -34,7 +34,10 @@ Action add_ppl_command(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     ModelBundle bundle = load_model(o->model);
     const std::string text = read_text_file(o->text);
-    const std::vector<int32_t> tokens = bundle.tokenizer->encode(text);
+    // Tokenized as transformers' tokenizer(text) does: the tokenizer's post-processor decides
+    // whether a BOS is added (none for the sb models, <s> for Llama-2-style tokenizers), which is
+    // how the golden references were computed.
+    const std::vector<int32_t> tokens = bundle.tokenizer->encode(text, /*add_special_tokens=*/true);
     ProgressBar bar("ppl", 0, "tok");
     int64_t total_windows = 0;
     PerplexityResult r = evaluate_perplexity(

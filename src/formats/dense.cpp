@@ -28,3 +28,16 @@ void DenseLinear::dequantize(float* w) const {
 }
 
 }  // namespace subbit
+
+#include "formats/tensor_io.h"
+
+namespace subbit {
+
+void DenseLinear::save(GgufWriter& out, const std::string& prefix) const {
+  const size_t bytes = size_t(matrix_.n_out * matrix_.n_in) * dtype_size(matrix_.dtype);
+  const uint8_t* data = static_cast<const uint8_t*>(matrix_.data);
+  out.add_tensor(prefix + ".weight", matrix_.dtype == DType::F32 ? GgmlType::F32 : GgmlType::BF16,
+                 {matrix_.n_out, matrix_.n_in}, std::vector<uint8_t>(data, data + bytes));
+}
+
+}  // namespace subbit

@@ -12,6 +12,9 @@
 
 namespace subbit {
 
+class GgufFile;
+class GgufWriter;
+
 class Linear {
  public:
   virtual ~Linear() = default;
@@ -21,11 +24,15 @@ class Linear {
   virtual void forward(const float* x, float* y, int64_t tokens) const = 0;
   // The dense matrix this layer computes with, (n_out, n_in) row-major, for export and tests.
   virtual void dequantize(float* w) const = 0;
+  // The format's key in formats/format_table.cpp and in model files.
   virtual std::string format_name() const = 0;
   // Bits of everything this layer stores (signs, scales, tables, seeds, ...).
   virtual int64_t storage_bits() const = 0;
   // A one-line description for `subbit info` (rank, table size, ...).
   virtual std::string describe() const { return format_name(); }
+  // Writes this layer's tensors as `prefix.*` (see docs/format.md); the format's loader in
+  // formats/format_table.cpp reads them back.
+  virtual void save(GgufWriter& out, const std::string& prefix) const = 0;
 };
 
 // Dense F32 or BF16 weights, either borrowed (memory-mapped file) or owned.
@@ -40,10 +47,12 @@ class DenseLinear final : public Linear {
   int64_t n_out() const override { return matrix_.n_out; }
   void forward(const float* x, float* y, int64_t tokens) const override;
   void dequantize(float* w) const override;
-  std::string format_name() const override { return std::string(dtype_name(matrix_.dtype)); }
+  std::string format_name() const override { return "dense"; }
+  std::string describe() const override { return std::string(dtype_name(matrix_.dtype)); }
   int64_t storage_bits() const override {
     return matrix_.n_in * matrix_.n_out * int64_t(dtype_size(matrix_.dtype)) * 8;
   }
+  void save(GgufWriter& out, const std::string& prefix) const override;
   const DenseMatrix& matrix() const { return matrix_; }
 
  private:

@@ -54,6 +54,8 @@ class LlamaModel {
 
   const LlamaConfig& config() const { return config_; }
   const LlamaWeights& weights() const { return weights_; }
+  // For calibration, which wraps linear layers to observe their inputs.
+  LlamaWeights& mutable_weights() { return weights_; }
 
  private:
   void attention(const float* q, int64_t tokens, int64_t start_pos, int64_t layer, KVCache& cache,

@@ -4,6 +4,8 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "io/text_file.h"
+#include "model/model_file.h"
 
 namespace subbit {
 
@@ -64,7 +66,9 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
   ModelBundle bundle;
   bundle.path = dir;
   bundle.container = "huggingface";
-  bundle.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tokenizer_path));
+  bundle.tokenizer_json = read_text_file(tokenizer_path);
+  bundle.tokenizer = std::make_unique<Tokenizer>(
+      Tokenizer::from_json_text(bundle.tokenizer_json, tokenizer_path.string()));
   if (bundle.tokenizer->vocab_size() > c.vocab_size)
     fail("{}: tokenizer has {} tokens but the model's vocab_size is {}", dir.string(),
          bundle.tokenizer->vocab_size(), c.vocab_size);
@@ -114,7 +118,7 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
 ModelBundle load_model(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) fail("{}: no such file or directory", path.string());
   if (std::filesystem::is_directory(path)) return load_hf_model(path);
-  fail("{}: not a model directory (a Hugging Face checkpoint folder is expected)", path.string());
+  return load_model_file(path);
 }
 
 }  // namespace subbit

@@ -26,6 +26,8 @@ struct ModelBundle {
   std::string container;  // "huggingface" or "subbit"
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
+  std::string tokenizer_json;  // the tokenizer.json text, for embedding and export
+  std::string compression_json;  // subbit files: how the model was compressed (JSON)
   std::vector<StoredTensor> inventory;
 };
 

@@ -1,0 +1,271 @@
+// GEMV (one token) benchmarks: dense BF16 / F32 against the LittleBit factorised product at
+// 0.1, 0.55 and 1.0 bits/weight and against a plain 1-bit sign matrix, for Llama-sized shapes.
+//
+// Run (Release build):
+//   OMP_NUM_THREADS=1 build/subbit_bench --benchmark_filter=gemv/
+//   OMP_NUM_THREADS=2 build/subbit_bench --benchmark_filter='gemv/4096x4096'
+// Add --benchmark_format=json (or --benchmark_out=gemv.json) to post-process.
+//
+// Reading the results: every benchmark is one y = W·x for one shape (n_out x n_in). The speed-up
+// of a format is time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/<format>) for the same shape
+// and thread count. `weight_MB` is what the format stores for the layer (signs and scale vectors),
+// `bytes_per_second` that amount divided by the time, `bpw` the bits per weight actually stored
+// (the rank is rounded down to a multiple of 8, so it is at most the nominal one in the name).
+// Dense BF16 GEMV is bound by memory bandwidth; the sign products read 16-32x fewer bytes and are
+// bound by compute once their bits sit in cache, so the ratio depends on the machine's
+// bandwidth/compute balance. Threads share the machine with anything else running: on a busy
+// machine, waking the OpenMP team can cost milliseconds, so measure on an idle one.
+//
+// Memory: one shape's data is alive at a time (the 28672x8192 F32 matrix is 940 MB, BF16 470 MB),
+// allocated when its first benchmark runs and filled with cheap pseudo-random data.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "ops/dense_matmul.h"
+#include "ops/parallel.h"
+#include "ops/sign_matmul.h"
+
+namespace subbit {
+namespace {
+
+struct Shape {
+  int64_t n_out, n_in;
+};
+constexpr Shape kShapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}};
+constexpr double kLittleBitBpw[] = {0.1, 0.55, 1.0};
+
+std::string shape_name(const Shape& s) {
+  return std::to_string(s.n_out) + "x" + std::to_string(s.n_in);
+}
+
+// Rank of a LittleBit layer at `bpw` bits per weight, from
+//   bits = 2·r·(d_in + d_out + 16) + 32·(d_in + d_out),
+// rounded down to a multiple of 8, at least 8.
+int64_t littlebit_rank(const Shape& s, double bpw) {
+  const double d_in = double(s.n_in), d_out = double(s.n_out);
+  const double r = (bpw * d_in * d_out - 32.0 * (d_in + d_out)) / (2.0 * (d_in + d_out + 16.0));
+  return std::max<int64_t>(8, int64_t(std::floor(r)) / 8 * 8);
+}
+int64_t littlebit_bits(const Shape& s, int64_t r) {
+  return 2 * r * (s.n_in + s.n_out + 16) + 32 * (s.n_in + s.n_out);
+}
+
+// splitmix64: fast enough to fill a gigabyte in about a second.
+struct Rng {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(next() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }  // [-1, 1)
+};
+
+std::vector<float> random_floats(int64_t n, Rng& rng) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = rng.uniform();
+  return v;
+}
+
+// Random signs with the padding bits cleared, as pack_signs would leave them.
+std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, Rng& rng) {
+  const int64_t wpr = sign_words_per_row(cols);
+  std::vector<uint64_t> words(rows * wpr);
+  for (auto& w : words) w = rng.next();
+  if (cols % 64)
+    for (int64_t r = 0; r < rows; ++r) words[r * wpr + wpr - 1] &= (uint64_t{1} << (cols % 64)) - 1;
+  return words;
+}
+
+struct SignPath {  // diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g)
+  std::vector<uint64_t> v_signs;  // (r, n_in)
+  std::vector<uint64_t> u_signs;  // (n_out, r)
+  std::vector<float> g, l, h;
+};
+
+struct LittleBit {
+  int64_t rank = 0;
+  SignPath paths[2];  // primary + residual
+};
+
+// Everything one shape needs; only one shape is alive at a time.
+struct ShapeData {
+  Shape shape;
+  std::vector<float> x;
+  std::vector<uint16_t> dense_bf16;
+  std::vector<float> dense_f32;
+  std::vector<LittleBit> littlebit;  // one per kLittleBitBpw
+  std::vector<uint64_t> sign_1bit;   // (n_out, n_in)
+  std::vector<float> sign_row_scale, sign_col_scale;
+  // Work buffers.
+  std::vector<float> y, t, z, y_path;
+};
+
+ShapeData& data_for(int shape_index) {
+  static std::unique_ptr<ShapeData> current;
+  static int current_index = -1;
+  if (current_index != shape_index) {
+    current.reset();  // free the previous shape first
+    current = std::make_unique<ShapeData>();
+    current_index = shape_index;
+    ShapeData& d = *current;
+    d.shape = kShapes[shape_index];
+    const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in;
+    Rng rng{uint64_t(shape_index) + 1};
+    d.x = random_floats(n_in, rng);
+    d.y.resize(n_out);
+    d.t.resize(n_in);
+    d.y_path.resize(n_out);
+    int64_t max_rank = 8;
+    for (double bpw : kLittleBitBpw) {
+      LittleBit lb;
+      lb.rank = littlebit_rank(d.shape, bpw);
+      max_rank = std::max(max_rank, lb.rank);
+      for (auto& p : lb.paths) {
+        p.v_signs = random_signs(lb.rank, n_in, rng);
+        p.u_signs = random_signs(n_out, lb.rank, rng);
+        p.g = random_floats(n_in, rng);
+        p.l = random_floats(lb.rank, rng);
+        p.h = random_floats(n_out, rng);
+      }
+      d.littlebit.push_back(std::move(lb));
+    }
+    d.z.resize(max_rank);
+    d.sign_1bit = random_signs(n_out, n_in, rng);
+    d.sign_row_scale = random_floats(n_out, rng);
+    d.sign_col_scale = random_floats(n_in, rng);
+  }
+  return *current;
+}
+
+// The dense matrices are only built by the dense benchmarks.
+void ensure_dense(ShapeData& d, DType dtype) {
+  const int64_t n = d.shape.n_out * d.shape.n_in;
+  Rng rng{0x5eed + uint64_t(n)};
+  if (dtype == DType::BF16 && d.dense_bf16.empty()) {
+    d.dense_bf16.resize(n);
+    // Random sign and mantissa, exponent 120..127: finite values in (-1, 1).
+    for (int64_t i = 0; i < n; i += 4) {
+      const uint64_t r = rng.next();
+      for (int64_t k = 0; k < 4 && i + k < n; ++k)
+        d.dense_bf16[i + k] = uint16_t(((r >> (16 * k)) & 0x83FF) | 0x3C00);
+    }
+  }
+  if (dtype == DType::F32 && d.dense_f32.empty()) {
+    d.dense_f32.resize(n);
+    for (auto& w : d.dense_f32) w = rng.uniform();
+  }
+}
+
+void set_common_counters(benchmark::State& state, const ShapeData& d, double weight_bytes) {
+  state.counters["weight_MB"] = weight_bytes / 1e6;
+  state.counters["bpw"] = weight_bytes * 8.0 / double(d.shape.n_out * d.shape.n_in);
+  state.counters["threads"] = num_threads();
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(weight_bytes));
+}
+
+void BM_Dense(benchmark::State& state, int shape_index, DType dtype) {
+  ShapeData& d = data_for(shape_index);
+  ensure_dense(d, dtype);
+  const DenseMatrix w{dtype,
+                      dtype == DType::BF16 ? static_cast<const void*>(d.dense_bf16.data())
+                                           : static_cast<const void*>(d.dense_f32.data()),
+                      d.shape.n_out, d.shape.n_in};
+  for (auto _ : state) {
+    dense_matmul(w, d.x.data(), d.y.data(), 1);
+    benchmark::DoNotOptimize(d.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(shape_name(d.shape) + " dense " + std::string(dtype_name(dtype)));
+  set_common_counters(state, d, double(d.shape.n_out * d.shape.n_in) * double(dtype_size(dtype)));
+}
+
+// y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙ x)).
+void littlebit_gemv(ShapeData& d, const LittleBit& lb) {
+  const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in, r = lb.rank;
+  float* y = d.y.data();
+  float* t = d.t.data();
+  float* z = d.z.data();
+  float* yp = d.y_path.data();
+  const float* x = d.x.data();
+  for (int p = 0; p < 2; ++p) {
+    const SignPath& path = lb.paths[p];
+    for (int64_t i = 0; i < n_in; ++i) t[i] = path.g[i] * x[i];
+    sign_matmul(SignMatrix{path.v_signs.data(), r, n_in}, t, z, 1);
+    for (int64_t i = 0; i < r; ++i) z[i] *= path.l[i];
+    sign_matmul(SignMatrix{path.u_signs.data(), n_out, r}, z, yp, 1);
+    if (p == 0) {
+      for (int64_t i = 0; i < n_out; ++i) y[i] = path.h[i] * yp[i];
+    } else {
+      for (int64_t i = 0; i < n_out; ++i) y[i] += path.h[i] * yp[i];
+    }
+  }
+}
+
+void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index) {
+  ShapeData& d = data_for(shape_index);
+  const LittleBit& lb = d.littlebit[bpw_index];
+  for (auto _ : state) {
+    littlebit_gemv(d, lb);
+    benchmark::DoNotOptimize(d.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(shape_name(d.shape) + " littlebit nominal_bpw=" +
+                 std::to_string(kLittleBitBpw[bpw_index]).substr(0, 4) +
+                 " rank=" + std::to_string(lb.rank));
+  state.counters["rank"] = double(lb.rank);
+  // Signs are 1 bit; g, l, h stored as fp16 (the formula's 16 and 32 terms).
+  set_common_counters(state, d, double(littlebit_bits(d.shape, lb.rank)) / 8.0);
+}
+
+// y = row_scale ⊙ sign(W)·(col_scale ⊙ x).
+void BM_Sign1Bit(benchmark::State& state, int shape_index) {
+  ShapeData& d = data_for(shape_index);
+  const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in;
+  const SignMatrix s{d.sign_1bit.data(), n_out, n_in};
+  for (auto _ : state) {
+    for (int64_t i = 0; i < n_in; ++i) d.t[i] = d.sign_col_scale[i] * d.x[i];
+    sign_matmul(s, d.t.data(), d.y.data(), 1);
+    for (int64_t i = 0; i < n_out; ++i) d.y[i] *= d.sign_row_scale[i];
+    benchmark::DoNotOptimize(d.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(shape_name(d.shape) + " sign 1-bit");
+  set_common_counters(state, d, double(n_out * n_in) / 8.0 + 2.0 * double(n_out + n_in));
+}
+
+// Registered shape by shape so each shape's data is built once.
+[[maybe_unused]] const bool registered = [] {
+  for (int si = 0; si < int(std::size(kShapes)); ++si) {
+    const std::string prefix = "gemv/" + shape_name(kShapes[si]) + "/";
+    benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark((prefix + "dense_f32").c_str(), BM_Dense, si, DType::F32)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi) {
+      const int64_t rank = littlebit_rank(kShapes[si], kLittleBitBpw[bi]);
+      const std::string bpw = std::to_string(kLittleBitBpw[bi]).substr(0, 4);
+      benchmark::RegisterBenchmark((prefix + "littlebit_bpw" + bpw + "_r" + std::to_string(rank)).c_str(),
+                                   BM_LittleBit, si, bi)
+          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    benchmark::RegisterBenchmark((prefix + "sign_1bit").c_str(), BM_Sign1Bit, si)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+  }
+  return true;
+}();
+
+}  // namespace
+}  // namespace subbit
+
+BENCHMARK_MAIN();

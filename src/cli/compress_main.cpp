@@ -1,0 +1,94 @@
+// subbit-compress (run as `subbit compress`): compress a Hugging Face model into a subbit file.
+// A separate program because it links libtorch, which the inference runtime must not.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <thread>
+
+#include "cli/progress.h"
+#include "common/error.h"
+#include "compress/pipeline.h"
+#include "ops/parallel.h"
+
+int main(int argc, char** argv) {
+  using namespace subbit;
+  compress::CompressOptions o;
+  std::string model, out, surrogate = "tanh", device = "cpu", checkpoint;
+  std::vector<std::string> train_texts;
+  int threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  bool no_residual = false, no_checkpoint = false;
+
+  CLI::App app{"subbit compress: compress a Hugging Face Llama model into one subbit file"};
+  app.name("subbit compress");
+  app.add_option("model", model, "Hugging Face model directory")->required();
+  app.add_option("-o,--output", out, "output model file (.gguf)")->required();
+  app.add_option("--method", o.method, "littlebit | sign | rtn")->capture_default_str();
+  app.add_option("--bpw", o.bpw, "littlebit: target bits per weight of linear layers")->capture_default_str();
+  app.add_option("--bits", o.rtn_bits, "rtn: bits per code (2, 3, 4)")->capture_default_str();
+  app.add_flag("--no-residual", no_residual, "littlebit: primary path only");
+  app.add_option("--rank-granularity", o.rank_granularity, "littlebit: ranks are multiples of this")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  app.add_option("--surrogate", surrogate, "sign gradient: tanh (alpha) | ste (clipped)")->capture_default_str();
+  app.add_option("--alpha", o.alpha, "tanh surrogate sharpness")->capture_default_str();
+  auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
+  app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
+      ->capture_default_str()->needs(texts);
+  app.add_option("--lr", o.qat.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str();
+  app.add_option("--seq", o.qat.seq, "training sequence length")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  app.add_option("--batch", o.qat.batch, "sequences per step")->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  app.add_option("--hidden-weight", o.qat.hidden_weight, "weight of the hidden-state MSE term")->capture_default_str();
+  app.add_option("--seed", o.qat.seed, "data-order seed")->capture_default_str();
+  app.add_option("--checkpoint", checkpoint, "checkpoint file (default: OUTPUT.ckpt)");
+  app.add_option("--checkpoint-every", o.qat.checkpoint_every, "steps between checkpoints")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  app.add_flag("--no-checkpoint", no_checkpoint, "do not write checkpoints");
+  app.add_option("--device", device, "cpu | cuda")->capture_default_str();
+  app.add_option("-t,--threads", threads, "CPU threads")->capture_default_str()->check(CLI::Range(1, 1024));
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    o.residual = !no_residual;
+    if (surrogate == "tanh") o.surrogate = compress::SignSurrogate::Tanh;
+    else if (surrogate == "ste") o.surrogate = compress::SignSurrogate::ClippedSte;
+    else fail("--surrogate must be tanh or ste, got \"{}\"", surrogate);
+    if (device == "cuda") {
+      if (!torch::cuda::is_available()) fail("--device cuda: this libtorch has no usable CUDA device");
+      o.qat.device = torch::Device(torch::kCUDA);
+    } else if (device != "cpu") {
+      fail("--device must be cpu or cuda, got \"{}\"", device);
+    }
+    for (const auto& t : train_texts) o.train_texts.emplace_back(t);
+    if (o.qat.train_tokens > 0 && !no_checkpoint)
+      o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
+    set_num_threads(threads);
+    torch::set_num_threads(threads);
+
+    ProgressBar bar("qat", 1, "tok");
+    compress::CompressCallbacks callbacks;
+    callbacks.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    callbacks.qat_progress = [&](const compress::QatProgress& p) {
+      if (p.step == 1 || p.total_steps == 1) bar = ProgressBar("qat", p.total_steps, "tok");
+      bar.update(p.step, p.tokens_done, fmt::format("loss {:.4f}", p.loss));
+    };
+    const compress::CompressReport report = compress_model(model, out, o, callbacks);
+    bar.finish();
+
+    fmt::print("{:<24} {:>12} {:>28} {:>8}\n", "layer", "shape", "detail", "bpw");
+    for (const auto& l : report.layers)
+      fmt::print("{:<24} {:>12} {:>28} {:>8.3f}{}\n", l.name, fmt::format("{}x{}", l.n_out, l.n_in),
+                 l.detail, l.bpw,
+                 o.method == "littlebit" && l.bpw > o.bpw * 1.001 ? "  (over target: minimum rank)" : "");
+    fmt::print("linear layers: {:.4f} bits/weight over {} weights\n",
+               double(report.linear_bits) / double(report.linear_params), report.linear_params);
+    if (report.trained)
+      fmt::print("QAT: {} steps, {} tokens, loss {:.4f} -> {:.4f}, {:.1f} s{}\n", report.qat.steps,
+                 report.qat.tokens, report.qat.first_loss, report.qat.last_loss, report.qat.seconds,
+                 report.qat.resumed_from_step ? fmt::format(" (resumed at step {})", report.qat.resumed_from_step) : "");
+    fmt::print("wrote {} ({:.2f} MiB)\n", out, std::filesystem::file_size(out) / (1024.0 * 1024.0));
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

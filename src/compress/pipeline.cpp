@@ -1,0 +1,125 @@
+#include "compress/pipeline.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "formats/littlebit.h"
+#include "formats/rtn.h"
+#include "formats/sign.h"
+#include "model/loader.h"
+#include "model/model_file.h"
+
+namespace subbit::compress {
+
+namespace {
+
+// The reference baselines are post-training encoders of the original weights.
+std::unique_ptr<Linear> encode_baseline(const CompressOptions& o, const Linear& original) {
+  std::vector<float> w(original.n_out() * original.n_in());
+  original.dequantize(w.data());
+  if (o.method == "sign") return SignLinear::encode(w.data(), original.n_out(), original.n_in());
+  return RtnLinear::encode(w.data(), original.n_out(), original.n_in(), o.rtn_bits);
+}
+
+}  // namespace
+
+CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
+                              const CompressOptions& o, const CompressCallbacks& cb) {
+  if (o.method != "littlebit" && o.method != "sign" && o.method != "rtn")
+    fail("unknown --method \"{}\" (littlebit, sign, rtn)", o.method);
+  if (o.method == "littlebit" && !(o.bpw > 0 && o.bpw <= 16))
+    fail("--bpw must be in (0, 16], got {}", o.bpw);
+  if (o.method == "rtn" && (o.rtn_bits < 2 || o.rtn_bits > 8))
+    fail("--bits must be 2..8 for rtn, got {}", o.rtn_bits);
+  if (!std::filesystem::is_directory(model_dir))
+    fail("{}: compress reads a Hugging Face model directory", model_dir.string());
+  ModelBundle bundle = load_hf_model(model_dir);
+  const LlamaModel& model = *bundle.model;
+  const LlamaConfig& c = model.config();
+  auto log = [&](const std::string& line) { if (cb.log) cb.log(line); };
+
+  CompressReport report;
+  LlamaWeights weights;
+  const std::string model_name =
+      (model_dir.filename().empty() ? model_dir.parent_path() : model_dir).filename().string();
+  nlohmann::json details = {{"method", o.method}, {"source", model_name}};
+  if (o.method == "littlebit") {
+    const int paths = o.residual ? 2 : 1;
+    TorchLlama teacher(model), student(model);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+        const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+        const int64_t n_out = w.size(0), n_in = w.size(1);
+        const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, o.bpw, paths, o.rank_granularity);
+        student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, rank, o.residual, o.surrogate, o.alpha));
+      }
+      log(fmt::format("Dual-SVID initialised block {}/{}", l + 1, c.num_layers));
+    }
+    details["target_bpw"] = o.bpw;
+    details["residual"] = o.residual;
+    details["rank_granularity"] = o.rank_granularity;
+    if (o.qat.train_tokens > 0) {
+      if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
+      // Enough text for every step to see fresh windows.
+      const std::vector<int32_t> tokens =
+          load_training_tokens(o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * o.qat.batch);
+      log(fmt::format("training on {} tokens of text", tokens.size()));
+      report.qat = train_qat(teacher, student, tokens, o.qat, cb.qat_progress);
+      report.trained = true;
+      std::vector<std::string> names;
+      for (const auto& f : o.train_texts) names.push_back(f.filename().string());
+      details["qat"] = {{"tokens", report.qat.tokens}, {"steps", report.qat.steps},
+                        {"lr", o.qat.lr},           {"seq", o.qat.seq},
+                        {"batch", o.qat.batch},     {"first_loss", report.qat.first_loss},
+                        {"last_loss", report.qat.last_loss},
+                        {"device", o.qat.device.is_cuda() ? "cuda" : "cpu"},
+                        {"texts", names}};
+    }
+    weights = student.to_runtime(model);
+  } else {
+    const LlamaWeights& src = model.weights();
+    weights.embedding = src.embedding;
+    weights.storage = src.storage;
+    weights.final_norm = src.final_norm;
+    weights.lm_head = c.tie_word_embeddings ? std::make_unique<DenseLinear>(src.embedding)
+                                            : std::make_unique<DenseLinear>(dynamic_cast<const DenseLinear&>(*src.lm_head).matrix());
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const LlamaLayer& s = src.layers[l];
+      LlamaLayer layer;
+      layer.attn_norm = s.attn_norm;
+      layer.mlp_norm = s.mlp_norm;
+      layer.q = encode_baseline(o, *s.q);
+      layer.k = encode_baseline(o, *s.k);
+      layer.v = encode_baseline(o, *s.v);
+      layer.o = encode_baseline(o, *s.o);
+      layer.gate = encode_baseline(o, *s.gate);
+      layer.up = encode_baseline(o, *s.up);
+      layer.down = encode_baseline(o, *s.down);
+      weights.layers.push_back(std::move(layer));
+      log(fmt::format("encoded block {}/{}", l + 1, c.num_layers));
+    }
+    if (o.method == "rtn") details["bits"] = o.rtn_bits;
+  }
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LlamaLayer& layer = weights.layers[l];
+    const Linear* linears[] = {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
+                               layer.gate.get(), layer.up.get(), layer.down.get()};
+    for (int i = 0; i < 7; ++i) {
+      const Linear& lin = *linears[i];
+      const int64_t params = lin.n_in() * lin.n_out();
+      report.layers.push_back({gguf_linear_prefix(l, i), lin.n_out(), lin.n_in(), lin.describe(),
+                               double(lin.storage_bits()) / double(params)});
+      report.linear_params += params;
+      report.linear_bits += lin.storage_bits();
+    }
+  }
+  details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);
+  save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump()});
+  if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
+  return report;
+}
+
+}  // namespace subbit::compress

@@ -1,0 +1,179 @@
+#include "compress/qat.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <numeric>
+#include <random>
+
+#include "common/error.h"
+#include "io/text_file.h"
+
+namespace subbit::compress {
+
+namespace {
+
+std::string read_xz_prefix(const std::filesystem::path& file, size_t max_bytes) {
+  if (!std::filesystem::exists(file)) fail("{}: no such file", file.string());
+  const std::string command = fmt::format("xz -dc -- '{}' 2>/dev/null", file.string());
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) fail("{}: cannot run xz", file.string());
+  std::string text;
+  std::vector<char> buffer(1 << 16);
+  while (text.size() < max_bytes) {
+    const size_t n = std::fread(buffer.data(), 1, buffer.size(), pipe);
+    if (n == 0) break;
+    text.append(buffer.data(), n);
+  }
+  const int status = ::pclose(pipe);
+  // Closing early makes xz die of SIGPIPE; only a failure before we had enough is an error.
+  if (text.size() < max_bytes && status != 0) fail("{}: xz failed (is it a valid .xz file?)", file.string());
+  if (text.size() > max_bytes) text.resize(max_bytes);
+  // Do not cut a UTF-8 character in half.
+  while (!text.empty() && (static_cast<unsigned char>(text.back()) & 0xC0) == 0x80) text.pop_back();
+  if (!text.empty() && static_cast<unsigned char>(text.back()) >= 0xC0) text.pop_back();
+  if (const size_t bad = find_invalid_utf8(text); bad != std::string_view::npos)
+    fail("{}: not valid UTF-8 (first bad byte at offset {})", file.string(), bad);
+  return text;
+}
+
+double lr_at(int64_t step, int64_t total, const QatOptions& o) {
+  const int64_t warmup = std::max<int64_t>(1, int64_t(o.warmup_fraction * double(total)));
+  if (step < warmup) return o.lr * double(step + 1) / double(warmup);
+  const double progress = double(step - warmup) / double(std::max<int64_t>(1, total - warmup));
+  return o.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
+}
+
+void save_checkpoint(const std::filesystem::path& path, TorchLlama& student,
+                     torch::optim::Optimizer& optimizer, int64_t step, double first_loss) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  student.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("student", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("step", torch::tensor(step));
+  archive.write("first_loss", torch::tensor(first_loss, torch::kFloat64));
+  const auto tmp = path.string() + ".tmp";
+  archive.save_to(tmp);
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::path>& files,
+                                          const Tokenizer& tokenizer, int64_t max_tokens) {
+  std::vector<int32_t> tokens;
+  for (const auto& file : files) {
+    if (file.filename() == "wiki.test.raw")
+      fail("{}: the WikiText-2 test split is for evaluation only; never train on it", file.string());
+    // ~4.5 bytes per token in English BPE; read a margin more so max_tokens is reached.
+    const size_t want_bytes = size_t(std::max<int64_t>(0, max_tokens - int64_t(tokens.size()))) * 6 + 4096;
+    const std::string text = file.extension() == ".xz" ? read_xz_prefix(file, want_bytes)
+                                                       : read_text_file(file);
+    const std::vector<int32_t> ids = tokenizer.encode(text);
+    tokens.insert(tokens.end(), ids.begin(), ids.end());
+    if (int64_t(tokens.size()) >= max_tokens) break;
+  }
+  if (int64_t(tokens.size()) > max_tokens) tokens.resize(max_tokens);
+  return tokens;
+}
+
+torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student, const torch::Tensor& tokens,
+                                double hidden_weight) {
+  TorchOutput target;
+  {
+    torch::NoGradGuard no_grad;
+    target = teacher.forward(tokens);
+  }
+  TorchOutput out = student.forward(tokens);
+  const torch::Tensor teacher_logp = torch::log_softmax(target.logits, -1);
+  const torch::Tensor student_logp = torch::log_softmax(out.logits, -1);
+  torch::Tensor loss = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean();
+  for (size_t l = 0; l < out.hidden.size(); ++l)
+    loss = loss + hidden_weight * torch::mse_loss(out.hidden[l], target.hidden[l]);
+  return loss;
+}
+
+QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
+                    const QatOptions& o, const std::function<void(const QatProgress&)>& progress) {
+  const int64_t tokens_per_step = o.batch * o.seq;
+  const int64_t windows = int64_t(tokens.size()) / o.seq;
+  if (windows < o.batch)
+    fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(), o.batch, o.seq);
+  if (o.seq > student.config().max_position_embeddings)
+    fail("--seq {} exceeds the model's maximum context of {}", o.seq, student.config().max_position_embeddings);
+  const int64_t total_steps = std::max<int64_t>(1, o.train_tokens / tokens_per_step);
+
+  // A fixed permutation of windows (seeded) decides which data each step sees, so a resumed run
+  // sees exactly what the uninterrupted one would have.
+  std::vector<int64_t> order(windows);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(o.seed));
+
+  teacher.to(o.device);
+  student.to(o.device);
+  teacher.eval();
+  student.train();
+  std::vector<torch::Tensor> params;
+  for (auto& p : student.parameters())
+    if (p.requires_grad()) params.push_back(p);
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+
+  QatResult result;
+  int64_t step = 0;
+  double first_loss = NAN;
+  if (!o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
+    torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+    archive.load_from(o.checkpoint.string(), o.device);
+    archive.read("student", model_archive);
+    archive.read("optimizer", optimizer_archive);
+    student.load(model_archive);
+    optimizer.load(optimizer_archive);
+    torch::Tensor saved_step, saved_first;
+    archive.read("step", saved_step);
+    archive.read("first_loss", saved_first);
+    step = saved_step.item<int64_t>();
+    first_loss = saved_first.item<double>();
+    result.resumed_from_step = step;
+  }
+
+  const auto start = std::chrono::steady_clock::now();
+  std::deque<double> recent;
+  for (; step < total_steps; ++step) {
+    std::vector<int64_t> batch_ids(tokens_per_step);
+    for (int64_t b = 0; b < o.batch; ++b) {
+      const int64_t window = order[(step * o.batch + b) % windows];
+      for (int64_t t = 0; t < o.seq; ++t) batch_ids[b * o.seq + t] = tokens[window * o.seq + t];
+    }
+    const torch::Tensor batch = torch::tensor(batch_ids, torch::kInt64).view({o.batch, o.seq}).to(o.device);
+    for (auto& group : optimizer.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(step, total_steps, o));
+    optimizer.zero_grad();
+    const torch::Tensor loss = distillation_loss(teacher, student, batch, o.hidden_weight);
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    optimizer.step();
+
+    const double value = loss.item<double>();
+    if (std::isnan(first_loss)) first_loss = value;
+    recent.push_back(value);
+    if (recent.size() > 10) recent.pop_front();
+    if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, value});
+    if (!o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) && step + 1 < total_steps)
+      save_checkpoint(o.checkpoint, student, optimizer, step + 1, first_loss);
+  }
+  student.to(torch::kCPU);
+  teacher.to(torch::kCPU);
+  result.steps = total_steps;
+  result.tokens = total_steps * tokens_per_step;
+  result.first_loss = first_loss;
+  result.last_loss = recent.empty() ? first_loss
+                                    : std::accumulate(recent.begin(), recent.end(), 0.0) / double(recent.size());
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace subbit::compress

@@ -1,0 +1,60 @@
+#pragma once
+// Quantization-aware training by knowledge distillation: the student (compressed linears) learns
+// to match the teacher (the original model) with
+//   loss = KL(teacher ‖ student) on the logits + hidden_weight · Σ_blocks MSE(h_student, h_teacher)
+// AdamW, linear warm-up then cosine decay, gradient-norm clipping at 1. Checkpoints let an
+// interrupted run resume and finish with exactly the same result.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "compress/torch_llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace subbit::compress {
+
+struct QatOptions {
+  int64_t train_tokens = 0;  // total tokens to train on (0: no training)
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  double warmup_fraction = 0.05;
+  double hidden_weight = 10.0;
+  int64_t seq = 256;
+  int64_t batch = 4;
+  uint64_t seed = 0;
+  std::filesystem::path checkpoint;  // empty: no checkpoints
+  int64_t checkpoint_every = 25;     // steps
+  torch::Device device = torch::kCPU;
+};
+
+struct QatProgress {
+  int64_t step, total_steps, tokens_done;
+  double loss;
+};
+
+struct QatResult {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  int64_t resumed_from_step = 0;
+  double first_loss = 0;  // mean over the first steps of this training (from the start)
+  double last_loss = 0;   // mean over the last steps
+  double seconds = 0;
+};
+
+// Tokens of the training texts, at most max_tokens. `.xz` files are read through `xz -dc`.
+// Refuses the WikiText-2 test split, which is for evaluation only.
+std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::path>& files,
+                                          const Tokenizer& tokenizer, int64_t max_tokens);
+
+// The distillation loss of one batch (batch, seq) of tokens.
+torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student, const torch::Tensor& tokens,
+                                double hidden_weight);
+
+QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
+                    const QatOptions& options,
+                    const std::function<void(const QatProgress&)>& progress = {});
+
+}  // namespace subbit::compress

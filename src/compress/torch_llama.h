@@ -1,0 +1,68 @@
+#pragma once
+// The Llama forward pass in libtorch, for quantization-aware training: the same math as
+// src/model/llama.cpp, differentiable, batched, returning every block's hidden state for the
+// distillation loss. Linear layers are pluggable TrainableLinear modules.
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+#include "formats/linear.h"
+#include "model/llama.h"
+
+namespace subbit::compress {
+
+class TrainableLinear : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;  // (..., n_in) -> (..., n_out)
+  // The inference-runtime layer this module deploys as.
+  virtual std::unique_ptr<Linear> to_runtime() const = 0;
+};
+
+// The original weights, frozen (teacher, and layers left uncompressed).
+class FrozenDense final : public TrainableLinear {
+ public:
+  explicit FrozenDense(torch::Tensor weight);  // (n_out, n_in) fp32
+  torch::Tensor forward(const torch::Tensor& x) override;
+  std::unique_ptr<Linear> to_runtime() const override;
+  const torch::Tensor& weight() const { return weight_; }
+
+ private:
+  torch::Tensor weight_;
+};
+
+// (n_out, n_in) fp32 copy of a runtime layer's effective weights.
+torch::Tensor dense_weight(const Linear& linear);
+
+struct TorchOutput {
+  torch::Tensor logits;               // (batch, seq, vocab)
+  std::vector<torch::Tensor> hidden;  // per block: (batch, seq, hidden)
+};
+
+class TorchLlama : public torch::nn::Module {
+ public:
+  // Copies the runtime model's weights; every linear starts as FrozenDense. Norms are trainable
+  // parameters, embeddings and LM head frozen buffers.
+  explicit TorchLlama(const LlamaModel& model);
+
+  TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
+
+  const LlamaConfig& config() const { return config_; }
+  static constexpr int kLinearsPerLayer = 7;  // q, k, v, o, gate, up, down
+  std::shared_ptr<TrainableLinear> linear(int64_t layer, int index) const;
+  void set_linear(int64_t layer, int index, std::shared_ptr<TrainableLinear> module);
+
+  // Builds runtime weights: trained linears via to_runtime(), trained norms, original embedding.
+  LlamaWeights to_runtime(const LlamaModel& original) const;
+
+ private:
+  LlamaConfig config_;
+  torch::Tensor embedding_;  // (vocab, hidden), frozen
+  torch::Tensor lm_head_;    // (vocab, hidden), frozen (tied or not)
+  torch::Tensor final_norm_;
+  std::vector<torch::Tensor> attn_norms_, mlp_norms_;
+  std::vector<std::vector<std::shared_ptr<TrainableLinear>>> linears_;
+  torch::Tensor rope_cos_, rope_sin_;  // (max_pos, head_dim)
+};
+
+}  // namespace subbit::compress

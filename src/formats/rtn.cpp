@@ -1,0 +1,108 @@
+#include "formats/rtn.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "formats/tensor_io.h"
+#include "ops/parallel.h"
+#include "ops/vector_ops.h"
+
+namespace subbit {
+
+namespace {
+float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+}  // namespace
+
+RtnLinear::RtnLinear(int64_t d_out, int64_t d_in, int bits, std::vector<uint64_t> codes,
+                     std::vector<float> scales, std::vector<float> minimums)
+    : d_out_(d_out), d_in_(d_in), bits_(bits), codes_(std::move(codes)), scales_(std::move(scales)),
+      minimums_(std::move(minimums)) {
+  if (bits < 1 || bits > 8) fail("rtn: {} bits per weight is not supported (1..8)", bits);
+}
+
+std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int64_t d_in, int bits) {
+  auto layer = std::make_unique<RtnLinear>(d_out, d_in, bits, std::vector<uint64_t>{},
+                                           std::vector<float>{}, std::vector<float>{});
+  const int64_t groups = layer->groups_per_row(), words = layer->words_per_row();
+  const int64_t levels = (int64_t{1} << bits) - 1;
+  layer->codes_.assign(d_out * words, 0);
+  layer->scales_.resize(d_out * groups);
+  layer->minimums_.resize(d_out * groups);
+  for (int64_t r = 0; r < d_out; ++r) {
+    const float* row = w + r * d_in;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t begin = g * kGroup, end = std::min(d_in, begin + kGroup);
+      const auto [lo, hi] = std::minmax_element(row + begin, row + end);
+      const float minimum = round_f16(*lo);
+      const float scale = round_f16(std::max((*hi - minimum) / float(levels), 1e-8f));
+      layer->scales_[r * groups + g] = scale;
+      layer->minimums_[r * groups + g] = minimum;
+      for (int64_t i = begin; i < end; ++i) {
+        const uint64_t q = uint64_t(std::clamp<int64_t>(std::lround((row[i] - minimum) / scale), 0, levels));
+        const int64_t bit = i * bits;
+        uint64_t* word = &layer->codes_[r * words + bit / 64];
+        word[0] |= q << (bit % 64);
+        if (bit % 64 + bits > 64) word[1] |= q >> (64 - bit % 64);
+      }
+    }
+  }
+  return layer;
+}
+
+void RtnLinear::decode_row(int64_t r, float* out) const {
+  const int64_t groups = groups_per_row(), words = words_per_row();
+  const uint64_t mask = (uint64_t{1} << bits_) - 1;
+  const uint64_t* row = codes_.data() + r * words;
+  for (int64_t i = 0; i < d_in_; ++i) {
+    const int64_t bit = i * bits_;
+    uint64_t q = row[bit / 64] >> (bit % 64);
+    if (bit % 64 + bits_ > 64) q |= row[bit / 64 + 1] << (64 - bit % 64);
+    const int64_t g = r * groups + i / kGroup;
+    out[i] = minimums_[g] + float(q & mask) * scales_[g];
+  }
+}
+
+void RtnLinear::forward(const float* x, float* y, int64_t tokens) const {
+  parallel_for(d_out_, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(d_in_);
+    for (int64_t r = begin; r < end; ++r) {
+      decode_row(r, row.data());
+      for (int64_t t = 0; t < tokens; ++t) y[t * d_out_ + r] = dot(row.data(), x + t * d_in_, d_in_);
+    }
+  });
+}
+
+void RtnLinear::dequantize(float* w) const {
+  for (int64_t r = 0; r < d_out_; ++r) decode_row(r, w + r * d_in_);
+}
+
+std::string RtnLinear::describe() const {
+  return "rtn " + std::to_string(bits_) + "-bit, group " + std::to_string(kGroup);
+}
+
+int64_t RtnLinear::storage_bits() const {
+  return d_out_ * (words_per_row() * 64 + groups_per_row() * 32);
+}
+
+void RtnLinear::save(GgufWriter& out, const std::string& prefix) const {
+  put_words(out, prefix + ".codes", codes_, d_out_);
+  put_f16(out, prefix + ".scale", scales_);
+  put_f16(out, prefix + ".min", minimums_);
+  out.set("subbit.rtn." + prefix + ".bits", int64_t{bits_});
+}
+
+std::unique_ptr<Linear> RtnLinear::load(const GgufFile& file, const std::string& prefix,
+                                        int64_t d_out, int64_t d_in) {
+  const int64_t bits = file.get_int("subbit.rtn." + prefix + ".bits");
+  if (bits < 1 || bits > 8) fail("{}: {}: rtn with {} bits is not supported", file.path().string(), prefix, bits);
+  auto layer = std::make_unique<RtnLinear>(d_out, d_in, int(bits), std::vector<uint64_t>{},
+                                           std::vector<float>{}, std::vector<float>{});
+  layer->codes_ = get_words(file, prefix + ".codes", d_out, layer->words_per_row());
+  layer->scales_ = get_f16(file, prefix + ".scale", d_out * layer->groups_per_row());
+  layer->minimums_ = get_f16(file, prefix + ".min", d_out * layer->groups_per_row());
+  return layer;
+}
+
+}  // namespace subbit

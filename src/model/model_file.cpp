@@ -1,0 +1,163 @@
+#include "model/model_file.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "formats/format_table.h"
+#include "formats/tensor_io.h"
+#include "io/gguf.h"
+
+namespace subbit {
+
+namespace {
+
+constexpr const char* kLinearSuffixes[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                           "ffn_gate", "ffn_up", "ffn_down"};
+
+GgmlType ggml_type_of(DType t) {
+  return t == DType::F32 ? GgmlType::F32 : t == DType::F16 ? GgmlType::F16 : GgmlType::BF16;
+}
+
+void put_f32(GgufWriter& out, const std::string& name, const std::vector<float>& v) {
+  std::vector<uint8_t> bytes(v.size() * 4);
+  std::memcpy(bytes.data(), v.data(), bytes.size());
+  out.add_tensor(name, GgmlType::F32, {int64_t(v.size())}, std::move(bytes));
+}
+
+std::vector<float> get_f32(const GgufFile& file, const std::string& name, int64_t n) {
+  const GgufTensor& t = expect_tensor(file, name, GgmlType::F32, {n});
+  std::vector<float> v(n);
+  std::memcpy(v.data(), t.data, n * 4);
+  return v;
+}
+
+std::vector<Linear*> layer_linears(const LlamaLayer& layer) {
+  return {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
+          layer.gate.get(), layer.up.get(), layer.down.get()};
+}
+
+}  // namespace
+
+std::string gguf_linear_prefix(int64_t layer, int index) {
+  return fmt::format("blk.{}.{}", layer, kLinearSuffixes[index]);
+}
+
+void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
+                     const std::string& tokenizer_json, const LlamaWeights& w,
+                     const ModelFileInfo& info) {
+  GgufWriter out;
+  out.set("general.architecture", std::string("subbit"));
+  out.set("general.name", info.name);
+  out.set("subbit.format_version", kModelFileVersion);
+  out.set("subbit.config", llama_config_to_json(c).dump());
+  out.set("subbit.tokenizer", tokenizer_json);
+  out.set("subbit.method", info.method);
+  out.set("subbit.compression", info.compression_json);
+
+  const DenseMatrix& e = w.embedding;
+  const uint8_t* data = static_cast<const uint8_t*>(e.data);
+  out.add_tensor("token_embd.weight", ggml_type_of(e.dtype), {e.n_out, e.n_in},
+                 std::vector<uint8_t>(data, data + e.n_out * e.n_in * dtype_size(e.dtype)));
+  put_f32(out, "output_norm.weight", w.final_norm);
+  if (!c.tie_word_embeddings) {
+    w.lm_head->save(out, "output");
+    out.set("subbit.layer.output.format", w.lm_head->format_name());
+  }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LlamaLayer& layer = w.layers[l];
+    put_f32(out, fmt::format("blk.{}.attn_norm.weight", l), layer.attn_norm);
+    put_f32(out, fmt::format("blk.{}.ffn_norm.weight", l), layer.mlp_norm);
+    const auto linears = layer_linears(layer);
+    for (int i = 0; i < 7; ++i) {
+      const std::string prefix = gguf_linear_prefix(l, i);
+      linears[i]->save(out, prefix);
+      out.set("subbit.layer." + prefix + ".format", linears[i]->format_name());
+    }
+  }
+  out.write(file);
+}
+
+ModelBundle load_model_file(const std::filesystem::path& path) {
+  auto file = std::make_shared<GgufFile>(GgufFile::open(path));
+  const std::string source = path.string();
+  if (!file->has("subbit.format_version"))
+    fail("{}: a GGUF file, but not a subbit model (no subbit.format_version)", source);
+  const int64_t version = file->get_int("subbit.format_version");
+  if (version != kModelFileVersion)
+    fail("{}: subbit file format version {} is not supported (this build reads {})", source, version,
+         kModelFileVersion);
+  nlohmann::json config_json;
+  try {
+    config_json = nlohmann::json::parse(file->get_string("subbit.config"));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: subbit.config is not valid JSON: {}", source, e.what());
+  }
+  const LlamaConfig c = parse_llama_config(config_json, source + " (subbit.config)");
+
+  ModelBundle bundle;
+  bundle.path = path;
+  bundle.container = "subbit";
+  bundle.tokenizer_json = file->get_string("subbit.tokenizer");
+  bundle.compression_json = file->get_string("subbit.compression");
+  bundle.tokenizer = std::make_unique<Tokenizer>(
+      Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
+
+  LlamaWeights w;
+  const GgufTensor& embed = file->tensor("token_embd.weight");
+  if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} || embed.type == GgmlType::I8 ||
+      embed.type == GgmlType::I16 || embed.type == GgmlType::I32)
+    fail("{}: token_embd.weight must be a float tensor [{}, {}]", source, c.vocab_size, c.hidden_size);
+  auto embed_linear = DenseLinear::from_stored(
+      embed.type == GgmlType::F32 ? DType::F32 : embed.type == GgmlType::F16 ? DType::F16 : DType::BF16,
+      embed.data, c.vocab_size, c.hidden_size);
+  w.embedding = embed_linear->matrix();
+  bundle.inventory.push_back({"token_embd.weight", "embedding", ggml_type_name(embed.type),
+                              embed.numel(), int64_t(embed.nbytes), ""});
+
+  auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in, const std::string& kind) {
+    const std::string format = file->get_string("subbit.layer." + prefix + ".format");
+    std::unique_ptr<Linear> linear = find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
+    const int64_t params = n_out * n_in;
+    bundle.inventory.push_back({prefix, kind, format == "dense" ? linear->describe() : format, params,
+                                linear->storage_bits() / 8,
+                                fmt::format("{} | {:.3f} bpw", linear->describe(),
+                                            double(linear->storage_bits()) / double(params))});
+    return linear;
+  };
+
+  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  const std::pair<int64_t, int64_t> shapes[] = {{q_dim, c.hidden_size},  {kv_dim, c.hidden_size},
+                                                {kv_dim, c.hidden_size}, {c.hidden_size, q_dim},
+                                                {c.intermediate_size, c.hidden_size},
+                                                {c.intermediate_size, c.hidden_size},
+                                                {c.hidden_size, c.intermediate_size}};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LlamaLayer layer;
+    layer.attn_norm = get_f32(*file, fmt::format("blk.{}.attn_norm.weight", l), c.hidden_size);
+    layer.mlp_norm = get_f32(*file, fmt::format("blk.{}.ffn_norm.weight", l), c.hidden_size);
+    bundle.inventory.push_back({fmt::format("blk.{}.attn_norm.weight", l), "norm", "F32", c.hidden_size,
+                                c.hidden_size * 4, ""});
+    bundle.inventory.push_back({fmt::format("blk.{}.ffn_norm.weight", l), "norm", "F32", c.hidden_size,
+                                c.hidden_size * 4, ""});
+    std::unique_ptr<Linear>* slots[] = {&layer.q, &layer.k, &layer.v, &layer.o,
+                                        &layer.gate, &layer.up, &layer.down};
+    for (int i = 0; i < 7; ++i)
+      *slots[i] = load_linear(gguf_linear_prefix(l, i), shapes[i].first, shapes[i].second,
+                              i < 4 ? "attention" : "mlp");
+    w.layers.push_back(std::move(layer));
+  }
+  w.final_norm = get_f32(*file, "output_norm.weight", c.hidden_size);
+  bundle.inventory.push_back({"output_norm.weight", "norm", "F32", c.hidden_size, c.hidden_size * 4, ""});
+  w.lm_head = c.tie_word_embeddings ? std::make_unique<DenseLinear>(w.embedding)
+                                    : load_linear("output", c.vocab_size, c.hidden_size, "lm_head");
+  w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));
+  w.storage.emplace_back(file);
+  bundle.model = std::make_unique<LlamaModel>(c, std::move(w));
+  return bundle;
+}
+
+}  // namespace subbit

@@ -1,0 +1,30 @@
+#pragma once
+// subbit model files: one GGUF container holding the config, the tokenizer, and every tensor in
+// its own weight format (docs/format.md).
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "model/loader.h"
+
+namespace subbit {
+
+constexpr int64_t kModelFileVersion = 1;
+
+struct ModelFileInfo {
+  std::string name;              // general.name: the source model's name
+  std::string method;            // littlebit, sketch, sign, rtn, none
+  std::string compression_json;  // free-form details: target bpw, training summary, ...
+};
+
+// Writes atomically; tokenizer_json is the tokenizer.json text to embed.
+void save_model_file(const std::filesystem::path& file, const LlamaConfig& config,
+                     const std::string& tokenizer_json, const LlamaWeights& weights,
+                     const ModelFileInfo& info);
+
+ModelBundle load_model_file(const std::filesystem::path& file);
+
+// GGUF tensor-name prefix of a linear layer: blk.L.attn_q, ..., blk.L.ffn_down.
+std::string gguf_linear_prefix(int64_t layer, int index);
+
+}  // namespace subbit

@@ -1,0 +1,43 @@
+#pragma once
+// Products with 1-bit sign matrices, the core of LittleBit (W ≈ diag(h)·sign(U)·diag(l)·sign(V)ᵀ·
+// diag(g)) and of the plain 1-bit sign baseline.
+//
+// Bit layout (also the on-disk order, do not change it):
+//   A sign matrix S (rows, cols) with entries ±1 is stored row-major as uint64_t words; every
+//   row is padded to words_per_row = ceil(cols / 64) words. Entry (r, c) is bit (c % 64) of word
+//   r * words_per_row + c / 64, least-significant bit first. Bit 1 means +1, bit 0 means −1.
+//   Padding bits (c >= cols in a row's last word) are 0 and never affect results.
+//   Packing maps every value that is not < 0 to +1: sign(0) = sign(−0.0) = +1 (−0.0 == 0), and
+//   NaN packs as +1 too.
+//
+// The kernels compute y (tokens, rows) = x (tokens, cols) · Sᵀ, i.e. y[t][r] = Σ_c S[r][c]·x[t][c],
+// with fp32 accumulation. The fast kernel uses Σ_c S[r][c]·x[c] = 2·Σ_{c: S[r][c]=+1} x[c] − Σ_c x[c],
+// so it needs one masked add per weight; non-finite activations (±inf) may therefore give NaN where
+// the reference gives ±inf.
+#include <cstdint>
+
+namespace subbit {
+
+constexpr int64_t sign_words_per_row(int64_t cols) { return (cols + 63) / 64; }
+
+struct SignMatrix {
+  const uint64_t* words;  // rows * words_per_row() words, layout above
+  int64_t rows;
+  int64_t cols;
+  int64_t words_per_row() const { return sign_words_per_row(cols); }
+};
+
+// values (rows, cols) row-major -> words (rows * sign_words_per_row(cols)), padding bits zeroed.
+void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words);
+// The ±1 matrix (rows, cols) row-major.
+void unpack_signs(const SignMatrix& s, float* out);
+
+// y (tokens, rows) = x (tokens, cols) · Sᵀ. Highway SIMD (dynamic dispatch): a lookup-table kernel
+// on AVX2/AVX-512 when rows >= 64, a masked-add kernel otherwise. Multithreaded over rows and
+// tokens, or over columns when there are few tokens and rows <= cols (LittleBit's first stage);
+// calls under ~10^6 weight·token products run on the calling thread.
+void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+// Plain scalar reference the fast path is tested against (double accumulation, rounded to fp32).
+void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+
+}  // namespace subbit

@@ -1,0 +1,122 @@
+// The command-line tool end to end: real output on good input, a clear error and a non-zero
+// exit (never a crash) on bad input.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::run_command;
+
+std::string cli() { return testing::cli_path().string(); }
+fs::path model_dir(const std::string& name) { return testing::shared_dir() / "models" / name; }
+
+// A copy of a model directory made of symlinks, minus `omit`, so single files can be broken.
+fs::path linked_copy(const fs::path& source, const std::string& omit) {
+  const fs::path dir = testing::temp_dir("model");
+  for (const auto& entry : fs::directory_iterator(source))
+    if (entry.path().filename() != omit) fs::create_symlink(entry.path(), dir / entry.path().filename());
+  return dir;
+}
+
+void expect_clean_failure(const testing::CommandResult& r, const std::string& fragment) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
+}
+
+TEST(Cli, GreedyRunPrintsPromptAndGoldenContinuation) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "golden.json");
+  const auto golden = nlohmann::json::parse(std::ifstream(model_dir("sb-8m") / "golden.json"))["greedy"];
+  const auto r = run_command(cli() + " run " + model_dir("sb-8m").string() + " -p '" +
+                             golden["prompt"].get<std::string>() + "' -n 48 --temp 0 -t 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, golden["text"].get<std::string>() + "\n");
+  EXPECT_NE(r.err.find("t/s"), std::string::npos);
+}
+
+TEST(Cli, PplJsonLastLine) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  const auto text = testing::shared_dir() / "text" / "tinystories_validation_100.txt";
+  SKIP_UNLESS_EXISTS(text);
+  const auto r = run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
+                             text.string() + " --ctx 256 --max-windows 3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  const auto j = nlohmann::json::parse(last);
+  for (const char* key : {"ppl", "nll_mean", "scored_tokens", "text_tokens", "ctx", "windows", "seconds"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_EQ(j["windows"], 3);
+  EXPECT_EQ(j["scored_tokens"], 3 * 255);
+}
+
+TEST(Cli, InfoAndBenchRun) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  auto r = run_command(cli() + " info " + model_dir("stories260K").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("linear layers"), std::string::npos);
+  r = run_command(cli() + " bench " + model_dir("stories260K").string() + " -p 32 -n 8 -r 2 -t 1,2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("pp32"), std::string::npos);
+  EXPECT_NE(r.out.find("tg8"), std::string::npos);
+}
+
+TEST(Cli, MissingTokenizer) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  const auto dir = linked_copy(model_dir("stories260K"), "tokenizer.json");
+  expect_clean_failure(run_command(cli() + " info " + dir.string()), "tokenizer.json");
+  fs::remove_all(dir);
+}
+
+TEST(Cli, TruncatedSafetensors) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "model.safetensors");
+  const auto dir = linked_copy(model_dir("stories260K"), "model.safetensors");
+  fs::copy_file(model_dir("stories260K") / "model.safetensors", dir / "model.safetensors");
+  fs::resize_file(dir / "model.safetensors", fs::file_size(dir / "model.safetensors") / 2);
+  expect_clean_failure(run_command(cli() + " info " + dir.string()), "model.safetensors");
+  fs::remove_all(dir);
+}
+
+TEST(Cli, NanInConfig) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  const auto dir = linked_copy(model_dir("stories260K"), "config.json");
+  std::ifstream in(model_dir("stories260K") / "config.json");
+  std::string config((std::istreambuf_iterator<char>(in)), {});
+  config.replace(config.find("1e-05"), 5, "NaN");
+  std::ofstream(dir / "config.json") << config;
+  expect_clean_failure(run_command(cli() + " info " + dir.string()), "config.json");
+  fs::remove_all(dir);
+}
+
+TEST(Cli, TextNotUtf8) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  const auto dir = testing::temp_dir("text");
+  std::ofstream(dir / "bad.txt", std::ios::binary) << "Once upon a time \xff\xfe there was";
+  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
+                                   (dir / "bad.txt").string()),
+                       "UTF-8");
+  fs::remove_all(dir);
+}
+
+TEST(Cli, CtxLargerThanModelMaximum) {
+  SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
+  const auto text = testing::shared_dir() / "text" / "tinystories_validation_100.txt";
+  SKIP_UNLESS_EXISTS(text);
+  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
+                                   text.string() + " --ctx 4096"),
+                       "maximum context");
+}
+
+TEST(Cli, MissingModelAndBadArguments) {
+  expect_clean_failure(run_command(cli() + " info /nonexistent/model"), "/nonexistent/model");
+  const auto r = run_command(cli() + " ppl");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.exit_code, 134);  // not an abort
+}
+
+}  // namespace
+}  // namespace subbit

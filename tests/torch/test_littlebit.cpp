@@ -1,0 +1,210 @@
+// LittleBit end to end: bit accounting, Dual-SVID, the trainer, the file, and resumption.
+#include <torch/torch.h>
+
+#include <fstream>
+#include <thread>
+
+#include "compress/littlebit.h"
+#include "compress/pipeline.h"
+#include "compress/qat.h"
+#include "formats/littlebit.h"
+#include "io/text_file.h"
+#include "model/export.h"
+#include "model/loader.h"
+#include "model/perplexity.h"
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace subbit::compress;
+
+fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
+fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
+
+TEST(LittleBitBits, FormulaMatchesThePaper) {
+  // bits = 2·r·(d_in + d_out + 16) + 32·(d_in + d_out) with the residual path.
+  for (auto [d_in, d_out, r] : {std::tuple{4096, 4096, 64}, {4096, 11008, 8}, {256, 768, 24}})
+    EXPECT_EQ(littlebit_bits(d_in, d_out, r, 2), 2 * r * (d_in + d_out + 16) + 32 * (d_in + d_out));
+}
+
+TEST(LittleBitBits, RankSelectionRoundsDownToMultipleOfEight) {
+  for (double bpw : {0.1, 0.3, 0.55, 1.0}) {
+    const int64_t r = littlebit_rank_for_bpw(4096, 4096, bpw, 2);
+    EXPECT_EQ(r % 8, 0);
+    EXPECT_GE(r, 8);
+    EXPECT_LE(littlebit_bpw(4096, 4096, r, 2), bpw);
+    EXPECT_GT(littlebit_bpw(4096, 4096, r + 8, 2), bpw);  // the largest such rank
+  }
+  // 4096x4096 at 1.0 bpw: r = (2^24 - 32·8192) / (2·8208) = 1006.1 -> 1000.
+  EXPECT_EQ(littlebit_rank_for_bpw(4096, 4096, 1.0, 2), 1000);
+  // A tiny layer cannot reach 0.1 bpw: the minimum rank overshoots, and says so via bpw.
+  EXPECT_EQ(littlebit_rank_for_bpw(256, 256, 0.1, 2), 8);
+  EXPECT_GT(littlebit_bpw(256, 256, 8, 2), 0.1);
+  EXPECT_EQ(littlebit_rank_for_bpw(4096, 4096, 0.55, 2, 1) % 1, 0);
+  EXPECT_GE(littlebit_rank_for_bpw(4096, 4096, 0.55, 2, 1), littlebit_rank_for_bpw(4096, 4096, 0.55, 2, 8));
+}
+
+TEST(DualSvid, ExactAtFullRankWithoutSign) {
+  torch::manual_seed(0);
+  const torch::Tensor w = torch::randn({24, 40});
+  const LatentFactors f = dual_svid(w, 24);
+  EXPECT_LT((reconstruct(f, false) - w).abs().max().item<float>(), 1e-4);
+}
+
+TEST(DualSvid, ErrorFallsAsRankGrows) {
+  torch::manual_seed(0);
+  // A matrix with a decaying spectrum, like trained weights.
+  const torch::Tensor w = torch::matmul(torch::randn({64, 64}) * torch::exp(-torch::arange(64) / 8.0),
+                                        torch::randn({64, 96}));
+  double previous = 1e30;
+  for (int64_t r : {4, 8, 16, 32, 64}) {
+    const double error = (reconstruct(dual_svid(w, r), true) - w).norm().item<double>() / w.norm().item<double>();
+    EXPECT_LT(error, previous) << "rank " << r;
+    previous = error;
+  }
+  // Scales are non-negative and sign(0) = +1 convention holds through surrogate_sign.
+  const LatentFactors f = dual_svid(w, 8);
+  EXPECT_GE(f.h.min().item<float>(), 0.0f);
+  EXPECT_GE(f.g.min().item<float>(), 0.0f);
+  EXPECT_EQ(surrogate_sign(torch::zeros({1}), SignSurrogate::Tanh, 100).item<float>(), 1.0f);
+}
+
+TEST(LittleBitTrainable, RuntimeLayerComputesTheSameAsTheModule) {
+  torch::manual_seed(1);
+  const torch::Tensor w = torch::randn({70, 45});
+  LittleBitTrainable module(w, 16, /*residual=*/true, SignSurrogate::Tanh, 100);
+  const torch::Tensor x = torch::randn({5, 45});
+  const torch::Tensor expected = module.forward(x).detach();
+  const auto runtime = module.to_runtime();
+  torch::Tensor y = torch::empty({5, 70});
+  runtime->forward(x.data_ptr<float>(), y.data_ptr<float>(), 5);
+  // The runtime stores scales in fp16: agreement to fp16 precision.
+  EXPECT_LT((y - expected).abs().max().item<float>(), 2e-3 * (1 + expected.abs().max().item<float>()));
+  EXPECT_EQ(runtime->storage_bits(), littlebit_bits(45, 70, 16, 2));
+}
+
+TEST(LittleBitTrainable, GradientsReachLatentFactors) {
+  torch::manual_seed(2);
+  LittleBitTrainable module(torch::randn({16, 12}), 8, true, SignSurrogate::Tanh, 100);
+  module.forward(torch::randn({3, 12})).pow(2).sum().backward();
+  for (const auto& p : module.named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_GT(p.value().grad().abs().sum().item<float>(), 0.0f) << p.key();
+  }
+}
+
+TEST(Qat, ShortRunLowersDistillationLoss) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(calib_text());
+  torch::manual_seed(0);
+  ModelBundle bundle = load_model(sb8m());
+  TorchLlama teacher(*bundle.model), student(*bundle.model);
+  for (int64_t l = 0; l < student.config().num_layers; ++l)
+    for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+      const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+      student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, 16, true, SignSurrogate::Tanh, 100));
+    }
+  const auto tokens = load_training_tokens({calib_text()}, *bundle.tokenizer, 20000);
+  const torch::Tensor probe = torch::tensor(std::vector<int64_t>(tokens.begin() + 10000, tokens.begin() + 10256)).view({2, 128});
+  double before, after;
+  {
+    torch::NoGradGuard g;
+    before = distillation_loss(teacher, student, probe, 10.0).item<double>();
+  }
+  QatOptions o;
+  o.train_tokens = 12 * 2 * 128;
+  o.seq = 128;
+  o.batch = 2;
+  o.lr = 5e-3;
+  const QatResult r = train_qat(teacher, student, std::span(tokens).first(10000), o);
+  {
+    torch::NoGradGuard g;
+    after = distillation_loss(teacher, student, probe, 10.0).item<double>();
+  }
+  EXPECT_EQ(r.steps, 12);
+  EXPECT_LT(after, before * 0.9) << "held-out loss " << before << " -> " << after;
+}
+
+TEST(Qat, RefusesTheEvaluationText) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  ModelBundle bundle = load_model(sb8m());
+  EXPECT_THROW(load_training_tokens({testing::shared_dir() / "text" / "wiki.test.raw"}, *bundle.tokenizer, 100),
+               Error);
+}
+
+std::string run(const std::string& args) {
+  const auto r = testing::run_command(testing::cli_path().string() + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+  return r.out;
+}
+
+double ppl_of(const std::string& model) {
+  const auto text = testing::shared_dir() / "text" / "wikitext2.valid.tokens";
+  const std::string out = run("ppl " + model + " --text " + text.string() + " --ctx 256 --max-windows 6 --json");
+  return nlohmann::json::parse(out.substr(out.rfind('\n', out.size() - 2) + 1))["ppl"].get<double>();
+}
+
+TEST(LittleBitFile, PerplexityEqualsItsDenseExport) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(testing::shared_dir() / "text" / "wikitext2.valid.tokens");
+  const auto dir = testing::temp_dir("lbfile");
+  const std::string file = (dir / "sb8m-lb.gguf").string();
+  run("compress " + sb8m().string() + " -o " + file + " --method littlebit --bpw 0.55");
+  run("export " + file + " -o " + (dir / "exported").string());
+  const double file_ppl = ppl_of(file), export_ppl = ppl_of((dir / "exported").string());
+  EXPECT_NEAR(file_ppl, export_ppl, 0.005 * export_ppl);
+  const std::string info = run("info " + file);
+  EXPECT_NE(info.find("littlebit"), std::string::npos);
+  EXPECT_NE(info.find("rank"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(calib_text());
+  const auto dir = testing::temp_dir("resume");
+  const std::string common = "compress " + sb8m().string() + " --method littlebit --bpw 0.3 --train-text " +
+                             calib_text().string() + " --train-tokens 4096 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
+                             "--checkpoint-every 2 ";
+  const std::string straight = (dir / "straight.gguf").string(), resumed = (dir / "resumed.gguf").string();
+  run(common + "-o " + straight);
+
+  // Start the same run, kill it (SIGKILL) as soon as its first checkpoint exists, then rerun.
+  const std::string cmd = testing::cli_path().string() + " " + common + "-o " + resumed;
+  const std::string ckpt = resumed + ".ckpt";
+  const auto r = testing::run_command(
+      "(" + cmd + " >/dev/null 2>&1 & pid=$!; for i in $(seq 1 6000); do [ -f " + ckpt +
+      " ] && break; sleep 0.05; done; kill -9 $pid; wait $pid; exit 0)");
+  ASSERT_EQ(r.exit_code, 0);
+  ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint was written before the kill";
+  ASSERT_FALSE(fs::exists(resumed)) << "a killed run must not leave an output file";
+  const std::string out = run(common + "-o " + resumed);
+  EXPECT_NE(out.find("resumed at step"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed once the output is written";
+
+  std::ifstream a(straight, std::ios::binary), b(resumed, std::ios::binary);
+  const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}), bytes_b((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_TRUE(bytes_a == bytes_b) << "the resumed run wrote a different file";
+  fs::remove_all(dir);
+}
+
+TEST(LittleBitFile, CorruptOrTruncatedFilesFailCleanly) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  const auto dir = testing::temp_dir("corrupt");
+  const fs::path file = dir / "m.gguf";
+  run("compress " + sb8m().string() + " -o " + file.string() + " --method littlebit --bpw 0.1");
+  const auto size = fs::file_size(file);
+  for (double fraction : {0.001, 0.3, 0.9, 0.9999}) {
+    fs::copy_file(file, dir / "cut.gguf", fs::copy_options::overwrite_existing);
+    fs::resize_file(dir / "cut.gguf", uintmax_t(double(size) * fraction));
+    const auto r = testing::run_command(testing::cli_path().string() + " info " + (dir / "cut.gguf").string());
+    EXPECT_EQ(r.exit_code, 1) << fraction << ": " << r.err;
+    EXPECT_NE(r.err.find("cut.gguf"), std::string::npos) << r.err;
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace subbit
