@@ -93,10 +93,10 @@ TEST_P(WindowedPerplexity, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(WikiTest, WindowedPerplexity,
-                         ::testing::Values(PplCase{"sb-8m", 512, 8, 0.0},
-                                           PplCase{"sb-8m", 1024, 4, 0.0},
-                                           PplCase{"sb-30m", 1024, 2, 0.0},
-                                           PplCase{"stories260K", 512, 8, 0.0}));
+                         ::testing::Values(PplCase{"sb-8m", 512, 8, 212.95619},
+                                           PplCase{"sb-8m", 1024, 4, 203.43023},
+                                           PplCase{"sb-30m", 1024, 2, 65.81023},
+                                           PplCase{"stories260K", 512, 8, 129.97443}));
 
 }  // namespace
 }  // namespace subbit

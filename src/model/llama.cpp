@@ -25,7 +25,9 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
   const int64_t heads = config_.num_heads, head_dim = config_.head_dim;
   const int64_t group = heads / config_.num_kv_heads;
   const float scale = 1.0f / std::sqrt(float(head_dim));
-  parallel_for(tokens * heads, 1, [&](int64_t begin, int64_t end) {
+  // Chunks of several (token, head) items amortise scheduling; one scores buffer per chunk.
+  const int64_t items = tokens * heads;
+  parallel_for(items, std::max<int64_t>(1, items / (num_threads() * 8)), [&](int64_t begin, int64_t end) {
     std::vector<float> scores(start_pos + tokens);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads;

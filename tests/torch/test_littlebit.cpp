@@ -1,9 +1,11 @@
 // LittleBit end to end: bit accounting, Dual-SVID, the trainer, the file, and resumption.
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <fstream>
 #include <thread>
 
+#include "common/error.h"
 #include "compress/littlebit.h"
 #include "compress/pipeline.h"
 #include "compress/qat.h"
@@ -56,10 +58,11 @@ TEST(DualSvid, ExactAtFullRankWithoutSign) {
 TEST(DualSvid, ErrorFallsAsRankGrows) {
   torch::manual_seed(0);
   // A matrix with a decaying spectrum, like trained weights.
-  const torch::Tensor w = torch::matmul(torch::randn({64, 64}) * torch::exp(-torch::arange(64) / 8.0),
-                                        torch::randn({64, 96}));
+  const torch::Tensor w = torch::matmul(torch::randn({128, 128}) * torch::exp(-torch::arange(128) / 16.0),
+                                        torch::randn({128, 192}));
   double previous = 1e30;
-  for (int64_t r : {4, 8, 16, 32, 64}) {
+  // Well below full rank: near full rank the rank-1 scale split, not the rank, limits the error.
+  for (int64_t r : {4, 8, 16, 32}) {
     const double error = (reconstruct(dual_svid(w, r), true) - w).norm().item<double>() / w.norm().item<double>();
     EXPECT_LT(error, previous) << "rank " << r;
     previous = error;
