@@ -4,6 +4,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <thread>
 
 #include "cli/progress.h"
@@ -13,8 +16,15 @@
 
 int main(int argc, char** argv) {
   using namespace subbit;
+  // libgomp reads OMP_WAIT_POLICY once, before main. Its default spin-waiting lets libtorch's,
+  // OpenBLAS's and our thread teams burn each other's cores: a training step ran ~10x slower on
+  // a busy 2-core machine. Re-run once with passive waiting unless the user chose a policy.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    ::execv("/proc/self/exe", argv);  // on failure, continue with the default policy
+  }
   compress::CompressOptions o;
-  std::string model, out, surrogate = "tanh", device = "cpu", checkpoint;
+  std::string model, out, surrogate = "tanh", device = "cpu", checkpoint, calib_text;
   std::vector<std::string> train_texts;
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   bool no_residual = false, no_checkpoint = false;
@@ -23,12 +33,23 @@ int main(int argc, char** argv) {
   app.name("subbit compress");
   app.add_option("model", model, "Hugging Face model directory")->required();
   app.add_option("-o,--output", out, "output model file (.gguf)")->required();
-  app.add_option("--method", o.method, "littlebit | sign | rtn")->capture_default_str();
-  app.add_option("--bpw", o.bpw, "littlebit: target bits per weight of linear layers")->capture_default_str();
+  app.add_option("--method", o.method, "littlebit | sketch | sign | rtn")->capture_default_str();
+  app.add_option("--bpw", o.bpw, "littlebit, sketch: target bits per weight of linear layers")->capture_default_str();
   app.add_option("--bits", o.rtn_bits, "rtn: bits per code (2, 3, 4)")->capture_default_str();
   app.add_flag("--no-residual", no_residual, "littlebit: primary path only");
   app.add_option("--rank-granularity", o.rank_granularity, "littlebit: ranks are multiples of this")
       ->capture_default_str()->check(CLI::Range(1, 1024));
+  app.add_option("--rows", o.sketch_rows, "sketch: hash rows")->capture_default_str()->check(CLI::Range(1, 4));
+  app.add_option("--block", o.sketch_block, "sketch: weights per hashed block")->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--value-bits", o.sketch_value_bits, "sketch: bits per table value (2..8, or 16 = fp16)")
+      ->capture_default_str();
+  app.add_option("--rule", o.sketch_rule, "sketch: absminmax | absmaxmin | mean")->capture_default_str();
+  app.add_option("--salient-frac", o.salient_fraction, "sketch: fraction of blocks given more table space")
+      ->capture_default_str()->check(CLI::Range(0.0, 0.5));
+  app.add_option("--sketch-seed", o.sketch_seed, "sketch: hash seed")->capture_default_str();
+  app.add_option("--calib-text", calib_text, "sketch: text for saliency statistics (never wiki.test.raw)");
+  app.add_option("--calib-tokens", o.calib_tokens, "sketch: calibration tokens")->capture_default_str();
   app.add_option("--surrogate", surrogate, "sign gradient: tanh (alpha) | ste (clipped)")->capture_default_str();
   app.add_option("--alpha", o.alpha, "tanh surrogate sharpness")->capture_default_str();
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
@@ -59,6 +80,7 @@ int main(int argc, char** argv) {
       fail("--device must be cpu or cuda, got \"{}\"", device);
     }
     for (const auto& t : train_texts) o.train_texts.emplace_back(t);
+    o.calib_text = calib_text;
     if (o.qat.train_tokens > 0 && !no_checkpoint)
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
@@ -78,7 +100,8 @@ int main(int argc, char** argv) {
     for (const auto& l : report.layers)
       fmt::print("{:<24} {:>12} {:>28} {:>8.3f}{}\n", l.name, fmt::format("{}x{}", l.n_out, l.n_in),
                  l.detail, l.bpw,
-                 o.method == "littlebit" && l.bpw > o.bpw * 1.001 ? "  (over target: minimum rank)" : "");
+                 o.method == "littlebit" && l.bpw > o.bpw * 1.001 ? "  (over target: minimum rank)"
+                 : o.method == "sketch" && l.bpw > o.bpw * 1.01 ? "  (over target: fixed costs)" : "");
     fmt::print("linear layers: {:.4f} bits/weight over {} weights\n",
                double(report.linear_bits) / double(report.linear_params), report.linear_params);
     if (report.trained)

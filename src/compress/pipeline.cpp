@@ -5,9 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "compress/sketch.h"
 #include "formats/littlebit.h"
+#include "formats/sketch.h"
 #include "formats/rtn.h"
 #include "formats/sign.h"
+#include "model/calibration.h"
 #include "model/loader.h"
 #include "model/model_file.h"
 
@@ -27,9 +30,9 @@ std::unique_ptr<Linear> encode_baseline(const CompressOptions& o, const Linear& 
 
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
                               const CompressOptions& o, const CompressCallbacks& cb) {
-  if (o.method != "littlebit" && o.method != "sign" && o.method != "rtn")
-    fail("unknown --method \"{}\" (littlebit, sign, rtn)", o.method);
-  if (o.method == "littlebit" && !(o.bpw > 0 && o.bpw <= 16))
+  if (o.method != "littlebit" && o.method != "sketch" && o.method != "sign" && o.method != "rtn")
+    fail("unknown --method \"{}\" (littlebit, sketch, sign, rtn)", o.method);
+  if ((o.method == "littlebit" || o.method == "sketch") && !(o.bpw > 0 && o.bpw <= 16))
     fail("--bpw must be in (0, 16], got {}", o.bpw);
   if (o.method == "rtn" && (o.rtn_bits < 2 || o.rtn_bits > 8))
     fail("--bits must be 2..8 for rtn, got {}", o.rtn_bits);
@@ -45,21 +48,50 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   const std::string model_name =
       (model_dir.filename().empty() ? model_dir.parent_path() : model_dir).filename().string();
   nlohmann::json details = {{"method", o.method}, {"source", model_name}};
-  if (o.method == "littlebit") {
-    const int paths = o.residual ? 2 : 1;
+  if (o.method == "littlebit" || o.method == "sketch") {
     TorchLlama teacher(model), student(model);
-    for (int64_t l = 0; l < c.num_layers; ++l) {
-      for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
-        const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        const int64_t n_out = w.size(0), n_in = w.size(1);
-        const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, o.bpw, paths, o.rank_granularity);
-        student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, rank, o.residual, o.surrogate, o.alpha));
+    if (o.method == "littlebit") {
+      const int paths = o.residual ? 2 : 1;
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+          const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+          const int64_t n_out = w.size(0), n_in = w.size(1);
+          const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, o.bpw, paths, o.rank_granularity);
+          student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, rank, o.residual, o.surrogate, o.alpha));
+        }
+        log(fmt::format("Dual-SVID initialised block {}/{}", l + 1, c.num_layers));
       }
-      log(fmt::format("Dual-SVID initialised block {}/{}", l + 1, c.num_layers));
+      details["residual"] = o.residual;
+      details["rank_granularity"] = o.rank_granularity;
+    } else {
+      ColumnRms rms;
+      if (!o.calib_text.empty()) {
+        const std::vector<int32_t> calib = load_training_tokens({o.calib_text}, *bundle.tokenizer, o.calib_tokens);
+        rms = collect_column_rms(*bundle.model, calib, 512);
+        log(fmt::format("calibrated on {} tokens of {}", calib.size(), o.calib_text.filename().string()));
+        details["calibration"] = {{"text", o.calib_text.filename().string()}, {"tokens", calib.size()}};
+      }
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+          const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+          const int64_t n_out = w.size(0), n_in = w.size(1);
+          SketchParams params = sketch_params_for_bpw(n_out, n_in, o.bpw, o.sketch_rows, o.sketch_block,
+                                                      o.sketch_value_bits, o.salient_fraction);
+          params.rule = parse_sketch_rule(o.sketch_rule);
+          params.seed = o.sketch_seed + uint64_t(l * TorchLlama::kLinearsPerLayer + i);
+          const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
+                                                    rms.empty() ? nullptr : rms[l][i].data());
+          student.set_linear(l, i, std::make_shared<SketchTrainable>(*encoded));
+        }
+        log(fmt::format("sketched block {}/{}", l + 1, c.num_layers));
+      }
+      details["rule"] = o.sketch_rule;
+      details["rows"] = o.sketch_rows;
+      details["block"] = o.sketch_block;
+      details["value_bits"] = o.sketch_value_bits;
+      details["salient_fraction"] = o.salient_fraction;
     }
     details["target_bpw"] = o.bpw;
-    details["residual"] = o.residual;
-    details["rank_granularity"] = o.rank_granularity;
     if (o.qat.train_tokens > 0) {
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
       // Enough text for every step to see fresh windows.

@@ -12,13 +12,22 @@
 namespace subbit::compress {
 
 struct CompressOptions {
-  std::string method = "littlebit";  // littlebit, sign, rtn
-  double bpw = 1.0;                  // littlebit target bits per weight
+  std::string method = "littlebit";  // littlebit, sketch, sign, rtn
+  double bpw = 1.0;                  // littlebit / sketch target bits per weight
   int rtn_bits = 4;                  // rtn code width
   bool residual = true;              // littlebit residual path
   int64_t rank_granularity = 8;
   SignSurrogate surrogate = SignSurrogate::Tanh;
   double alpha = 100.0;
+  // sketch
+  int sketch_rows = 2;
+  int sketch_block = 16;
+  int sketch_value_bits = 4;
+  std::string sketch_rule = "absminmax";
+  double salient_fraction = 0.0;
+  std::filesystem::path calib_text;  // saliency statistics (empty: weight magnitude only)
+  int64_t calib_tokens = 32768;
+  uint64_t sketch_seed = 0x5EED;
   std::vector<std::filesystem::path> train_texts;
   QatOptions qat;  // qat.train_tokens == 0: post-training only
 };

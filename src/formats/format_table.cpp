@@ -4,6 +4,7 @@
 #include "formats/littlebit.h"
 #include "formats/rtn.h"
 #include "formats/sign.h"
+#include "formats/sketch.h"
 #include "formats/tensor_io.h"
 
 namespace subbit {
@@ -25,6 +26,7 @@ constexpr LinearFormat kFormats[] = {
     {"littlebit", LittleBitLinear::load},
     {"sign", SignLinear::load},
     {"rtn", RtnLinear::load},
+    {"sketch", SketchLinear::load},
 };
 
 }  // namespace
@@ -34,7 +36,7 @@ std::span<const LinearFormat> linear_formats() { return kFormats; }
 const LinearFormat& find_linear_format(std::string_view name, const GgufFile& file) {
   for (const LinearFormat& f : kFormats)
     if (f.name == name) return f;
-  fail("{}: unknown weight format \"{}\" (this subbit knows: dense, littlebit, sign, rtn)",
+  fail("{}: unknown weight format \"{}\" (this subbit knows: dense, littlebit, sign, rtn, sketch)",
        file.path().string(), name);
 }
 

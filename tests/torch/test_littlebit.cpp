@@ -169,7 +169,7 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
   SKIP_UNLESS_EXISTS(calib_text());
   const auto dir = testing::temp_dir("resume");
   const std::string common = "compress " + sb8m().string() + " --method littlebit --bpw 0.3 --train-text " +
-                             calib_text().string() + " --train-tokens 4096 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
+                             calib_text().string() + " --train-tokens 2048 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
                              "--checkpoint-every 2 ";
   const std::string straight = (dir / "straight.gguf").string(), resumed = (dir / "resumed.gguf").string();
   run(common + "-o " + straight);

@@ -1,0 +1,478 @@
+#include "formats/sketch.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <numeric>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "formats/tensor_io.h"
+#include "ops/parallel.h"
+
+namespace subbit {
+
+namespace {
+
+constexpr int64_t kMaxBuckets = (int64_t{1} << 32) - 1;
+constexpr int kHeaderNumbers = 4;  // rule, block, value bits, rows
+
+bool fp16_values(int value_bits) { return value_bits == 16; }
+int max_code(int value_bits) { return (1 << (value_bits - 1)) - 1; }
+float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+void check_layout(int rows, int block, int value_bits) {
+  if (rows < 1 || rows > kSketchMaxRows) fail("sketch: {} hash rows (supported: 1..{})", rows, kSketchMaxRows);
+  if (block < 1 || block > kSketchMaxBlock) fail("sketch: block {} (supported: 1..{})", block, kSketchMaxBlock);
+  if (!((value_bits >= 2 && value_bits <= 8) || value_bits == 16))
+    fail("sketch: {}-bit table values (supported: 2..8, or 16 for fp16)", value_bits);
+}
+
+void check_buckets(const std::vector<int64_t>& buckets, int rows, const char* what) {
+  if (int64_t(buckets.size()) != rows) fail("sketch: {} bucket counts for {} hash rows", what, buckets.size(), rows);
+  for (int64_t b : buckets)
+    if (b < 1 || b > kMaxBuckets) fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
+}
+
+// n split over `rows` as evenly as possible, the first rows taking the remainder.
+std::vector<int64_t> split_even(int64_t n, int rows) {
+  std::vector<int64_t> parts(rows, n / rows);
+  for (int k = 0; k < n % rows; ++k) ++parts[k];
+  return parts;
+}
+
+// The seeds of the main rows, then of the salient rows: splitmix64 outputs from `state`.
+std::vector<uint64_t> derive_seeds(uint64_t state, int count) {
+  std::vector<uint64_t> seeds(count);
+  for (uint64_t& s : seeds) s = sketch_mix64(state += kSketchRowMultiplier);
+  return seeds;
+}
+
+// The step of a symmetric uniform quantizer for one table: the fp16 step (a clipped absmax)
+// with the least squared error over the occupied elements. Clipping pays off because the
+// insert rules leave few large values.
+float choose_scale(const std::vector<float>& values, const std::vector<int32_t>& count, int value_bits) {
+  const float q_max = float(max_code(value_bits));
+  float abs_max = 0;
+  for (size_t i = 0; i < values.size(); ++i)
+    if (count[i] > 0) abs_max = std::max(abs_max, std::fabs(values[i]));
+  if (abs_max == 0) return 1.0f;
+  constexpr float kMinNormalF16 = 6.103515625e-05f;
+  float best_scale = 0;
+  double best_error = INFINITY;
+  for (int step = 20; step >= 6; --step) {
+    const float scale = round_f16(std::max(abs_max * (float(step) / 20.0f) / q_max, kMinNormalF16));
+    double error = 0;
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (count[i] == 0) continue;
+      const float q = std::clamp(std::nearbyint(values[i] / scale), -q_max, q_max);
+      const double diff = double(values[i]) - double(q * scale);
+      error += diff * diff;
+    }
+    if (error < best_error) best_error = error, best_scale = scale;
+  }
+  return best_scale;
+}
+
+std::vector<uint64_t> pack_codes(const std::vector<uint32_t>& codes, int bits) {
+  std::vector<uint64_t> words((int64_t(codes.size()) * bits + 63) / 64, 0);
+  for (size_t i = 0; i < codes.size(); ++i) {
+    const int64_t bit = int64_t(i) * bits;
+    words[bit / 64] |= uint64_t(codes[i]) << (bit % 64);
+    if (bit % 64 + bits > 64) words[bit / 64 + 1] |= uint64_t(codes[i]) >> (64 - bit % 64);
+  }
+  return words;
+}
+
+uint32_t unpack_code(const std::vector<uint64_t>& words, int64_t i, int bits) {
+  const int64_t bit = i * bits;
+  uint64_t code = words[bit / 64] >> (bit % 64);
+  if (bit % 64 + bits > 64) code |= words[bit / 64 + 1] << (64 - bit % 64);
+  return uint32_t(code & ((uint64_t{1} << bits) - 1));
+}
+
+std::string key(const std::string& prefix, const char* name) {
+  return fmt::format("subbit.sketch.{}.{}", prefix, name);
+}
+std::string table_name(const std::string& prefix, int set, int row) {
+  return fmt::format("{}.sketch{}{}", prefix, set == 0 ? "" : "_salient", row);
+}
+
+}  // namespace
+
+std::string_view sketch_rule_name(SketchRule rule) {
+  switch (rule) {
+    case SketchRule::AbsMinMax: return "absminmax";
+    case SketchRule::AbsMaxMin: return "absmaxmin";
+    case SketchRule::Mean: return "mean";
+  }
+  return "?";
+}
+
+SketchRule parse_sketch_rule(std::string_view name) {
+  for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
+    if (name == sketch_rule_name(rule)) return rule;
+  fail("unknown sketch rule \"{}\" (absminmax, absmaxmin or mean)", name);
+}
+
+int64_t sketch_bits(int64_t d_out, int64_t d_in, int block, int value_bits, int rows,
+                    int64_t total_buckets, bool salient) {
+  const int64_t hash_rows = rows * (salient ? 2 : 1);
+  const int64_t blocks = d_out * ((d_in + block - 1) / block);
+  return total_buckets * block * value_bits + 64 * hash_rows +
+         (fp16_values(value_bits) ? 0 : 16 * hash_rows) + (salient ? blocks : 0) +
+         64 * (kHeaderNumbers + hash_rows);
+}
+
+int64_t sketch_storage_bits(int64_t d_out, int64_t d_in, const SketchParams& p) {
+  const int64_t total = std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0}) +
+                        std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(), int64_t{0});
+  return sketch_bits(d_out, d_in, p.block, p.value_bits, p.rows, total, !p.salient_buckets.empty());
+}
+
+double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& p) {
+  return double(sketch_storage_bits(d_out, d_in, p)) / double(d_out * d_in);
+}
+
+SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows, int block,
+                                   int value_bits, double salient_frac) {
+  check_layout(rows, block, value_bits);
+  if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
+  if (!(target_bpw > 0) || !std::isfinite(target_bpw)) fail("sketch: target bpw {} must be positive", target_bpw);
+  if (!(salient_frac >= 0 && salient_frac < 1)) fail("sketch: salient fraction {} outside [0, 1)", salient_frac);
+  SketchParams p;
+  p.rows = rows;
+  p.block = block;
+  p.value_bits = value_bits;
+  const int64_t blocks = d_out * ((d_in + block - 1) / block);
+  p.salient_blocks = std::clamp<int64_t>(std::llround(salient_frac * double(blocks)), 0, blocks);
+  const bool salient = p.salient_blocks > 0;
+  const int64_t sets = salient ? 2 : 1;
+  const int64_t budget = int64_t(std::floor(target_bpw * double(d_out) * double(d_in))) -
+                         sketch_bits(d_out, d_in, block, value_bits, rows, 0, salient);
+  const int64_t total = std::max<int64_t>(budget / (int64_t(value_bits) * block), rows * sets);
+  int64_t salient_total = 0;
+  if (salient) {
+    const double share = double(kSketchSalientDensity * p.salient_blocks) /
+                         double(kSketchSalientDensity * p.salient_blocks + blocks - p.salient_blocks);
+    salient_total = std::clamp<int64_t>(std::llround(share * double(total)), rows, total - rows);
+    p.salient_buckets = split_even(salient_total, rows);
+  }
+  p.buckets = split_even(total - salient_total, rows);
+  check_buckets(p.buckets, rows, "main");
+  if (salient) check_buckets(p.salient_buckets, rows, "salient");
+  return p;
+}
+
+SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits,
+                           const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask)
+    : value_bits_(value_bits), salient_mask_(std::move(salient_mask)) {
+  if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
+  if (uint8_t(rule) > uint8_t(SketchRule::Mean)) fail("sketch: unknown rule {}", int(rule));
+  if (sets.empty() || sets.size() > 2) fail("sketch: {} table sets (1 main, optionally 1 salient)", sets.size());
+  const int rows = int(sets[0].buckets.size());
+  check_layout(rows, block, value_bits);
+  const int64_t stride = sketch_bucket_stride(block);
+  const int64_t blocks = d_out * ((d_in + block - 1) / block);
+  const bool salient = sets.size() == 2;
+  const int64_t mask_words = salient ? (blocks + 63) / 64 : 0;
+  if (int64_t(salient_mask_.size()) != mask_words)
+    fail("sketch: salient mask has {} words, expected {}", salient_mask_.size(), mask_words);
+  if (salient && blocks % 64 != 0 && (salient_mask_.back() >> (blocks % 64)) != 0)
+    fail("sketch: salient mask has bits set past the last block");
+
+  for (size_t s = 0; s < sets.size(); ++s) {
+    const SketchTableSet& set = sets[s];
+    const char* what = s == 0 ? "main" : "salient";
+    check_buckets(set.buckets, rows, what);
+    if (int64_t(set.seeds.size()) != rows || int64_t(set.values.size()) != rows ||
+        int64_t(set.scales.size()) != (fp16_values(value_bits) ? 0 : rows))
+      fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows,
+           fp16_values(value_bits) ? 0 : rows);
+    for (int k = 0; k < rows; ++k) {
+      if (int64_t(set.values[k].size()) != set.buckets[k] * block)
+        fail("sketch: {} table {} has {} values, expected {}", what, k, set.values[k].size(),
+             set.buckets[k] * block);
+      if (!fp16_values(value_bits)) {
+        const float scale = set.scales[k];
+        if (!(scale > 0) || !std::isfinite(scale) || round_f16(scale) != scale)
+          fail("sketch: {} table {} has scale {}, not a positive finite fp16 number", what, k, scale);
+      }
+    }
+    sets_.push_back({set.buckets, set.seeds, set.scales, {}});
+  }
+
+  // Runtime tables: fp32, one zero-padded bucket per stride, the salient buckets after the main.
+  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in};
+  for (int k = 0; k < rows; ++k) {
+    const int64_t main_buckets = sets[0].buckets[k];
+    const int64_t total = main_buckets + (salient ? sets[1].buckets[k] : 0);
+    hwy::AlignedFreeUniquePtr<float[]> table = hwy::AllocateAligned<float>(size_t(total * stride));
+    if (!table) fail("sketch: out of memory for a table of {} buckets", total);
+    std::fill_n(table.get(), total * stride, 0.0f);
+    for (size_t s = 0; s < sets.size(); ++s) {
+      const std::vector<float>& values = sets[s].values[k];
+      const int64_t first = s == 0 ? 0 : main_buckets;
+      for (size_t i = 0; i < values.size(); ++i) {
+        float v = values[i];
+        if (fp16_values(value_bits)) {
+          if (!std::isfinite(v) || round_f16(v) != v)
+            fail("sketch: table {} value {} is not a finite fp16 number", k, v);
+        } else {
+          // On the grid: v = q · scale exactly, |q| <= max_code; stored canonically (+0, not −0).
+          const float scale = sets[s].scales[k];
+          const float q = std::nearbyint(v / scale);
+          if (!(std::fabs(q) <= float(max_code(value_bits))) || q * scale != v)
+            fail("sketch: table {} value {} is not a {}-bit multiple of the scale {}", k, v, value_bits, scale);
+          v = q * scale + 0.0f;
+        }
+        table[(first + int64_t(i) / block) * stride + int64_t(i) % block] = v;
+      }
+    }
+    matrix_.hash_rows[k] = SketchHashRow{table.get(), uint64_t(main_buckets), sets[0].seeds[k],
+                                         salient ? uint64_t(sets[1].buckets[k]) : 0,
+                                         salient ? sets[1].seeds[k] : 0};
+    tables_.push_back(std::move(table));
+  }
+  matrix_.salient_mask = salient ? salient_mask_.data() : nullptr;
+}
+
+std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out, int64_t d_in,
+                                                   const SketchParams& p, const float* column_rms) {
+  check_layout(p.rows, p.block, p.value_bits);
+  if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
+  check_buckets(p.buckets, p.rows, "main");
+  const int64_t t = p.block;
+  const int64_t blocks_per_row = (d_in + t - 1) / t;
+  const int64_t blocks = d_out * blocks_per_row;
+  const bool salient = !p.salient_buckets.empty();
+  if (salient) check_buckets(p.salient_buckets, p.rows, "salient");
+  if (salient != (p.salient_blocks > 0) || p.salient_blocks > blocks)
+    fail("sketch: {} salient blocks of {} with {} salient table set", p.salient_blocks, blocks,
+         salient ? "a" : "no");
+
+  // The salient blocks: largest Σ |w| · rms(x_c) over the block (ties: the earlier block).
+  std::vector<uint64_t> mask(salient ? (blocks + 63) / 64 : 0, 0);
+  if (salient) {
+    std::vector<double> saliency(blocks, 0.0);  // (d_out, blocks_per_row)
+    for (int64_t r = 0; r < d_out; ++r)
+      for (int64_t c = 0; c < d_in; ++c)
+        saliency[r * blocks_per_row + c / t] += std::fabs(double(w[r * d_in + c])) * (column_rms ? column_rms[c] : 1.0);
+    std::vector<int64_t> order(blocks);
+    std::iota(order.begin(), order.end(), 0);
+    std::nth_element(order.begin(), order.begin() + (p.salient_blocks - 1), order.end(),
+                     [&](int64_t a, int64_t b) { return saliency[a] != saliency[b] ? saliency[a] > saliency[b] : a < b; });
+    for (int64_t i = 0; i < p.salient_blocks; ++i) mask[order[i] / 64] |= uint64_t{1} << (order[i] % 64);
+  }
+
+  const int sets = salient ? 2 : 1;
+  const std::vector<uint64_t> seeds = derive_seeds(p.seed, p.rows * sets);
+  // Per set and hash row: the insert rule's running value of each bucket element and how many
+  // candidates reached it.
+  std::vector<std::vector<float>> value(sets * p.rows);  // [set · rows + k] (buckets, block)
+  std::vector<std::vector<double>> sum(sets * p.rows);   // mean rule: exact running sums
+  std::vector<std::vector<int32_t>> count(sets * p.rows);
+  for (int s = 0; s < sets; ++s)
+    for (int k = 0; k < p.rows; ++k) {
+      const int64_t n = (s == 0 ? p.buckets[k] : p.salient_buckets[k]) * t;
+      value[s * p.rows + k].assign(n, 0.0f);
+      count[s * p.rows + k].assign(n, 0);
+      if (p.rule == SketchRule::Mean) sum[s * p.rows + k].assign(n, 0.0);
+    }
+
+  // Hash rows fill separate tables, so they are inserted in parallel.
+  parallel_for(p.rows, 1, [&](int64_t k_begin, int64_t k_end) {
+    for (int64_t k = k_begin; k < k_end; ++k)
+      for (int64_t r = 0; r < d_out; ++r)
+        for (int64_t b = 0; b < blocks_per_row; ++b) {
+          const int64_t g = r * blocks_per_row + b;
+          const int64_t s = salient && ((mask[g / 64] >> (g % 64)) & 1) ? 1 : 0;
+          const int64_t table = s * p.rows + k;
+          const uint64_t h = sketch_block_hash(seeds[table], r, b);
+          const int64_t first = int64_t(sketch_bucket(h, uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]))) * t;
+          float* v = value[table].data() + first;
+          int32_t* n = count[table].data() + first;
+          const int64_t width = std::min(t, d_in - b * t);
+          for (int64_t j = 0; j < width; ++j) {
+            const float w_j = w[r * d_in + b * t + j];
+            const float candidate = sketch_negative(h) ? -w_j : w_j;
+            switch (p.rule) {
+              case SketchRule::AbsMinMax:
+                if (n[j] == 0 || std::fabs(candidate) < std::fabs(v[j])) v[j] = candidate;
+                break;
+              case SketchRule::AbsMaxMin:
+                if (n[j] == 0 || std::fabs(candidate) > std::fabs(v[j])) v[j] = candidate;
+                break;
+              case SketchRule::Mean: sum[table][first + j] += candidate; break;
+            }
+            ++n[j];
+          }
+        }
+  });
+
+  std::vector<SketchTableSet> table_sets(sets);
+  for (int s = 0; s < sets; ++s) {
+    SketchTableSet& set = table_sets[s];
+    set.buckets = s == 0 ? p.buckets : p.salient_buckets;
+    set.seeds.assign(seeds.begin() + s * p.rows, seeds.begin() + (s + 1) * p.rows);
+    for (int k = 0; k < p.rows; ++k) {
+      std::vector<float>& v = value[s * p.rows + k];
+      const std::vector<int32_t>& n = count[s * p.rows + k];
+      if (p.rule == SketchRule::Mean)
+        for (size_t i = 0; i < v.size(); ++i) v[i] = n[i] > 0 ? float(sum[s * p.rows + k][i] / n[i]) : 0.0f;
+      if (fp16_values(p.value_bits)) {
+        for (float& x : v) x = round_f16(x);
+      } else {
+        const float scale = choose_scale(v, n, p.value_bits);
+        const float q_max = float(max_code(p.value_bits));
+        for (float& x : v) x = std::clamp(std::nearbyint(x / scale), -q_max, q_max) * scale;
+        set.scales.push_back(scale);
+      }
+      set.values.push_back(std::move(v));
+    }
+  }
+  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.value_bits, table_sets, std::move(mask));
+}
+
+void SketchLinear::forward(const float* x, float* y, int64_t tokens) const {
+  sketch_matmul(matrix_, x, y, tokens);
+}
+
+void SketchLinear::dequantize(float* w) const {
+  const int64_t rows_per_chunk = std::max<int64_t>(64, (int64_t{1} << 18) / matrix_.n_in);
+  parallel_for(matrix_.n_out, rows_per_chunk, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) sketch_decode_row(matrix_, r, w + r * matrix_.n_in);
+  });
+}
+
+int64_t SketchLinear::storage_bits() const {
+  int64_t total = 0;
+  for (const SketchTableSet& set : sets_)
+    total = std::accumulate(set.buckets.begin(), set.buckets.end(), total);
+  return sketch_bits(matrix_.n_out, matrix_.n_in, block(), value_bits_, rows(), total, sets() == 2);
+}
+
+std::string SketchLinear::describe() const {
+  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}", sketch_rule_name(rule()), rows(),
+                                 block(), fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
+                                 fmt::join(sets_[0].buckets, "+"));
+  if (sets() == 2) {
+    int64_t salient_blocks = 0;
+    for (uint64_t word : salient_mask_) salient_blocks += std::popcount(word);
+    text += fmt::format(", salient {:.3g}% (buckets {})",
+                        100.0 * double(salient_blocks) / double(matrix_.n_out * blocks_per_row()),
+                        fmt::join(sets_[1].buckets, "+"));
+  }
+  return text;
+}
+
+SketchTableSet SketchLinear::table_set(int set) const {
+  SketchTableSet out = sets_.at(set);
+  const int64_t t = block(), stride = matrix_.stride();
+  for (int k = 0; k < rows(); ++k) {
+    const int64_t first = set == 0 ? 0 : sets_[0].buckets[k];
+    std::vector<float> values(out.buckets[k] * t);
+    for (int64_t i = 0; i < out.buckets[k]; ++i)
+      std::copy_n(tables_[k].get() + (first + i) * stride, t, values.data() + i * t);
+    out.values.push_back(std::move(values));
+  }
+  return out;
+}
+
+// Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows], buckets,
+// salient_buckets (only with a salient set), seeds (main then salient, as int64 bit patterns)};
+// tensors <prefix>.sketch<k> and .sketch_salient<k>: table codes, each a little-endian bitstream
+// of value_bits-bit codes q + max_code (I8), or fp16 values (F16); .sketch_scales (F16, main
+// rows then salient rows; absent for fp16 values); .sketch_mask (I8 words, salient set only).
+void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
+  out.set(key(prefix, "config"), std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows()});
+  std::vector<int64_t> seeds;
+  std::vector<float> scales;
+  for (int s = 0; s < sets(); ++s) {
+    const SketchTableSet set = table_set(s);
+    out.set(key(prefix, s == 0 ? "buckets" : "salient_buckets"), set.buckets);
+    for (uint64_t seed : set.seeds) seeds.push_back(std::bit_cast<int64_t>(seed));
+    scales.insert(scales.end(), set.scales.begin(), set.scales.end());
+    for (int k = 0; k < rows(); ++k) {
+      const std::vector<float>& values = set.values[k];
+      if (fp16_values(value_bits_)) {
+        put_f16(out, table_name(prefix, s, k), values);
+        continue;
+      }
+      const int q_max = max_code(value_bits_);
+      std::vector<uint32_t> codes(values.size());
+      for (size_t i = 0; i < values.size(); ++i)
+        codes[i] = uint32_t(int(std::nearbyint(values[i] / set.scales[k])) + q_max);
+      put_words(out, table_name(prefix, s, k), pack_codes(codes, value_bits_), 1);
+    }
+  }
+  out.set(key(prefix, "seeds"), seeds);
+  if (!fp16_values(value_bits_)) put_f16(out, prefix + ".sketch_scales", scales);
+  if (sets() == 2) put_words(out, prefix + ".sketch_mask", salient_mask_, 1);
+}
+
+std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::string& prefix, int64_t d_out,
+                                           int64_t d_in) {
+  // GgufFile and tensor_io errors name the file themselves; the sketch's own checks get it here.
+  const std::string where = fmt::format("{}: {}", file.path().string(), prefix);
+  auto in_context = [&](auto&& check) {
+    try {
+      return check();
+    } catch (const Error& e) {
+      fail("{}: {}", where, e.what());
+    }
+  };
+  const std::vector<int64_t> config = file.get_int_array(key(prefix, "config"));
+  if (config.size() != 4) fail("{}: sketch config has {} numbers, expected 4", where, config.size());
+  if (config[0] < 0 || config[0] > int64_t(SketchRule::Mean)) fail("{}: unknown sketch rule {}", where, config[0]);
+  for (int64_t c : config)
+    if (c < 0 || c > 64) fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
+  const SketchRule rule = SketchRule(config[0]);
+  const int block = int(config[1]), value_bits = int(config[2]), rows = int(config[3]);
+  in_context([&] { check_layout(rows, block, value_bits); });
+  if (d_out < 1 || d_in < 1) fail("{}: empty layer ({} x {})", where, d_out, d_in);
+
+  const bool salient = file.has(key(prefix, "salient_buckets"));
+  const int sets = salient ? 2 : 1;
+  const std::vector<int64_t> seeds = file.get_int_array(key(prefix, "seeds"));
+  if (int64_t(seeds.size()) != rows * sets) fail("{}: {} seeds, expected {}", where, seeds.size(), rows * sets);
+  std::vector<float> scales;
+  if (!fp16_values(value_bits)) scales = get_f16(file, prefix + ".sketch_scales", rows * sets);
+
+  std::vector<SketchTableSet> table_sets(sets);
+  for (int s = 0; s < sets; ++s) {
+    SketchTableSet& set = table_sets[s];
+    set.buckets = file.get_int_array(key(prefix, s == 0 ? "buckets" : "salient_buckets"));
+    in_context([&] { check_buckets(set.buckets, rows, s == 0 ? "main" : "salient"); });
+    for (int k = 0; k < rows; ++k) set.seeds.push_back(std::bit_cast<uint64_t>(seeds[s * rows + k]));
+    if (!fp16_values(value_bits)) set.scales.assign(scales.begin() + s * rows, scales.begin() + (s + 1) * rows);
+    for (int k = 0; k < rows; ++k) {
+      const int64_t n = set.buckets[k] * block;
+      const std::string name = table_name(prefix, s, k);
+      if (fp16_values(value_bits)) {
+        set.values.push_back(get_f16(file, name, n));  // the constructor refuses inf and NaN
+        continue;
+      }
+      // The shape is checked before anything of the claimed size is allocated.
+      const std::vector<uint64_t> words = get_words(file, name, 1, (n * value_bits + 63) / 64);
+      const int q_max = max_code(value_bits);
+      std::vector<float> values(n);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t code = unpack_code(words, i, value_bits);
+        if (code > uint32_t(2 * q_max))
+          fail("{}: tensor {}: code {} at element {} is out of range (0..{})", where, name, code, i, 2 * q_max);
+        values[i] = float(int(code) - q_max) * set.scales[k];
+      }
+      set.values.push_back(std::move(values));
+    }
+  }
+  std::vector<uint64_t> mask;
+  if (salient) mask = get_words(file, prefix + ".sketch_mask", 1, (d_out * ((d_in + block - 1) / block) + 63) / 64);
+  return in_context([&]() -> std::unique_ptr<Linear> {
+    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, table_sets, std::move(mask));
+  });
+}
+
+}  // namespace subbit

@@ -1,0 +1,113 @@
+#pragma once
+// UltraSketch (after UltraSketchLLM, arXiv 2506.17255; our design in docs/ultrasketch.md):
+// index-free many-to-one compression. The weights of a layer are hashed, one block of `block`
+// consecutive weights of a row at a time, into `rows` small tables of shared value vectors;
+// nothing per weight is stored. A weight is read back by combining its hash rows' estimates with
+// the layer's rule (ops/sketch_matmul.h). Optionally the most salient blocks go to a second,
+// less crowded table set, and a 1-bit-per-block mask says which blocks those are.
+//
+// Bits per layer (sketch_bits), with S table sets (1, or 2 with a salient set):
+//   value_bits · block · Σ buckets      table values (every hash row of every set)
+//   + 64 · rows · S                     one seed per hash row
+//   + 16 · rows · S                     one fp16 scale per hash row (none for fp16 values)
+//   + d_out · ceil(d_in / block)        salient mask (only with a salient set)
+//   + 64 · (4 + rows · S)               header: rule, block, value bits, rows, bucket counts
+#include <hwy/aligned_allocator.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "formats/linear.h"
+#include "ops/sketch_matmul.h"
+
+namespace subbit {
+
+// What the encoder builds; the bucket counts fix the layer's size (sketch_storage_bits).
+struct SketchParams {
+  SketchRule rule = SketchRule::AbsMinMax;
+  int rows = 2;         // hash rows, 1 .. kSketchMaxRows
+  int block = 16;       // weights per block, 1 .. kSketchMaxBlock
+  int value_bits = 4;   // table value code width: 2 .. 8, or 16 for fp16 values
+  std::vector<int64_t> buckets;          // (rows): main table set, each 1 .. 2^32 − 1
+  std::vector<int64_t> salient_buckets;  // (rows): salient table set; empty when there is none
+  int64_t salient_blocks = 0;            // blocks routed to the salient set (> 0 iff it exists)
+  uint64_t seed = 0x5EED;                // hash seeds: the splitmix64 sequence from this state
+};
+
+// A salient block gets this many times the table space of an ordinary block.
+inline constexpr int kSketchSalientDensity = 4;
+
+std::string_view sketch_rule_name(SketchRule rule);  // "absminmax", "absmaxmin", "mean"
+SketchRule parse_sketch_rule(std::string_view name);  // throws Error for other names
+
+int64_t sketch_bits(int64_t d_out, int64_t d_in, int block, int value_bits, int rows,
+                    int64_t total_buckets, bool salient);
+int64_t sketch_storage_bits(int64_t d_out, int64_t d_in, const SketchParams& params);
+double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& params);
+
+// Bucket counts whose bpw is at most target_bpw and as close to it as one bucket allows
+// (value_bits · block bits), split evenly over the hash rows; the salient set, when
+// round(salient_frac · blocks) > 0, gets kSketchSalientDensity times the space per block.
+// Where the fixed costs alone exceed the target (tiny layers) every row gets one bucket and the
+// result overshoots: check sketch_bpw.
+SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows = 2,
+                                   int block = 16, int value_bits = 4, double salient_frac = 0.0);
+
+// The stored content of one table set.
+struct SketchTableSet {
+  std::vector<int64_t> buckets;            // (rows)
+  std::vector<uint64_t> seeds;             // (rows)
+  std::vector<float> scales;               // (rows): fp16 quantization steps; empty for fp16 values
+  std::vector<std::vector<float>> values;  // (rows) x (buckets[k], block): code · scale, or fp16
+};
+
+class SketchLinear final : public Linear {
+ public:
+  // `sets` is {main} or {main, salient}; `salient_mask` (ceil(d_out · blocks_per_row / 64)
+  // words, bit r · blocks_per_row + b) is empty without a salient set. Everything is validated
+  // (table values must lie on their row's quantization grid, so save() is lossless); violations
+  // throw Error.
+  SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits,
+               const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask);
+
+  // column_rms: (d_in) RMS of each input column over calibration tokens, or nullptr; it only
+  // ranks blocks by saliency.
+  static std::unique_ptr<SketchLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out,
+                                              int64_t d_in, const SketchParams& params,
+                                              const float* column_rms);
+  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix, int64_t d_out,
+                                      int64_t d_in);
+
+  int64_t n_in() const override { return matrix_.n_in; }
+  int64_t n_out() const override { return matrix_.n_out; }
+  void forward(const float* x, float* y, int64_t tokens) const override;
+  void dequantize(float* w) const override;
+  std::string format_name() const override { return "sketch"; }
+  int64_t storage_bits() const override;
+  std::string describe() const override;
+  void save(GgufWriter& out, const std::string& prefix) const override;
+
+  SketchRule rule() const { return matrix_.rule; }
+  int rows() const { return matrix_.rows; }
+  int block() const { return int(matrix_.block); }
+  int value_bits() const { return value_bits_; }
+  int64_t blocks_per_row() const { return matrix_.blocks_per_row(); }
+  int sets() const { return int(sets_.size()); }
+  // Set 0 is the main set, 1 the salient one; values are copied out unpadded.
+  SketchTableSet table_set(int set) const;
+  const std::vector<uint64_t>& salient_mask() const { return salient_mask_; }
+  const SketchMatrix& matrix() const { return matrix_; }
+
+ private:
+  int value_bits_;
+  std::vector<SketchTableSet> sets_;  // buckets, seeds, scales; values live in tables_
+  // Per hash row: (main buckets + salient buckets, stride) fp32, zero-padded per bucket.
+  std::vector<hwy::AlignedFreeUniquePtr<float[]>> tables_;
+  std::vector<uint64_t> salient_mask_;
+  SketchMatrix matrix_;
+};
+
+}  // namespace subbit

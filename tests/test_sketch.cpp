@@ -1,0 +1,582 @@
+// UltraSketch runtime: the hash contract, bit accounting, the read-back rules' guarantees, the
+// SIMD kernel against the scalar reference and the dense reconstruction, and the file format.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <random>
+#include <tuple>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "formats/sketch.h"
+#include "io/gguf.h"
+#include "ops/dense_matmul.h"
+#include "ops/sketch_matmul.h"
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+// Normal weights rounded to fp16, so that fp16 tables hold them exactly.
+std::vector<float> random_weights(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> w(n);
+  for (float& x : w) x = round_f16(dist(rng));
+  return w;
+}
+
+SketchParams small_params(SketchRule rule, int rows, int block, int value_bits, std::vector<int64_t> buckets) {
+  SketchParams p;
+  p.rule = rule;
+  p.rows = rows;
+  p.block = block;
+  p.value_bits = value_bits;
+  p.buckets = std::move(buckets);
+  return p;
+}
+
+std::vector<float> dequantized(const Linear& layer) {
+  std::vector<float> w(layer.n_out() * layer.n_in());
+  layer.dequantize(w.data());
+  return w;
+}
+
+TEST(SketchHash, OutputsArePinned) {
+  // mix64 is the splitmix64 finalizer: its image of the golden ratio is splitmix64's first output.
+  EXPECT_EQ(sketch_mix64(0), 0u);
+  EXPECT_EQ(sketch_mix64(1), 0x5692161D100B05E5ull);
+  EXPECT_EQ(sketch_mix64(0x9E3779B97F4A7C15ull), 0xE220A8397B1DCDAFull);
+
+  EXPECT_EQ(sketch_block_hash(0, 0, 0), 0u);
+  EXPECT_EQ(sketch_block_hash(0x5EED, 0, 0), 0xA18F67D4DB95243Full);
+  EXPECT_EQ(sketch_block_hash(0x5EED, 3, 7), 0x2DCE8B5257B1713Aull);
+  EXPECT_EQ(sketch_block_hash(~0ull, 4095, 255), 0x7D7DFFB20DE520F1ull);
+  EXPECT_EQ(sketch_block_hash(0x0123456789ABCDEFull, 11007, 687), 0x04C837D5445A280Cull);
+
+  // bucket = floor(h · B / 2^64), computed with 128-bit integers independently of the code.
+  EXPECT_EQ(sketch_bucket(0xA18F67D4DB95243Full, 1000), 631u);
+  EXPECT_EQ(sketch_bucket(0xA18F67D4DB95243Full, 65531), 41356u);
+  EXPECT_EQ(sketch_bucket(0xA18F67D4DB95243Full, 0xFFFFFFFFull), 2710530004u);
+  EXPECT_EQ(sketch_bucket(0x2DCE8B5257B1713Aull, 1000), 178u);
+  EXPECT_EQ(sketch_bucket(0x7D7DFFB20DE520F1ull, 65531), 32123u);
+  EXPECT_EQ(sketch_bucket(0x04C837D5445A280Cull, 0xFFFFFFFFull), 80230357u);
+  EXPECT_EQ(sketch_bucket(~0ull, 7), 6u);
+
+  EXPECT_TRUE(sketch_negative(0xA18F67D4DB95243Full));
+  EXPECT_FALSE(sketch_negative(0x2DCE8B5257B1713Aull));
+}
+
+TEST(SketchHash, BucketMatches128BitProduct) {
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 100000; ++i) {
+    const uint64_t h = rng(), buckets = 1 + rng() % 0xFFFFFFFFull;
+    const uint64_t expected = uint64_t((static_cast<unsigned __int128>(h) * buckets) >> 64);
+    ASSERT_EQ(sketch_bucket(h, buckets), expected) << h << " " << buckets;
+  }
+}
+
+TEST(SketchBits, FormulaCountsEveryStoredNumber) {
+  // 2 rows, block 16, 4-bit, 100+99 buckets, no salient set, 64 x 256 weights.
+  SketchParams p = small_params(SketchRule::AbsMinMax, 2, 16, 4, {100, 99});
+  EXPECT_EQ(sketch_storage_bits(64, 256, p), 199 * 16 * 4 + 2 * 64 + 2 * 16 + 64 * (4 + 2));
+  // fp16 values have no scales; a salient set adds its rows and the 1-bit-per-block mask
+  // (64 rows x ceil(250 / 16) = 16 blocks).
+  p.value_bits = 16;
+  p.salient_buckets = {10, 10};
+  p.salient_blocks = 5;
+  EXPECT_EQ(sketch_storage_bits(64, 250, p), 219 * 16 * 16 + 4 * 64 + 64 * 16 + 64 * (4 + 4));
+
+  const auto w = random_weights(64 * 250, 1);
+  const auto layer = SketchLinear::encode(w.data(), 64, 250, p, nullptr);
+  EXPECT_EQ(layer->storage_bits(), sketch_storage_bits(64, 250, p));
+}
+
+TEST(SketchBits, SolverMeetsTargetWithinOnePercentFromBelow) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {512, 512}, {896, 4864}, {1024, 3072}, {2048, 2048}, {2048, 5632}, {3072, 1024},
+      {4096, 4096}, {4096, 11008}, {11008, 4096}, {14336, 4096}, {1000, 777}};
+  int checked = 0;
+  for (const auto& [d_out, d_in] : shapes)
+    for (double target = 0.3; target <= 1.0001; target += 0.05)
+      for (int rows : {1, 2, 3, 4})
+        for (int block : {8, 16, 32})
+          for (int value_bits : {2, 4, 8})
+            for (double salient : {0.0, 0.05}) {
+              const SketchParams p = sketch_params_for_bpw(d_out, d_in, target, rows, block, value_bits, salient);
+              const double bpw = sketch_bpw(d_out, d_in, p);
+              ASSERT_LE(bpw, target) << d_out << "x" << d_in << " rows " << rows << " block " << block;
+              ASSERT_GE(bpw, 0.99 * target) << d_out << "x" << d_in << " rows " << rows << " block " << block
+                                            << " bits " << value_bits << " salient " << salient;
+              ASSERT_EQ(p.salient_buckets.empty(), salient == 0.0);
+              if (salient > 0) {
+                // The salient set gets about kSketchSalientDensity times the buckets per block.
+                const int64_t blocks = d_out * ((d_in + block - 1) / block);
+                const double main_density =
+                    double(std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0})) / double(blocks - p.salient_blocks);
+                const double salient_density =
+                    double(std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(), int64_t{0})) /
+                    double(p.salient_blocks);
+                ASSERT_NEAR(salient_density / main_density, kSketchSalientDensity, 0.05 * kSketchSalientDensity);
+              }
+              ++checked;
+            }
+  EXPECT_GT(checked, 5000);
+  // The default configuration (the one the speed and quality numbers use).
+  EXPECT_NEAR(sketch_bpw(4096, 4096, sketch_params_for_bpw(4096, 4096, 0.5)), 0.5, 0.005);
+}
+
+TEST(SketchBits, TinyLayerGetsOneBucketPerRowAndOvershoots) {
+  const SketchParams p = sketch_params_for_bpw(4, 8, 0.5, 2, 16, 4, 0.0);
+  EXPECT_EQ(p.buckets, (std::vector<int64_t>{1, 1}));
+  EXPECT_GT(sketch_bpw(4, 8, p), 0.5);
+}
+
+TEST(SketchBits, SolverRefusesBadSettings) {
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 5, 16, 4, 0.0), Error);
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 2, 65, 4, 0.0), Error);
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 2, 16, 9, 0.0), Error);
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.0, 2, 16, 4, 0.0), Error);
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 2, 16, 4, 1.0), Error);
+}
+
+// Where each weight lands: for every weight and hash row, its bucket element (set, row, flat
+// element index) and sign, from the public hash functions alone.
+struct Placement {
+  int set;
+  int64_t element;  // bucket · block + position
+  bool negative;
+};
+
+std::vector<std::vector<Placement>> placements(const SketchLinear& layer) {
+  const SketchMatrix& m = layer.matrix();
+  std::vector<SketchTableSet> sets;
+  for (int s = 0; s < layer.sets(); ++s) sets.push_back(layer.table_set(s));
+  std::vector<std::vector<Placement>> out(m.n_out * m.n_in);
+  for (int64_t r = 0; r < m.n_out; ++r)
+    for (int64_t c = 0; c < m.n_in; ++c) {
+      const int64_t b = c / m.block;
+      const int set = m.salient(r, b) ? 1 : 0;
+      for (int k = 0; k < m.rows; ++k) {
+        const uint64_t h = sketch_block_hash(sets[set].seeds[k], r, b);
+        const int64_t bucket = int64_t(sketch_bucket(h, uint64_t(sets[set].buckets[k])));
+        out[r * m.n_in + c].push_back({set, bucket * m.block + c % m.block, sketch_negative(h)});
+      }
+    }
+  return out;
+}
+
+// Per (set, row, element): the weights hashed there, in insertion (row-major) order.
+using Occupants = std::map<std::tuple<int, int, int64_t>, std::vector<int64_t>>;
+Occupants occupants(const std::vector<std::vector<Placement>>& place) {
+  Occupants out;
+  for (int64_t i = 0; i < int64_t(place.size()); ++i)
+    for (int k = 0; k < int(place[i].size()); ++k)
+      out[{place[i][k].set, k, place[i][k].element}].push_back(i);
+  return out;
+}
+
+class SketchRuleProperties : public ::testing::TestWithParam<bool> {};
+
+// 12 x 30 weights (block 4: the last block of each row is half padding), 2 hash rows with 3 and
+// 2 buckets: every element is shared by many weights. fp16 values keep the fp16 weights exact.
+std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient, const std::vector<float>& w) {
+  SketchParams p = small_params(rule, 2, 4, 16, {3, 2});
+  if (salient) {
+    p.salient_buckets = {4, 3};
+    p.salient_blocks = 20;
+  }
+  return SketchLinear::encode(w.data(), 12, 30, p, nullptr);
+}
+
+TEST_P(SketchRuleProperties, AbsMinMaxNeverOverestimates) {
+  const auto w = random_weights(12 * 30, 11);
+  const auto layer = crowded_layer(SketchRule::AbsMinMax, GetParam(), w);
+  const auto read = dequantized(*layer);
+  const auto place = placements(*layer);
+  const Occupants occ = occupants(place);
+  int exact = 0;
+  for (int64_t i = 0; i < int64_t(w.size()); ++i) {
+    EXPECT_LE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+    bool smallest_somewhere = false;
+    for (int k = 0; k < 2; ++k) {
+      bool smallest = true;
+      for (int64_t j : occ.at({place[i][k].set, k, place[i][k].element}))
+        smallest &= std::fabs(w[j]) >= std::fabs(w[i]);
+      smallest_somewhere |= smallest;
+    }
+    if (smallest_somewhere) {
+      EXPECT_EQ(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+      ++exact;
+    }
+  }
+  // The layer really is crowded: some weights are exact, most are not.
+  EXPECT_GT(exact, 0);
+  EXPECT_LT(exact, int(w.size()) / 2);
+}
+
+TEST_P(SketchRuleProperties, AbsMaxMinNeverUnderestimates) {
+  const auto w = random_weights(12 * 30, 12);
+  const auto layer = crowded_layer(SketchRule::AbsMaxMin, GetParam(), w);
+  const auto read = dequantized(*layer);
+  const auto place = placements(*layer);
+  const Occupants occ = occupants(place);
+  int exact = 0;
+  for (int64_t i = 0; i < int64_t(w.size()); ++i) {
+    EXPECT_GE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+    bool largest_somewhere = false;
+    for (int k = 0; k < 2; ++k) {
+      bool largest = true;
+      for (int64_t j : occ.at({place[i][k].set, k, place[i][k].element}))
+        largest &= std::fabs(w[j]) <= std::fabs(w[i]);
+      largest_somewhere |= largest;
+    }
+    if (largest_somewhere) {
+      EXPECT_EQ(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+      ++exact;
+    }
+  }
+  EXPECT_GT(exact, 0);
+  EXPECT_LT(exact, int(w.size()) / 2);
+}
+
+TEST_P(SketchRuleProperties, MeanIsTheMeanOfSignedCandidates) {
+  const auto w = random_weights(12 * 30, 13);
+  const auto layer = crowded_layer(SketchRule::Mean, GetParam(), w);
+  const auto read = dequantized(*layer);
+  const auto place = placements(*layer);
+  const Occupants occ = occupants(place);
+  for (int64_t i = 0; i < int64_t(w.size()); ++i) {
+    // Row k's estimate: s_i · fp16(mean over the element of s_j · w_j).
+    float sum = 0;
+    for (int k = 0; k < 2; ++k) {
+      double element = 0;
+      const auto& shared = occ.at({place[i][k].set, k, place[i][k].element});
+      for (int64_t j : shared) element += place[j][k].negative ? -double(w[j]) : double(w[j]);
+      const float value = round_f16(float(element / double(shared.size())));
+      sum += place[i][k].negative ? -value : value;
+    }
+    EXPECT_EQ(read[i], sum / 2.0f) << "weight " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(WithAndWithoutSalientSet, SketchRuleProperties, ::testing::Bool());
+
+TEST(SketchRules, AWeightAloneInEveryRowIsExactUnderEveryRule) {
+  // One output row of 3 blocks into 1000 buckets: no two blocks share a bucket (checked).
+  const auto w = random_weights(1 * 24, 14);
+  for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
+    for (int rows : {1, 2, 3}) {
+      SketchParams p = small_params(rule, rows, 8, 16, std::vector<int64_t>(rows, 1000));
+      const auto layer = SketchLinear::encode(w.data(), 1, 24, p, nullptr);
+      const Occupants occ = occupants(placements(*layer));
+      for (const auto& [where, weights] : occ) ASSERT_EQ(weights.size(), 1u);
+      EXPECT_EQ(dequantized(*layer), w) << sketch_rule_name(rule) << " rows " << rows;
+    }
+}
+
+TEST(SketchRules, EmptyElementsHoldZero) {
+  // 1 x 5 weights, block 4: two blocks, the second holding one weight, into 50 buckets.
+  const auto w = random_weights(5, 15);
+  for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean}) {
+    const auto layer = SketchLinear::encode(w.data(), 1, 5, small_params(rule, 2, 4, 16, {50, 50}), nullptr);
+    const Occupants occ = occupants(placements(*layer));
+    const SketchTableSet set = layer->table_set(0);
+    for (int k = 0; k < 2; ++k)
+      for (int64_t e = 0; e < 50 * 4; ++e)
+        if (!occ.contains({0, k, e})) {
+          EXPECT_EQ(set.values[k][e], 0.0f) << "row " << k << " element " << e;
+        }
+  }
+}
+
+TEST(SketchEncode, SalientBlocksAreTheMostImportantOnes) {
+  const int64_t d_out = 16, d_in = 64, block = 16;
+  auto w = random_weights(d_out * d_in, 16);
+  std::vector<float> column_rms(d_in, 1.0f);
+  // Block 2 of every row (columns 32..47) dominates once the activations are taken into account.
+  std::fill(column_rms.begin() + 32, column_rms.begin() + 48, 1000.0f);
+  SketchParams p = small_params(SketchRule::AbsMinMax, 2, int(block), 4, {8, 8});
+  p.salient_buckets = {16, 16};
+  p.salient_blocks = d_out;
+  const auto layer = SketchLinear::encode(w.data(), d_out, d_in, p, column_rms.data());
+  for (int64_t r = 0; r < d_out; ++r)
+    for (int64_t b = 0; b < d_in / block; ++b) EXPECT_EQ(layer->matrix().salient(r, b), b == 2);
+  EXPECT_NE(layer->describe().find("salient 25%"), std::string::npos) << layer->describe();
+}
+
+TEST(SketchEncode, DeterministicForAFixedSeed) {
+  const auto w = random_weights(40 * 70, 17);
+  SketchParams p = sketch_params_for_bpw(40, 70, 4.0, 2, 8, 4, 0.1);
+  const auto a = SketchLinear::encode(w.data(), 40, 70, p, nullptr);
+  const auto b = SketchLinear::encode(w.data(), 40, 70, p, nullptr);
+  EXPECT_EQ(dequantized(*a), dequantized(*b));
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(a->table_set(s).values, b->table_set(s).values);
+    EXPECT_EQ(a->table_set(s).seeds, b->table_set(s).seeds);
+  }
+  EXPECT_EQ(a->salient_mask(), b->salient_mask());
+  p.seed += 1;
+  const auto c = SketchLinear::encode(w.data(), 40, 70, p, nullptr);
+  EXPECT_NE(a->table_set(0).seeds, c->table_set(0).seeds);
+  EXPECT_NE(dequantized(*a), dequantized(*c));
+}
+
+TEST(SketchEncode, QuantizedValuesLieOnTheirRowsGrid) {
+  const auto w = random_weights(32 * 64, 18);
+  for (int bits : {2, 3, 4, 8}) {
+    const auto layer = SketchLinear::encode(w.data(), 32, 64, sketch_params_for_bpw(32, 64, 8.0, 2, 16, bits), nullptr);
+    const SketchTableSet set = layer->table_set(0);
+    const float q_max = float((1 << (bits - 1)) - 1);
+    for (int k = 0; k < 2; ++k) {
+      EXPECT_EQ(round_f16(set.scales[k]), set.scales[k]);
+      for (float v : set.values[k]) {
+        const float q = v / set.scales[k];
+        ASSERT_EQ(q, std::nearbyint(q));
+        ASSERT_LE(std::fabs(q), q_max);
+      }
+    }
+  }
+}
+
+TEST(SketchEncode, RefusesInconsistentParams) {
+  const auto w = random_weights(8 * 8, 19);
+  SketchParams p = small_params(SketchRule::AbsMinMax, 2, 4, 4, {4});  // one bucket count, two rows
+  EXPECT_THROW(SketchLinear::encode(w.data(), 8, 8, p, nullptr), Error);
+  p.buckets = {4, 0};
+  EXPECT_THROW(SketchLinear::encode(w.data(), 8, 8, p, nullptr), Error);
+  p.buckets = {4, 4};
+  p.salient_blocks = 3;  // salient blocks without a salient table set
+  EXPECT_THROW(SketchLinear::encode(w.data(), 8, 8, p, nullptr), Error);
+  p.salient_buckets = {2, 2};
+  p.salient_blocks = 17;  // more than the 16 blocks there are
+  EXPECT_THROW(SketchLinear::encode(w.data(), 8, 8, p, nullptr), Error);
+}
+
+// The SIMD kernel against the scalar reference and against the dense product of the
+// reconstruction, over awkward shapes. The reference and the dense product accumulate the same
+// decoded weights in double in the same order, so they agree exactly; the SIMD kernel sums in
+// fp32 in another order, so it agrees to 1e-5 of Σ|w·x| (a few ulps per term for n_in <= 100).
+class SketchKernel : public ::testing::TestWithParam<std::tuple<SketchRule, int, int, bool>> {};
+
+TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
+  const auto [rule, rows, block, salient] = GetParam();
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t d_out : {1, 3, 17, 64})
+    for (int64_t d_in : {5, 16, 33, 100}) {
+      const int64_t blocks = d_out * ((d_in + block - 1) / block);
+      SketchParams p;
+      p.rule = rule;
+      p.rows = rows;
+      p.block = block;
+      p.value_bits = d_in == 33 ? 16 : d_in == 5 ? 2 : 4;
+      for (int k = 0; k < rows; ++k) p.buckets.push_back(1 + (blocks + k) / 3);
+      if (salient && blocks > 1) {
+        p.salient_blocks = (blocks + 4) / 5;
+        p.salient_buckets.assign(rows, 1 + p.salient_blocks / 2);
+      }
+      std::vector<float> w(d_out * d_in);
+      for (float& v : w) v = dist(rng);
+      const auto layer = SketchLinear::encode(w.data(), d_out, d_in, p, nullptr);
+      const auto dense = dequantized(*layer);
+      for (int64_t tokens : {1, 2, 7}) {
+        std::vector<float> x(tokens * d_in);
+        for (float& v : x) v = dist(rng);
+        std::vector<float> fast(tokens * d_out), reference(tokens * d_out), product(tokens * d_out);
+        layer->forward(x.data(), fast.data(), tokens);
+        sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
+        dense_matmul_reference(DenseMatrix{DType::F32, dense.data(), d_out, d_in}, x.data(), product.data(), tokens);
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t o = 0; o < d_out; ++o) {
+            double magnitude = 0;
+            for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(dense[o * d_in + i] * x[t * d_in + i]);
+            const int64_t at = t * d_out + o;
+            ASSERT_EQ(reference[at], product[at]) << d_out << "x" << d_in << " tokens " << tokens;
+            ASSERT_NEAR(fast[at], reference[at], 1e-5 * magnitude + 1e-6)
+                << d_out << "x" << d_in << " tokens " << tokens << " output " << at;
+          }
+      }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Awkward, SketchKernel,
+    ::testing::Combine(::testing::Values(SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean),
+                       ::testing::Values(1, 2, 3), ::testing::Values(1, 8, 16), ::testing::Bool()));
+
+TEST(SketchKernel, LargeBlocksAndFourRows) {
+  std::mt19937 rng(99);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int block : {5, 33, 64}) {
+    const auto w = random_weights(9 * 150, uint32_t(block));
+    SketchParams p = sketch_params_for_bpw(9, 150, 6.0, 4, block, 4, 0.2);
+    p.rule = SketchRule::Mean;
+    const auto layer = SketchLinear::encode(w.data(), 9, 150, p, nullptr);
+    std::vector<float> x(3 * 150);
+    for (float& v : x) v = dist(rng);
+    std::vector<float> fast(3 * 9), reference(3 * 9);
+    layer->forward(x.data(), fast.data(), 3);
+    sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), 3);
+    for (size_t i = 0; i < fast.size(); ++i) EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
+  }
+}
+
+TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
+  // Large enough to be split over threads; 70 tokens span two token blocks of the batched path.
+  const int64_t d_out = 300, d_in = 1000;
+  const auto w = random_weights(d_out * d_in, 7);
+  const auto layer = SketchLinear::encode(w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 0.8, 2, 16, 4, 0.05), nullptr);
+  std::mt19937 rng(8);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t tokens : {1, 70}) {
+    std::vector<float> x(tokens * d_in);
+    for (float& v : x) v = dist(rng);
+    std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
+    layer->forward(x.data(), fast.data(), tokens);
+    sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
+    for (size_t i = 0; i < fast.size(); ++i)
+      ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i]))) << "tokens " << tokens << " output " << i;
+  }
+}
+
+// Save/load through a real model file.
+class SketchFile : public ::testing::Test {
+ protected:
+  std::filesystem::path path_ = testing::temp_dir("sketch") / "layer.gguf";
+
+  static std::unique_ptr<SketchLinear> make_layer(int value_bits, double salient) {
+    const auto w = random_weights(24 * 100, 21);
+    std::vector<float> column_rms(100);
+    for (int64_t c = 0; c < 100; ++c) column_rms[c] = 0.5f + float(c % 7);
+    SketchParams p = sketch_params_for_bpw(24, 100, 3.0, 3, 8, value_bits, salient);
+    p.rule = SketchRule::AbsMaxMin;
+    return SketchLinear::encode(w.data(), 24, 100, p, column_rms.data());
+  }
+
+  void write(const Linear& layer) const {
+    GgufWriter out;
+    layer.save(out, "blk.0.ffn_up");
+    out.write(path_);
+  }
+
+  // Rewrites the file with `edit` applied to one tensor's shape and bytes.
+  void corrupt_tensor(const std::string& name,
+                      const std::function<void(std::vector<int64_t>&, std::vector<uint8_t>&)>& edit) const {
+    GgufWriter out;
+    {
+      const GgufFile file = GgufFile::open(path_);
+      for (const auto& [key, value] : file.metadata())
+        if (key != "general.alignment") out.set(key, value);
+      for (const GgufTensor& t : file.tensors()) {
+        std::vector<int64_t> shape = t.shape;
+        std::vector<uint8_t> bytes(t.data, t.data + t.nbytes);
+        if (t.name == name) edit(shape, bytes);
+        out.add_tensor(t.name, t.type, shape, std::move(bytes));
+      }
+    }
+    out.write(path_);
+  }
+
+  std::unique_ptr<Linear> load() const {
+    const GgufFile file = GgufFile::open(path_);
+    return SketchLinear::load(file, "blk.0.ffn_up", 24, 100);
+  }
+};
+
+TEST_F(SketchFile, RoundTripGivesBitIdenticalOutputs) {
+  for (int value_bits : {4, 16, 3})
+    for (double salient : {0.0, 0.1}) {
+      const auto layer = make_layer(value_bits, salient);
+      write(*layer);
+      const auto loaded = load();
+      EXPECT_EQ(loaded->format_name(), "sketch");
+      EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
+      EXPECT_EQ(loaded->describe(), layer->describe());
+      std::mt19937 rng(3);
+      std::normal_distribution<float> dist(0.0f, 1.0f);
+      for (int64_t tokens : {1, 5}) {
+        std::vector<float> x(tokens * 100), before(tokens * 24), after(tokens * 24);
+        for (float& v : x) v = dist(rng);
+        layer->forward(x.data(), before.data(), tokens);
+        loaded->forward(x.data(), after.data(), tokens);
+        EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0)
+            << value_bits << "-bit, salient " << salient << ", tokens " << tokens;
+      }
+    }
+}
+
+TEST_F(SketchFile, TruncatedFileIsRefused) {
+  write(*make_layer(4, 0.1));
+  std::filesystem::resize_file(path_, std::filesystem::file_size(path_) - 40);
+  EXPECT_THROW(load(), Error);
+}
+
+TEST_F(SketchFile, OutOfRangeCodeIsRefused) {
+  write(*make_layer(4, 0.0));
+  // 4-bit codes run 0..14 (q + 7); 0xF is not a code.
+  corrupt_tensor("blk.0.ffn_up.sketch1", [](auto&, std::vector<uint8_t>& bytes) { bytes[3] = 0xFF; });
+  try {
+    load();
+    FAIL() << "corrupt code accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out of range"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(SketchFile, ShortTableTensorIsRefused) {
+  write(*make_layer(4, 0.1));
+  corrupt_tensor("blk.0.ffn_up.sketch_salient2", [](std::vector<int64_t>& shape, std::vector<uint8_t>& bytes) {
+    shape[1] -= 8;
+    bytes.resize(bytes.size() - 8);
+  });
+  EXPECT_THROW(load(), Error);
+}
+
+TEST_F(SketchFile, NonFiniteFp16ValueIsRefused) {
+  write(*make_layer(16, 0.0));
+  corrupt_tensor("blk.0.ffn_up.sketch0", [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x7C; });
+  EXPECT_THROW(load(), Error);
+}
+
+TEST_F(SketchFile, BadScaleIsRefused) {
+  write(*make_layer(4, 0.0));
+  corrupt_tensor("blk.0.ffn_up.sketch_scales", [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x00; });
+  EXPECT_THROW(load(), Error);
+}
+
+TEST_F(SketchFile, MaskBitsPastTheLastBlockAreRefused) {
+  write(*make_layer(4, 0.1));
+  // 24 rows x 13 blocks = 312 mask bits in 5 words; bit 319 is padding.
+  corrupt_tensor("blk.0.ffn_up.sketch_mask", [](auto&, std::vector<uint8_t>& bytes) { bytes.back() |= 0x80; });
+  EXPECT_THROW(load(), Error);
+}
+
+TEST_F(SketchFile, BadHeaderIsRefused) {
+  const auto layer = make_layer(4, 0.0);
+  auto expect_refused = [&](const std::string& key, GgufValue value) {
+    GgufWriter out;
+    layer->save(out, "blk.0.ffn_up");
+    out.set(key, std::move(value));
+    out.write(path_);
+    EXPECT_THROW(load(), Error) << key;
+  };
+  const std::string prefix = "subbit.sketch.blk.0.ffn_up.";
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 9});        // 9 hash rows
+  expect_refused(prefix + "config", std::vector<int64_t>{3, 8, 4, 3});        // rule 3
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 12, 3});       // 12-bit values
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 16, 4, 3});       // block size changed
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4});           // too short
+  expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});          // empty table
+  expect_refused(prefix + "buckets", std::vector<int64_t>{int64_t{1} << 40, 5, 5});  // huge table
+  expect_refused(prefix + "seeds", std::vector<int64_t>{1, 2});               // a seed missing
+  expect_refused(prefix + "salient_buckets", std::vector<int64_t>{4, 4, 4});  // no mask or tables
+}
+
+}  // namespace
+}  // namespace subbit
