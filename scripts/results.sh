@@ -1,40 +1,58 @@
 #!/usr/bin/env bash
-# Reproduces the sb-30m rows of docs/results.md: compress with every method, then perplexity on
-# wiki.test.raw at ctx 1024 (first WINDOWS windows; WINDOWS=0 scores the whole text).
-# Usage: scripts/results.sh [OUT_DIR]   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (0),
-#        QAT_LR (1e-3), THREADS (all cores)
+# Reproduces the sb-30m tables of docs/results.md: compress with every method, then perplexity on
+# wiki.test.raw at ctx 1024 over the first WINDOWS windows (0 = the whole text).
+# Usage: scripts/results.sh [OUT_DIR] [ptq|ablation|qat]...
+#   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (32768), QAT_LR (3e-3), THREADS (all cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
 out=${1:-results}
+shift || true
+parts=${*:-ptq ablation qat}
 windows=${WINDOWS:-40}
-qat_tokens=${QAT_TOKENS:-0}
-qat_lr=${QAT_LR:-1e-3}
+qat_tokens=${QAT_TOKENS:-32768}
+qat_lr=${QAT_LR:-3e-3}
 threads=${THREADS:-$(nproc)}
 model=$shared/models/sb-30m
 text=$shared/text/wiki.test.raw
+calib=$shared/text/train/calib.txt
 mkdir -p "$out"
 
-ppl() {  # name, model path
+ppl() {  # name, model file
   local json
   json=$(build/subbit ppl "$2" --text "$text" --ctx 1024 --max-windows "$windows" -t "$threads" --json | tail -n 1)
   echo "$1 $json" | tee -a "$out/ppl.txt"
 }
+compress() {  # name, options...
+  local name=$1
+  shift
+  build/subbit compress "$model" -o "$out/$name.gguf" -t "$threads" "$@" | grep -E "^linear layers|^QAT" | tee "$out/$name.log"
+  ppl "$name" "$out/$name.gguf"
+}
 
-ppl bf16 "$model"
-for bits in 4 3 2; do
-  build/subbit compress "$model" -o "$out/rtn$bits.gguf" --method rtn --bits "$bits" -t "$threads" >/dev/null
-  ppl "rtn$bits" "$out/rtn$bits.gguf"
-done
-build/subbit compress "$model" -o "$out/sign.gguf" --method sign -t "$threads" >/dev/null
-ppl sign "$out/sign.gguf"
-for bpw in 1.0 0.55 0.3 0.1; do
-  build/subbit compress "$model" -o "$out/lb$bpw-ptq.gguf" --method littlebit --bpw "$bpw" -t "$threads" >/dev/null
-  ppl "littlebit-$bpw-ptq" "$out/lb$bpw-ptq.gguf"
-  if [ "$qat_tokens" -gt 0 ]; then
-    build/subbit compress "$model" -o "$out/lb$bpw-qat.gguf" --method littlebit --bpw "$bpw" -t "$threads" \
-      --train-text "$shared/text/train/corpus.txt.xz" --train-tokens "$qat_tokens" --lr "$qat_lr" \
-      --seq 256 --batch 8 | tail -n 2
-    ppl "littlebit-$bpw-qat" "$out/lb$bpw-qat.gguf"
-  fi
+for part in $parts; do
+  case $part in
+    ptq)
+      ppl bf16 "$model"
+      for bits in 4 3 2; do compress "rtn$bits" --method rtn --bits "$bits"; done
+      compress sign --method sign
+      for bpw in 1.0 0.55 0.3 0.1; do compress "littlebit-$bpw" --method littlebit --bpw "$bpw"; done
+      for bpw in 1.0 0.7 0.5 0.3; do compress "sketch-$bpw" --method sketch --bpw "$bpw" --calib-text "$calib"; done
+      ;;
+    ablation)  # sketch at 0.5 bpw, one choice changed at a time from rows 2, block 16, absminmax, no saliency
+      for rule in absmaxmin mean; do compress "sketch-0.5-$rule" --method sketch --bpw 0.5 --rule "$rule" --calib-text "$calib"; done
+      for rows in 1 3; do compress "sketch-0.5-rows$rows" --method sketch --bpw 0.5 --rows "$rows" --calib-text "$calib"; done
+      for block in 8 32; do compress "sketch-0.5-block$block" --method sketch --bpw 0.5 --block "$block" --calib-text "$calib"; done
+      compress "sketch-0.5-salient5" --method sketch --bpw 0.5 --salient-frac 0.05 --calib-text "$calib"
+      ;;
+    qat)
+      for bpw in 0.55 0.1; do
+        compress "littlebit-$bpw-qat" --method littlebit --bpw "$bpw" --train-text "$shared/text/train/corpus.txt.xz" \
+          --train-tokens "$qat_tokens" --lr "$qat_lr" --seq 256 --batch 4
+      done
+      compress "sketch-0.5-qat" --method sketch --bpw 0.5 --calib-text "$calib" \
+        --train-text "$shared/text/train/corpus.txt.xz" --train-tokens "$qat_tokens" --lr "$qat_lr" --seq 256 --batch 4
+      ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
 done

@@ -9,12 +9,7 @@
 namespace subbit {
 namespace {
 
-std::vector<float> random_vector(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_vector;
 
 class DenseMatmulShapes
     : public ::testing::TestWithParam<std::tuple<DType, int64_t, int64_t, int64_t>> {};

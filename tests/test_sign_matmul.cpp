@@ -14,12 +14,7 @@
 namespace subbit {
 namespace {
 
-std::vector<float> random_vector(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using testing::random_vector;
 
 std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng) {
   const auto values = random_vector(rows * cols, rng);

@@ -34,6 +34,13 @@ std::filesystem::path temp_dir(const std::string& tag) {
   return dir;
 }
 
+std::vector<float> random_vector(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
 CommandResult run_command(const std::string& command) {
   auto dir = temp_dir("cmd");
   std::string full = command + " >" + (dir / "out").string() + " 2>" + (dir / "err").string();

@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace subbit::testing {
 
@@ -22,6 +24,9 @@ struct CommandResult {
 CommandResult run_command(const std::string& command);
 
 std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per call
+
+// n samples of a standard normal, for kernel tests against their references.
+std::vector<float> random_vector(size_t n, std::mt19937& rng);
 
 }  // namespace subbit::testing
 

@@ -1,0 +1,80 @@
+// UltraSketch through the whole pipeline on sb-8m: calibration, the file, export, determinism,
+// bit accounting and QAT.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <regex>
+
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
+fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
+fs::path dev_text() { return testing::shared_dir() / "text" / "wikitext2.valid.tokens"; }
+
+std::string run(const std::string& args) {
+  const auto r = testing::run_command(testing::cli_path().string() + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+  return r.out;
+}
+
+double ppl_of(const std::string& model) {
+  const std::string out = run("ppl " + model + " --text " + dev_text().string() + " --ctx 256 --max-windows 6 --json");
+  return nlohmann::json::parse(out.substr(out.rfind('\n', out.size() - 2) + 1))["ppl"].get<double>();
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+class SketchFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(sb8m() / "config.json") || !fs::exists(calib_text()) || !fs::exists(dev_text()))
+      GTEST_SKIP() << "shared model or text absent (skipped)";
+    dir_ = testing::temp_dir("sketch");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string compress(const std::string& name, const std::string& extra) {
+    const std::string file = (dir_ / name).string();
+    last_output_ = run("compress " + sb8m().string() + " -o " + file + " --method sketch --bpw 0.5 --calib-text " +
+                       calib_text().string() + " --calib-tokens 4096 " + extra);
+    return file;
+  }
+  fs::path dir_;
+  std::string last_output_;
+};
+
+TEST_F(SketchFile, PerplexityEqualsDenseExportAndBitsMeetTarget) {
+  const std::string file = compress("s.gguf", "--salient-frac 0.05");
+  run("export " + file + " -o " + (dir_ / "exported").string());
+  const double file_ppl = ppl_of(file), export_ppl = ppl_of((dir_ / "exported").string());
+  EXPECT_NEAR(file_ppl, export_ppl, 0.005 * export_ppl);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << last_output_;
+  EXPECT_NEAR(std::stod(m[1]), 0.5, 0.005) << "bits per weight of the linear layers, all stored bits counted";
+  EXPECT_NE(run("info " + file).find("sketch"), std::string::npos);
+}
+
+TEST_F(SketchFile, SameSeedSameFile) {
+  const std::string a = compress("a.gguf", ""), b = compress("b.gguf", "");
+  EXPECT_TRUE(slurp(a) == slurp(b));
+  const std::string c = compress("c.gguf", "--sketch-seed 7");
+  EXPECT_FALSE(slurp(a) == slurp(c));
+}
+
+TEST_F(SketchFile, QatLowersTheDistillationLoss) {
+  compress("q.gguf", "--train-text " + calib_text().string() +
+                         " --train-tokens 3072 --seq 128 --batch 2 --lr 3e-3 --no-checkpoint");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("loss ([0-9.]+) -> ([0-9.]+)"))) << last_output_;
+  EXPECT_LT(std::stod(m[2]), std::stod(m[1]));
+}
+
+}  // namespace
+}  // namespace subbit
