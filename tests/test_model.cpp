@@ -1,6 +1,7 @@
 // The engine against the PyTorch/transformers references in ../shared/models/*/golden.json.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -65,7 +66,12 @@ TEST_P(GoldenModel, GreedyContinuationMatches) {
   EXPECT_EQ(all, output_ids);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, GoldenModel, ::testing::Values("sb-8m", "sb-30m", "stories260K"));
+INSTANTIATE_TEST_SUITE_P(Models, GoldenModel, ::testing::Values("sb-8m", "sb-30m", "stories260K"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 // The first windows of wiki.test.raw. Expected values come from our full-text runs, which match
 // golden.json within 0.01% (docs/results.md); a few windows keep the test fast on CI.
@@ -96,7 +102,12 @@ INSTANTIATE_TEST_SUITE_P(WikiTest, WindowedPerplexity,
                          ::testing::Values(PplCase{"sb-8m", 512, 8, 212.95619},
                                            PplCase{"sb-8m", 1024, 4, 203.43023},
                                            PplCase{"sb-30m", 1024, 2, 65.81023},
-                                           PplCase{"stories260K", 512, 8, 129.97443}));
+                                           PplCase{"stories260K", 512, 8, 129.97443}),
+                         [](const ::testing::TestParamInfo<PplCase>& info) {
+                           std::string name = info.param.model + "_ctx" + std::to_string(info.param.ctx);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace subbit

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <deque>
 #include <numeric>
 #include <random>
 
@@ -47,15 +46,17 @@ double lr_at(int64_t step, int64_t total, const QatOptions& o) {
   return o.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
 }
 
+// The loss history travels with the checkpoint so a resumed run reports (and writes into the
+// file's metadata) exactly what an uninterrupted one would.
 void save_checkpoint(const std::filesystem::path& path, TorchLlama& student,
-                     torch::optim::Optimizer& optimizer, int64_t step, double first_loss) {
+                     torch::optim::Optimizer& optimizer, int64_t step, const std::vector<double>& losses) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   student.save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("student", model_archive);
   archive.write("optimizer", optimizer_archive);
   archive.write("step", torch::tensor(step));
-  archive.write("first_loss", torch::tensor(first_loss, torch::kFloat64));
+  archive.write("losses", torch::tensor(losses, torch::kFloat64));
   const auto tmp = path.string() + ".tmp";
   archive.save_to(tmp);
   std::filesystem::rename(tmp, path);
@@ -124,7 +125,7 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
 
   QatResult result;
   int64_t step = 0;
-  double first_loss = NAN;
+  std::vector<double> losses;  // one per step, from the start of training
   if (!o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
     torch::serialize::InputArchive archive, model_archive, optimizer_archive;
     archive.load_from(o.checkpoint.string(), o.device);
@@ -132,16 +133,16 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     archive.read("optimizer", optimizer_archive);
     student.load(model_archive);
     optimizer.load(optimizer_archive);
-    torch::Tensor saved_step, saved_first;
+    torch::Tensor saved_step, saved_losses;
     archive.read("step", saved_step);
-    archive.read("first_loss", saved_first);
+    archive.read("losses", saved_losses);
     step = saved_step.item<int64_t>();
-    first_loss = saved_first.item<double>();
+    saved_losses = saved_losses.contiguous();
+    losses.assign(saved_losses.data_ptr<double>(), saved_losses.data_ptr<double>() + saved_losses.numel());
     result.resumed_from_step = step;
   }
 
   const auto start = std::chrono::steady_clock::now();
-  std::deque<double> recent;
   for (; step < total_steps; ++step) {
     std::vector<int64_t> batch_ids(tokens_per_step);
     for (int64_t b = 0; b < o.batch; ++b) {
@@ -157,21 +158,18 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     torch::nn::utils::clip_grad_norm_(params, 1.0);
     optimizer.step();
 
-    const double value = loss.item<double>();
-    if (std::isnan(first_loss)) first_loss = value;
-    recent.push_back(value);
-    if (recent.size() > 10) recent.pop_front();
-    if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, value});
+    losses.push_back(loss.item<double>());
+    if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, losses.back()});
     if (!o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) && step + 1 < total_steps)
-      save_checkpoint(o.checkpoint, student, optimizer, step + 1, first_loss);
+      save_checkpoint(o.checkpoint, student, optimizer, step + 1, losses);
   }
   student.to(torch::kCPU);
   teacher.to(torch::kCPU);
   result.steps = total_steps;
   result.tokens = total_steps * tokens_per_step;
-  result.first_loss = first_loss;
-  result.last_loss = recent.empty() ? first_loss
-                                    : std::accumulate(recent.begin(), recent.end(), 0.0) / double(recent.size());
+  const size_t last = std::min<size_t>(10, losses.size());
+  result.first_loss = losses.empty() ? NAN : losses.front();
+  result.last_loss = last == 0 ? NAN : std::accumulate(losses.end() - last, losses.end(), 0.0) / double(last);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

@@ -39,8 +39,8 @@ struct QatResult {
   int64_t steps = 0;
   int64_t tokens = 0;
   int64_t resumed_from_step = 0;
-  double first_loss = 0;  // mean over the first steps of this training (from the start)
-  double last_loss = 0;   // mean over the last steps
+  double first_loss = 0;  // the first step's loss
+  double last_loss = 0;   // mean over the last 10 steps
   double seconds = 0;
 };
 
