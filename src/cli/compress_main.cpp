@@ -4,11 +4,9 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <unistd.h>
-
-#include <cstdlib>
 #include <thread>
 
+#include "cli/omp_policy.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "compress/pipeline.h"
@@ -16,13 +14,7 @@
 
 int main(int argc, char** argv) {
   using namespace subbit;
-  // libgomp reads OMP_WAIT_POLICY once, before main. Its default spin-waiting lets libtorch's,
-  // OpenBLAS's and our thread teams burn each other's cores: a training step ran ~10x slower on
-  // a busy 2-core machine. Re-run once with passive waiting unless the user chose a policy.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    ::execv("/proc/self/exe", argv);  // on failure, continue with the default policy
-  }
+  cli::use_passive_omp_wait(argv);
   compress::CompressOptions o;
   std::string model, out, surrogate = "tanh", device = "cpu", checkpoint, calib_text;
   std::vector<std::string> train_texts;

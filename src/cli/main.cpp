@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/omp_policy.h"
 #include "common/error.h"
 #include "ops/parallel.h"
 
@@ -43,6 +44,7 @@ namespace {
 }  // namespace
 
 int main(int argc, char** argv) {
+  subbit::cli::use_passive_omp_wait(argv);
   if (argc > 1 && std::strcmp(argv[1], "compress") == 0) exec_compressor(argc, argv);
 
   CLI::App app{"subbit: compress LLMs below one bit per weight and run them"};
