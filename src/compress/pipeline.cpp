@@ -122,13 +122,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       LlamaLayer layer;
       layer.attn_norm = s.attn_norm;
       layer.mlp_norm = s.mlp_norm;
-      layer.q = encode_baseline(o, *s.q);
-      layer.k = encode_baseline(o, *s.k);
-      layer.v = encode_baseline(o, *s.v);
-      layer.o = encode_baseline(o, *s.o);
-      layer.gate = encode_baseline(o, *s.gate);
-      layer.up = encode_baseline(o, *s.up);
-      layer.down = encode_baseline(o, *s.down);
+      const auto sources = s.linears();
+      const auto slots = layer.linear_slots();
+      for (int i = 0; i < LlamaLayer::kLinears; ++i) *slots[i] = encode_baseline(o, *sources[i]);
       weights.layers.push_back(std::move(layer));
       log(fmt::format("encoded block {}/{}", l + 1, c.num_layers));
     }
@@ -137,9 +133,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = weights.layers[l];
-    const Linear* linears[] = {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
-                               layer.gate.get(), layer.up.get(), layer.down.get()};
-    for (int i = 0; i < 7; ++i) {
+    const auto linears = layer.linears();
+    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
       const Linear& lin = *linears[i];
       const int64_t params = lin.n_in() * lin.n_out();
       report.layers.push_back({gguf_linear_prefix(l, i), lin.n_out(), lin.n_in(), lin.describe(),

@@ -60,8 +60,7 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
     attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), from_floats(layer.attn_norm)));
     mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), from_floats(layer.mlp_norm)));
     std::vector<std::shared_ptr<TrainableLinear>> row;
-    const Linear* sources[] = {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
-                               layer.gate.get(), layer.up.get(), layer.down.get()};
+    const auto sources = layer.linears();
     for (int i = 0; i < kLinearsPerLayer; ++i)
       row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
                                     std::make_shared<FrozenDense>(dense_weight(*sources[i]))));
@@ -130,8 +129,7 @@ LlamaWeights TorchLlama::to_runtime(const LlamaModel& original) const {
     LlamaLayer layer;
     layer.attn_norm = to_vector(attn_norms_[l]);
     layer.mlp_norm = to_vector(mlp_norms_[l]);
-    std::unique_ptr<Linear>* slots[] = {&layer.q, &layer.k, &layer.v, &layer.o,
-                                        &layer.gate, &layer.up, &layer.down};
+    const auto slots = layer.linear_slots();
     for (int i = 0; i < kLinearsPerLayer; ++i) *slots[i] = linears_[l][i]->to_runtime();
     w.layers.push_back(std::move(layer));
   }

@@ -48,7 +48,7 @@ class TorchLlama : public torch::nn::Module {
   TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
 
   const LlamaConfig& config() const { return config_; }
-  static constexpr int kLinearsPerLayer = 7;  // q, k, v, o, gate, up, down
+  static constexpr int kLinearsPerLayer = LlamaLayer::kLinears;  // q, k, v, o, gate, up, down
   std::shared_ptr<TrainableLinear> linear(int64_t layer, int index) const;
   void set_linear(int64_t layer, int index, std::shared_ptr<TrainableLinear> module);
 

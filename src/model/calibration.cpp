@@ -39,10 +39,6 @@ class RecordingLinear final : public Linear {
   mutable int64_t rows_ = 0;
 };
 
-std::vector<std::unique_ptr<Linear>*> linear_slots(LlamaLayer& layer) {
-  return {&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down};
-}
-
 }  // namespace
 
 ColumnRms collect_column_rms(LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx) {
@@ -51,7 +47,7 @@ ColumnRms collect_column_rms(LlamaModel& model, std::span<const int32_t> tokens,
   if (int64_t(tokens.size()) < ctx) fail("calibration text has {} tokens, fewer than one window of {}", tokens.size(), ctx);
   LlamaWeights& w = model.mutable_weights();
   for (LlamaLayer& layer : w.layers)
-    for (auto* slot : linear_slots(layer)) *slot = std::make_unique<RecordingLinear>(std::move(*slot));
+    for (auto* slot : layer.linear_slots()) *slot = std::make_unique<RecordingLinear>(std::move(*slot));
 
   KVCache cache(c, ctx);
   std::vector<float> logits(c.vocab_size);
@@ -61,7 +57,7 @@ ColumnRms collect_column_rms(LlamaModel& model, std::span<const int32_t> tokens,
   ColumnRms result;
   for (LlamaLayer& layer : w.layers) {
     std::vector<std::vector<float>> per_linear;
-    for (auto* slot : linear_slots(layer)) {
+    for (auto* slot : layer.linear_slots()) {
       auto* recording = static_cast<RecordingLinear*>(slot->get());
       per_linear.push_back(recording->column_rms());
       *slot = recording->release();

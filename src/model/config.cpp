@@ -98,6 +98,16 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   return c;
 }
 
+std::pair<int64_t, int64_t> linear_shape(const LlamaConfig& c, int index) {
+  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  const std::pair<int64_t, int64_t> shapes[] = {{q_dim, c.hidden_size},  {kv_dim, c.hidden_size},
+                                                {kv_dim, c.hidden_size}, {c.hidden_size, q_dim},
+                                                {c.intermediate_size, c.hidden_size},
+                                                {c.intermediate_size, c.hidden_size},
+                                                {c.hidden_size, c.intermediate_size}};
+  return shapes[index];
+}
+
 LlamaConfig load_llama_config(const std::filesystem::path& config_json) {
   std::ifstream in(config_json);
   if (!in) fail("{}: cannot open", config_json.string());

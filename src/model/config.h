@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -28,6 +29,9 @@ struct LlamaConfig {
 // Refuses (Error naming `source`) any architecture or field the engine does not implement
 // exactly: other model types, rope scaling, biases, non-SiLU activations, bad numbers.
 LlamaConfig parse_llama_config(const nlohmann::json& json, const std::string& source);
+// (n_out, n_in) of a block's linear layer `index` in LlamaLayer order (q, k, v, o, gate, up, down).
+std::pair<int64_t, int64_t> linear_shape(const LlamaConfig& config, int index);
+
 LlamaConfig load_llama_config(const std::filesystem::path& config_json);
 nlohmann::json llama_config_to_json(const LlamaConfig& config);
 

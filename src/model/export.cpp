@@ -47,16 +47,14 @@ void export_hf_checkpoint(const ModelBundle& bundle, const std::filesystem::path
   try {
     std::vector<TensorToWrite> tensors;
     tensors.push_back(linear_tensor("model.embed_tokens.weight", DenseLinear(w.embedding)));
-    const char* names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& layer = w.layers[l];
-      const std::string prefix = "model.layers." + std::to_string(l) + ".";
+      const std::string prefix = hf_layer_prefix(l);
       tensors.push_back(bf16_tensor(prefix + "input_layernorm.weight", layer.attn_norm, {c.hidden_size}));
       tensors.push_back(bf16_tensor(prefix + "post_attention_layernorm.weight", layer.mlp_norm, {c.hidden_size}));
-      const Linear* linears[] = {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
-                                 layer.gate.get(), layer.up.get(), layer.down.get()};
-      for (int i = 0; i < 7; ++i) tensors.push_back(linear_tensor(prefix + names[i] + ".weight", *linears[i]));
+      const auto linears = layer.linears();
+      for (int i = 0; i < LlamaLayer::kLinears; ++i)
+        tensors.push_back(linear_tensor(hf_linear_name(l, linear_names()[i]), *linears[i]));
     }
     tensors.push_back(bf16_tensor("model.norm.weight", w.final_norm, {c.hidden_size}));
     if (!c.tie_word_embeddings) tensors.push_back(linear_tensor("lm_head.weight", *w.lm_head));

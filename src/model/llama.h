@@ -2,6 +2,7 @@
 // The Llama forward pass: embeddings, RMSNorm, RoPE, grouped-query attention with a KV cache,
 // SwiGLU MLP, tied or untied LM head. Linear layers may be in any weight format.
 #include <any>
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -17,6 +18,15 @@ struct LlamaLayer {
   std::vector<float> attn_norm;  // (hidden)
   std::vector<float> mlp_norm;   // (hidden)
   std::unique_ptr<Linear> q, k, v, o, gate, up, down;
+
+  // The seven projections in file and training order: q, k, v, o, gate, up, down.
+  static constexpr int kLinears = 7;
+  std::array<std::unique_ptr<Linear>*, kLinears> linear_slots() {
+    return {&q, &k, &v, &o, &gate, &up, &down};
+  }
+  std::array<const Linear*, kLinears> linears() const {
+    return {q.get(), k.get(), v.get(), o.get(), gate.get(), up.get(), down.get()};
+  }
 };
 
 struct LlamaWeights {

@@ -77,22 +77,14 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
   const auto& embed = expect(*archive, dir, "model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
   auto embed_linear = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
   w.embedding = embed_linear->matrix();
-  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  const std::map<std::string, std::pair<int64_t, int64_t>> linear_shapes = {
-      {"q_proj", {q_dim, c.hidden_size}},     {"k_proj", {kv_dim, c.hidden_size}},
-      {"v_proj", {kv_dim, c.hidden_size}},    {"o_proj", {c.hidden_size, q_dim}},
-      {"gate_proj", {c.intermediate_size, c.hidden_size}},
-      {"up_proj", {c.intermediate_size, c.hidden_size}},
-      {"down_proj", {c.hidden_size, c.intermediate_size}}};
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
     const std::string prefix = hf_layer_prefix(l);
     layer.attn_norm = to_f32(expect(*archive, dir, prefix + "input_layernorm.weight", {c.hidden_size}));
     layer.mlp_norm = to_f32(expect(*archive, dir, prefix + "post_attention_layernorm.weight", {c.hidden_size}));
-    std::unique_ptr<Linear>* slots[] = {&layer.q, &layer.k, &layer.v, &layer.o,
-                                        &layer.gate, &layer.up, &layer.down};
-    for (size_t i = 0; i < linear_names().size(); ++i) {
-      const auto [rows, cols] = linear_shapes.at(linear_names()[i]);
+    const auto slots = layer.linear_slots();
+    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
+      const auto [rows, cols] = linear_shape(c, i);
       const auto& t = expect(*archive, dir, hf_linear_name(l, linear_names()[i]), {rows, cols});
       *slots[i] = DenseLinear::from_stored(t.dtype, t.data, rows, cols);
     }

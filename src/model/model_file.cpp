@@ -35,11 +35,6 @@ std::vector<float> get_f32(const GgufFile& file, const std::string& name, int64_
   return v;
 }
 
-std::vector<Linear*> layer_linears(const LlamaLayer& layer) {
-  return {layer.q.get(), layer.k.get(), layer.v.get(), layer.o.get(),
-          layer.gate.get(), layer.up.get(), layer.down.get()};
-}
-
 }  // namespace
 
 std::string gguf_linear_prefix(int64_t layer, int index) {
@@ -71,8 +66,8 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
     const LlamaLayer& layer = w.layers[l];
     put_f32(out, fmt::format("blk.{}.attn_norm.weight", l), layer.attn_norm);
     put_f32(out, fmt::format("blk.{}.ffn_norm.weight", l), layer.mlp_norm);
-    const auto linears = layer_linears(layer);
-    for (int i = 0; i < 7; ++i) {
+    const auto linears = layer.linears();
+    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
       const std::string prefix = gguf_linear_prefix(l, i);
       linears[i]->save(out, prefix);
       out.set("subbit.layer." + prefix + ".format", linears[i]->format_name());
@@ -129,12 +124,6 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     return linear;
   };
 
-  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  const std::pair<int64_t, int64_t> shapes[] = {{q_dim, c.hidden_size},  {kv_dim, c.hidden_size},
-                                                {kv_dim, c.hidden_size}, {c.hidden_size, q_dim},
-                                                {c.intermediate_size, c.hidden_size},
-                                                {c.intermediate_size, c.hidden_size},
-                                                {c.hidden_size, c.intermediate_size}};
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
     layer.attn_norm = get_f32(*file, fmt::format("blk.{}.attn_norm.weight", l), c.hidden_size);
@@ -143,11 +132,11 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
                                 c.hidden_size * 4, ""});
     bundle.inventory.push_back({fmt::format("blk.{}.ffn_norm.weight", l), "norm", "F32", c.hidden_size,
                                 c.hidden_size * 4, ""});
-    std::unique_ptr<Linear>* slots[] = {&layer.q, &layer.k, &layer.v, &layer.o,
-                                        &layer.gate, &layer.up, &layer.down};
-    for (int i = 0; i < 7; ++i)
-      *slots[i] = load_linear(gguf_linear_prefix(l, i), shapes[i].first, shapes[i].second,
-                              i < 4 ? "attention" : "mlp");
+    const auto slots = layer.linear_slots();
+    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
+      const auto [n_out, n_in] = linear_shape(c, i);
+      *slots[i] = load_linear(gguf_linear_prefix(l, i), n_out, n_in, i < 4 ? "attention" : "mlp");
+    }
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = get_f32(*file, "output_norm.weight", c.hidden_size);
