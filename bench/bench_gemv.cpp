@@ -1,5 +1,7 @@
 // GEMV (one token) benchmarks: dense BF16 / F32 against the LittleBit factorised product at
-// 0.1, 0.55 and 1.0 bits/weight and against a plain 1-bit sign matrix, for Llama-sized shapes.
+// 0.1, 0.55 and 1.0 bits/weight, against a plain 1-bit sign matrix and against the UltraSketch
+// hashed tables (docs/ultrasketch.md) at 1.0, 0.55, 0.5, 0.3 and 0.1 bits/weight, for
+// Llama-sized shapes.
 //
 // Run (Release build):
 //   OMP_NUM_THREADS=1 build/subbit_bench --benchmark_filter=gemv/
@@ -16,6 +18,17 @@
 // bandwidth/compute balance. Threads share the machine with anything else running: on a busy
 // machine, waking the OpenMP team can cost milliseconds, so measure on an idle one.
 //
+// Sketch vs dense: time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/sketch_bpw0.50); sketch vs
+// LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
+// and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absminmax, 2 hash rows,
+// block 16, 4-bit values, no salient set). Their tables are filled directly with random codes
+// and fp16 steps instead of running SketchLinear::encode on a random matrix: encode would need
+// the whole fp32 matrix (940 MB at 28672x8192) and seconds per layer, and the kernel's speed does
+// not depend on the values (it is branch-free; only the table sizes and hashes matter, and those
+// are the real ones). `table_MB` is the tables' size in memory at run time (SketchLinear::
+// runtime_bytes: a byte per weight of code, twice the stored 4 bits), which is what decides
+// whether the random bucket loads hit the caches.
+//
 // Memory: one shape's data is alive at a time (the 28672x8192 F32 matrix is 940 MB, BF16 470 MB),
 // allocated when its first benchmark runs and filled with cheap pseudo-random data.
 #include <benchmark/benchmark.h>
@@ -30,6 +43,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "formats/sketch.h"
 #include "ops/dense_matmul.h"
 #include "ops/parallel.h"
 #include "ops/sign_matmul.h"
@@ -42,6 +56,9 @@ struct Shape {
 };
 constexpr Shape kShapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}};
 constexpr double kLittleBitBpw[] = {0.1, 0.55, 1.0};
+constexpr double kSketchBpw[] = {1.0, 0.55, 0.5, 0.3, 0.1};
+
+std::string bpw_name(double bpw) { return std::to_string(bpw).substr(0, 4); }
 
 std::string shape_name(const Shape& s) {
   return std::to_string(s.n_out) + "x" + std::to_string(s.n_in);
@@ -107,6 +124,7 @@ struct ShapeData {
   std::vector<LittleBit> littlebit;  // one per kLittleBitBpw
   std::vector<uint64_t> sign_1bit;   // (n_out, n_in)
   std::vector<float> sign_row_scale, sign_col_scale;
+  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)];  // built by the sketch benchmarks
   // Work buffers.
   std::vector<float> y, t, z, y_path;
 };
@@ -244,6 +262,40 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   set_common_counters(state, d, double(n_out * n_in) / 8.0 + 2.0 * double(n_out + n_in));
 }
 
+// A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
+std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, uint64_t seed) {
+  const SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw);
+  Rng rng{seed};
+  const int q_max = (1 << (p.value_bits - 1)) - 1;
+  SketchTableSet set;
+  set.buckets = p.buckets;
+  for (int k = 0; k < p.rows; ++k) {
+    set.seeds.push_back(rng.next());
+    const float scale = f16_to_f32(f32_to_f16(0.01f * float(k + 1)));
+    set.scales.push_back(scale);
+    std::vector<float> values(p.buckets[k] * p.block);
+    for (float& v : values) v = float(int(rng.next() % uint64_t(2 * q_max + 1)) - q_max) * scale;
+    set.values.push_back(std::move(values));
+  }
+  return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.value_bits,
+                                        std::vector<SketchTableSet>{std::move(set)}, std::vector<uint64_t>{});
+}
+
+void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index) {
+  ShapeData& d = data_for(shape_index);
+  auto& layer = d.sketch[bpw_index];
+  if (!layer) layer = random_sketch(d.shape, kSketchBpw[bpw_index], 0x5ce7c4 + uint64_t(bpw_index));
+  for (auto _ : state) {
+    layer->forward(d.x.data(), d.y.data(), 1);
+    benchmark::DoNotOptimize(d.y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(shape_name(d.shape) + " sketch nominal_bpw=" + bpw_name(kSketchBpw[bpw_index]) + " " +
+                 layer->describe());
+  set_common_counters(state, d, double(layer->storage_bits()) / 8.0);
+  state.counters["table_MB"] = double(layer->runtime_bytes()) / 1e6;  // what the kernel reads from
+}
+
 // Registered shape by shape so each shape's data is built once.
 [[maybe_unused]] const bool registered = [] {
   for (int si = 0; si < int(std::size(kShapes)); ++si) {
@@ -254,13 +306,16 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
     for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi) {
       const int64_t rank = littlebit_rank(kShapes[si], kLittleBitBpw[bi]);
-      const std::string bpw = std::to_string(kLittleBitBpw[bi]).substr(0, 4);
+      const std::string bpw = bpw_name(kLittleBitBpw[bi]);
       benchmark::RegisterBenchmark((prefix + "littlebit_bpw" + bpw + "_r" + std::to_string(rank)).c_str(),
                                    BM_LittleBit, si, bi)
           ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
     benchmark::RegisterBenchmark((prefix + "sign_1bit").c_str(), BM_Sign1Bit, si)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
+      benchmark::RegisterBenchmark((prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi])).c_str(), BM_Sketch, si, bi)
+          ->Unit(benchmark::kMicrosecond)->UseRealTime();
   }
   return true;
 }();

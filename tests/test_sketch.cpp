@@ -9,6 +9,9 @@
 #include <random>
 #include <tuple>
 
+#include <fmt/format.h>
+#include <hwy/targets.h>
+
 #include "common/dtype.h"
 #include "common/error.h"
 #include "formats/sketch.h"
@@ -442,6 +445,133 @@ TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
     sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
     for (size_t i = 0; i < fast.size(); ++i)
       ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i]))) << "tokens " << tokens << " output " << i;
+  }
+}
+
+// The SIMD kernel against the scalar reference (which equals the dense product of the
+// reconstruction): within 1e-5 of Σ|w·x| per output, as above (fp32 summation in another order).
+void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, uint32_t seed, const std::string& what) {
+  const int64_t d_out = layer.n_out(), d_in = layer.n_in();
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(tokens * d_in);
+  for (float& v : x) v = dist(rng);
+  const auto dense = dequantized(layer);
+  std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
+  layer.forward(x.data(), fast.data(), tokens);
+  sketch_matmul_reference(layer.matrix(), x.data(), reference.data(), tokens);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t o = 0; o < d_out; ++o) {
+      double magnitude = 0;
+      for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(dense[o * d_in + i] * x[t * d_in + i]);
+      ASSERT_NEAR(fast[t * d_out + o], reference[t * d_out + o], 1e-5 * magnitude + 1e-6)
+          << what << " tokens " << tokens << " token " << t << " output " << o;
+    }
+}
+
+// A layer whose buckets all hold the same vector in every hash row and set (equal steps), so
+// every weight's estimates tie in magnitude, with opposite signs wherever the rows' signs differ:
+// the rule must pick the lowest hash row (the SIMD kernel selects with VRANGEPS on AVX-512,
+// which breaks such ties by sign unless told otherwise).
+std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int block, int value_bits, bool salient,
+                                             int64_t d_out, int64_t d_in) {
+  const int64_t blocks = d_out * ((d_in + block - 1) / block);
+  const int q_max = value_bits == 16 ? 7 : (1 << (value_bits - 1)) - 1;
+  const float step = value_bits == 16 ? 1.0f : 0.0625f;
+  std::vector<SketchTableSet> sets(salient ? 2 : 1);
+  std::mt19937_64 seeds(77);
+  for (size_t s = 0; s < sets.size(); ++s) {
+    SketchTableSet& set = sets[s];
+    for (int k = 0; k < rows; ++k) {
+      const int64_t buckets = s == 0 ? 5 + k : 3 + k;
+      set.buckets.push_back(buckets);
+      set.seeds.push_back(seeds());
+      if (value_bits != 16) set.scales.push_back(step);
+      std::vector<float> values(buckets * block);
+      for (int64_t i = 0; i < buckets * block; ++i) {
+        const int64_t j = i % block;  // nonzero, both signs
+        values[i] = float((j % 2 ? -1 : 1) * int(1 + j % q_max)) * step;
+      }
+      set.values.push_back(std::move(values));
+    }
+  }
+  std::vector<uint64_t> mask;
+  if (salient) {
+    mask.assign((blocks + 63) / 64, 0);
+    for (int64_t b = 0; b < blocks; b += 3) mask[b / 64] |= uint64_t{1} << (b % 64);
+  }
+  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, sets, std::move(mask));
+}
+
+TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
+  for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin})
+    for (int rows : {2, 3, 4})
+      for (int value_bits : {4, 8, 16})
+        for (int block : {8, 16, 32})
+          for (bool salient : {false, true}) {
+            const auto layer = all_ties_layer(rule, rows, block, value_bits, salient, 21, 96);
+            // The reference itself: every weight is row 0's estimate.
+            const auto w = dequantized(*layer);
+            const SketchMatrix& m = layer->matrix();
+            for (int64_t r = 0; r < 21; ++r)
+              for (int64_t c = 0; c < 96; ++c) {
+                const bool sal = m.salient(r, c / block);
+                const SketchHashRow& hr = m.hash_rows[0];
+                const uint64_t h = sketch_block_hash(sal ? hr.salient_seed : hr.seed, r, c / block);
+                const float v = m.value(0, sal ? hr.buckets + sketch_bucket(h, hr.salient_buckets) : sketch_bucket(h, hr.buckets),
+                                        c % block);
+                ASSERT_EQ(w[r * 96 + c], sketch_negative(h) ? -v : v);
+              }
+            const std::string what = fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
+                                                 value_bits, block, salient);
+            for (int64_t tokens : {1, 3, 8, 12}) expect_kernel_matches_reference(*layer, tokens, 5, what);
+          }
+}
+
+// Every SIMD target compiled in (AVX-512, AVX2, SSE4, scalar, ... as the CPU supports them)
+// against the reference, over the table layouts (fp32 for fp16 values, int8 codes, 4-bit codes
+// in strides of 16 and 48), rules, hash rows, salient sets and the one-token, fused and banded
+// several-token paths.
+TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
+  std::vector<std::unique_ptr<SketchLinear>> layers;
+  std::vector<std::string> names;
+  const auto w = random_weights(19 * 100, 31);
+  for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
+    for (int rows : {1, 2, 3})
+      for (int value_bits : {2, 4, 8, 16})
+        for (int block : {8, 16, 40})
+          for (double salient : {0.0, 0.1}) {
+            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient);
+            p.rule = rule;
+            layers.push_back(SketchLinear::encode(w.data(), 19, 100, p, nullptr));
+            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
+                                        value_bits, block, salient));
+          }
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+    for (size_t i = 0; i < layers.size(); ++i)
+      for (int64_t tokens : {1, 2, 5, 11}) {
+        expect_kernel_matches_reference(*layers[i], tokens, uint32_t(i), std::string(hwy::TargetName(target)) + " " + names[i]);
+        if (::testing::Test::HasFatalFailure()) break;
+      }
+    if (::testing::Test::HasFatalFailure()) break;
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+}
+
+TEST(SketchLayer, RuntimeTablesTakeAByteAWeightOfCode) {
+  // 4-bit codes are packed two per byte with a negated copy (the kernels pick the sign by
+  // address), wider codes take a byte, fp16 values are widened to fp32; buckets are padded to
+  // sketch_bucket_stride(block) elements and each table to whole 64-byte lines.
+  const auto w = random_weights(64 * 256, 41);
+  for (int value_bits : {4, 8, 16}) {
+    const SketchParams p = sketch_params_for_bpw(64, 256, 2.0, 2, 16, value_bits, 0.0);
+    const auto layer = SketchLinear::encode(w.data(), 64, 256, p, nullptr);
+    int64_t expected = 0;
+    for (int64_t buckets : p.buckets) expected += (buckets * 16 * (value_bits == 16 ? 4 : 1) + 63) / 64 * 64;
+    EXPECT_EQ(layer->runtime_bytes(), expected) << value_bits;
   }
 }
 

@@ -204,36 +204,55 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
     sets_.push_back({set.buckets, set.seeds, set.scales, {}});
   }
 
-  // Runtime tables: fp32, one zero-padded bucket per stride, the salient buckets after the main.
-  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in};
+  // Runtime tables, one zero-padded bucket per stride, the salient buckets after the main: the
+  // codes themselves, a byte per element (4-bit ones packed two per byte, with a negated copy),
+  // so 4x smaller than fp32 (q · step is exact in fp32, so the kernels decode the same values),
+  // or fp32 for fp16 values.
+  const SketchTableLayout layout = fp16_values(value_bits)             ? SketchTableLayout::F32
+                                   : value_bits <= 4 && stride % 16 == 0 ? SketchTableLayout::Nibble
+                                                                         : SketchTableLayout::Int8;
+  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout};
+  const int64_t bucket_bytes = matrix_.bucket_bytes();
   for (int k = 0; k < rows; ++k) {
     const int64_t main_buckets = sets[0].buckets[k];
     const int64_t total = main_buckets + (salient ? sets[1].buckets[k] : 0);
-    hwy::AlignedFreeUniquePtr<float[]> table = hwy::AllocateAligned<float>(size_t(total * stride));
+    // Whole 64-byte lines (the allocation is 64-byte aligned), zero-filled.
+    const size_t bytes = size_t((total * bucket_bytes + 63) / 64 * 64);
+    hwy::AlignedFreeUniquePtr<uint8_t[]> table = hwy::AllocateAligned<uint8_t>(bytes);
     if (!table) fail("sketch: out of memory for a table of {} buckets", total);
-    std::fill_n(table.get(), total * stride, 0.0f);
+    std::fill_n(table.get(), bytes, uint8_t{0});
     for (size_t s = 0; s < sets.size(); ++s) {
       const std::vector<float>& values = sets[s].values[k];
       const int64_t first = s == 0 ? 0 : main_buckets;
       for (size_t i = 0; i < values.size(); ++i) {
-        float v = values[i];
-        if (fp16_values(value_bits)) {
+        const float v = values[i];
+        const int64_t at = (first + int64_t(i) / block) * stride + int64_t(i) % block;  // element
+        if (layout == SketchTableLayout::F32) {
           if (!std::isfinite(v) || round_f16(v) != v)
             fail("sketch: table {} value {} is not a finite fp16 number", k, v);
-        } else {
-          // On the grid: v = q · scale exactly, |q| <= max_code; stored canonically (+0, not −0).
-          const float scale = sets[s].scales[k];
-          const float q = std::nearbyint(v / scale);
-          if (!(std::fabs(q) <= float(max_code(value_bits))) || q * scale != v)
-            fail("sketch: table {} value {} is not a {}-bit multiple of the scale {}", k, v, value_bits, scale);
-          v = q * scale + 0.0f;
+          reinterpret_cast<float*>(table.get())[at] = v;
+          continue;
         }
-        table[(first + int64_t(i) / block) * stride + int64_t(i) % block] = v;
+        // On the grid: v = q · scale exactly, |q| <= max_code (so −0 reads back as +0).
+        const float scale = sets[s].scales[k];
+        const float q = std::nearbyint(v / scale);
+        if (!(std::fabs(q) <= float(max_code(value_bits))) || q * scale != v)
+          fail("sketch: table {} value {} is not a {}-bit multiple of the scale {}", k, v, value_bits, scale);
+        if (layout == SketchTableLayout::Int8) {
+          reinterpret_cast<int8_t*>(table.get())[at] = int8_t(q);
+        } else {
+          // Positive words, then negated ones (stride / 16 each per bucket).
+          const int64_t j = at % stride;
+          uint64_t* words = reinterpret_cast<uint64_t*>(table.get()) + at / stride * (stride / 8) + j / 16;
+          words[0] |= (uint64_t(int(q)) & 15) << (4 * sketch_nibble(j));
+          words[stride / 16] |= (uint64_t(-int(q)) & 15) << (4 * sketch_nibble(j));
+        }
       }
     }
     matrix_.hash_rows[k] = SketchHashRow{table.get(), uint64_t(main_buckets), sets[0].seeds[k],
-                                         salient ? uint64_t(sets[1].buckets[k]) : 0,
-                                         salient ? sets[1].seeds[k] : 0};
+                                         salient ? uint64_t(sets[1].buckets[k]) : 0, salient ? sets[1].seeds[k] : 0,
+                                         fp16_values(value_bits) ? 0.0f : sets[0].scales[k],
+                                         salient && !fp16_values(value_bits) ? sets[1].scales[k] : 0.0f};
     tables_.push_back(std::move(table));
   }
   matrix_.salient_mask = salient ? salient_mask_.data() : nullptr;
@@ -370,15 +389,25 @@ std::string SketchLinear::describe() const {
 
 SketchTableSet SketchLinear::table_set(int set) const {
   SketchTableSet out = sets_.at(set);
-  const int64_t t = block(), stride = matrix_.stride();
+  const int64_t t = block();
   for (int k = 0; k < rows(); ++k) {
-    const int64_t first = set == 0 ? 0 : sets_[0].buckets[k];
+    const uint64_t first = set == 0 ? 0 : uint64_t(sets_[0].buckets[k]);
     std::vector<float> values(out.buckets[k] * t);
     for (int64_t i = 0; i < out.buckets[k]; ++i)
-      std::copy_n(tables_[k].get() + (first + i) * stride, t, values.data() + i * t);
+      for (int64_t j = 0; j < t; ++j) values[i * t + j] = matrix_.value(k, first + uint64_t(i), j);
     out.values.push_back(std::move(values));
   }
   return out;
+}
+
+int64_t SketchLinear::runtime_bytes() const {
+  int64_t bytes = int64_t(salient_mask_.size() * sizeof(uint64_t));
+  for (int k = 0; k < rows(); ++k) {
+    int64_t buckets = 0;
+    for (const SketchTableSet& set : sets_) buckets += set.buckets[k];
+    bytes += (buckets * matrix_.bucket_bytes() + 63) / 64 * 64;
+  }
+  return bytes;
 }
 
 // Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows], buckets,

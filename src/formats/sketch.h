@@ -100,12 +100,17 @@ class SketchLinear final : public Linear {
   SketchTableSet table_set(int set) const;
   const std::vector<uint64_t>& salient_mask() const { return salient_mask_; }
   const SketchMatrix& matrix() const { return matrix_; }
+  // Bytes the runtime tables and the salient mask occupy in memory: codes take a byte per element
+  // (4-bit ones: half a byte, plus a negated copy), fp16 values four (as fp32); buckets are padded
+  // to sketch_bucket_stride elements.
+  int64_t runtime_bytes() const;
 
  private:
   int value_bits_;
   std::vector<SketchTableSet> sets_;  // buckets, seeds, scales; values live in tables_
-  // Per hash row: (main buckets + salient buckets, stride) fp32, zero-padded per bucket.
-  std::vector<hwy::AlignedFreeUniquePtr<float[]>> tables_;
+  // Per hash row: (main buckets + salient buckets) zero-padded buckets, fp32 values for fp16
+  // layers, else the codes (matrix_ says how they are laid out and holds the steps).
+  std::vector<hwy::AlignedFreeUniquePtr<uint8_t[]>> tables_;
   std::vector<uint64_t> salient_mask_;
   SketchMatrix matrix_;
 };

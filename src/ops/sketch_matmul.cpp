@@ -1,15 +1,81 @@
 #include "ops/sketch_matmul.h"
 
+// Kernels (docs/ultrasketch.md, "Runtime kernels"). Per output row the hashes of all its blocks
+// are computed first, SIMD over blocks, into the entries the products read: per (block, hash
+// row) the byte offset of the block's bucket in the hash row's table and, for most decoders, a
+// 32-bit operand (sign, step or lookup table) for the block. The products then decode each block
+// from its buckets (SketchTableLayout says how the tables hold their values):
+//
+//   F32     fp32 tables (fp16-valued layers): value = table ^ sign mask (operand).
+//   Scale8  int8 codes: value = float(q) · (±step) (operand).
+//   Lut4    4-bit codes (Nibble layout) on 16-lane AVX-512 vectors, no salient set: one 64-bit
+//           broadcast load and one variable shift put every lane's code in its low 4 bits, and
+//           VPERMPS looks its value q · step up in a 16-float table held in a register per hash
+//           row. The sign is in the offset (the Nibble layout stores negated codes next to the
+//           codes), so an entry is just the 32-bit offset, and with 2 hash rows one 64-bit load
+//           gets a block's both.
+//   Lut4S   the same with a salient set: the operand says which table (main or salient step).
+//   Scale4  4-bit codes on other targets: the same shift, sign extension, float(q) · step.
+//
+// q · step is exact in fp32 (|q| < 2^7, fp16 step), so every decoder produces exactly the values
+// of the scalar reference. Selection (absminmax / absmaxmin) on AVX-512 is one VRANGEPS per
+// extra hash row (TieBits says how ties keep going to the lowest row). Only the summation order
+// of the products differs from the reference.
+//
+// Measurements (development VM: AMD EPYC, Zen 5, AVX-512; 2 vCPUs shared with other jobs, so
+// +-10% from run to run). One thread, Release -O3, 0.5 bpw with the defaults (absminmax, 2 rows,
+// block 16, 4-bit codes), microseconds, minimum over runs alternating with the dense product
+// ("cold": the sketch right after dense BF16 streamed its matrix through the caches):
+//
+//   tokens 1        dense BF16   before (fp32 tables)     now: warm   cold   dense/now
+//   4096x4096          1371          2291 (cold 4118)          1504    1958      0.91
+//   11008x4096         4528         19967                      4591    5972      0.99
+//   4096x11008         5014         17959                      5993    9208      0.84
+//   28672x8192        19214        154979                     62420   62897      0.31
+//   4096x4096, 5% salient blocks 1404 / 2213 (the Lut4S lookups come from memory); 2 threads
+//   742 / 793.
+//
+//   4096x4096, tokens  2: 2148 / 1794,  4: 2194 / 2180,  8: 3133 / 3195 (before 4504),
+//   16: 4973 / 4733,  64: 14932 / 19640 (before 27899)    (dense BF16 / now)
+//
+// subbit_bench (gemv/<shape>/dense_bf16 / sketch_bpw0.50, one run on a quieter machine): 1592 /
+// 1570, 4055 / 4727, 3511 / 4618, 20338 / 62917 (before: 4096x4096 1463 / 2346).
+//
+// Where the time goes (4096x4096): hashing ~0.35 ms (two 64-bit multiplies per hash row and
+// block are the floor of the pinned hash), the products ~0.75 ms with the tables in L2 (0.1 bpw),
+// the rest waiting on bucket loads that miss L2 (tables of 2.1 MB at 0.5 bpw). Large layers are
+// bound by random loads: a 28672x8192 layer's tables are 29 MB (15 MB as stored), and on this
+// machine a random load from a region that size costs ~2 ns even with all the parallelism the
+// core has (1.2 ns at 16 MB, 0.7-0.9 ns up to 8 MB), against 1.4 ns per 16 weights for dense
+// BF16 streaming: two such loads per block cannot keep up, whatever the arithmetic.
+//
+// What paid, in order: int8 codes instead of fp32 tables (4x smaller: -10% warm, -40% cold at
+// 4096x4096; the kernel was bound by instructions); a 16-float VPERMPS table and VRANGEPS instead
+// of widen/convert/multiply and abs/compare/blend; entries holding offsets and operands as plain
+// 32-bit words (no shifts in the loop); 4-bit codes with the sign chosen by address; one 64-bit
+// load for both rows' offsets; two output rows per pass sharing the x loads (12%) and x copied to
+// 64-byte alignment (12%: unaligned 64-byte loads straddle lines); a non-inlined product loop
+// (inlined, GCC spilled its indices); prefetching 48 blocks ahead for tables over 8 MB (2x at
+// 28672x8192; it cost a few percent on smaller ones). What did not: prefetching small tables;
+// hashing the next rows between the current rows' blocks (hashing is arithmetic and the product
+// waits on loads, but interleaved both got slower, 1.75 vs 1.46 ms); four output rows per pass
+// (1.70 vs 1.54 ms); huge pages for the tables;
+// one copy of the 4-bit codes with the sign applied by an xor (halves the tables, +30% product
+// time when they are cached). Precomputing the entries at load time would take 4 bits per weight
+// (8 MiB for 4096x4096, 8x the layer) and streaming them costs about what hashing does.
+
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/sketch_matmul.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/aligned_allocator.h>
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
-#include "ops/dense_matmul.h"
 #include "ops/parallel.h"
 
 #ifndef SUBBIT_SKETCH_MATMUL_SHARED
@@ -29,15 +95,36 @@ inline uint64_t mask_bits(const uint64_t* mask, int64_t total, int64_t first, in
   return bits;
 }
 
-// One output row's hashes, computed once and reused for every token of the row.
-struct RowCodes {
-  // (rows, padded_blocks): the address of the block's bucket with the sign in bit 0 (set: −1).
-  // Float addresses are even, so the bit is free, and decoding a block costs one load per hash
-  // row besides the bucket itself.
-  std::vector<uint64_t> entries;
+// The first step of mix64, z ^ (z >> 30), is linear over xor. For z = seed ^ r·R ^ b·B it is
+// the xor of a per-(seed, row) and a per-block part, each computed once instead of per hash.
+constexpr uint64_t xorshift30(uint64_t z) { return z ^ (z >> 30); }
+
+enum class Decoder : uint8_t { F32, Scale8, Lut4, Lut4S, Scale4 };
+
+// Lut4 entries are bare 32-bit offsets laid out (padded_blocks, rows); the others are pairs of
+// 32-bit words, laid out (rows, padded_blocks, 2): the operand (kLow) and the offset (kHigh), so
+// the kernels read either half with one plain load while the hash pass stores whole uint64_t.
+constexpr bool paired(Decoder d) { return d != Decoder::Lut4; }
+constexpr int kLow = std::endian::native == std::endian::little ? 0 : 1;
+constexpr int kHigh = 1 - kLow;
+
+// One output row's entries, computed once and reused for every token of the row.
+struct RowEntries {
+  uint32_t* words;
   int64_t padded_blocks;
-  uint64_t entry(int k, int64_t b) const { return entries[k * padded_blocks + b]; }
 };
+
+// Room for `count` (<= 4) rows' entries (`words` each), starting 0, 2, 1 and 3 KiB past 4 KiB
+// boundaries: one row's entries are stored while another's are read at the same offsets, and
+// addresses a multiple of 4 KiB apart would make the loads wait on the stores (4K aliasing).
+inline std::vector<uint32_t> entry_buffer(int64_t words, int count, RowEntries* e, int64_t padded_blocks) {
+  constexpr int64_t kSkew[4] = {0, 512, 256, 768};  // words
+  const int64_t each = (words + 1023) / 1024 * 1024 + 1024;
+  std::vector<uint32_t> buffer(each * count + 16);  // + 64 bytes for alignment
+  uint32_t* first = buffer.data() + (16 - (reinterpret_cast<uintptr_t>(buffer.data()) % 64) / 4) % 16;
+  for (int i = 0; i < count; ++i) e[i] = RowEntries{first + i * each + kSkew[i], padded_blocks};
+  return buffer;
+}
 
 }  // namespace subbit::sketch_detail
 #endif
@@ -46,227 +133,641 @@ HWY_BEFORE_NAMESPACE();
 namespace subbit::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-using sketch_detail::RowCodes;
+using sketch_detail::Decoder;
+using sketch_detail::kHigh;
+using sketch_detail::kLow;
+using sketch_detail::paired;
+using sketch_detail::RowEntries;
 using DU64 = hn::ScalableTag<uint64_t>;
 
-HWY_INLINE hn::Vec<DU64> Mix64(hn::Vec<DU64> z) {
+#undef SUBBIT_SKETCH_AVX512
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+#define SUBBIT_SKETCH_AVX512 1
+#else
+#define SUBBIT_SKETCH_AVX512 0
+#endif
+
+// Whether DF is a 16-lane AVX-512 vector (VPERMPS over 16 floats, VRANGEPS).
+template <class DF>
+constexpr bool Is512() {
+  return SUBBIT_SKETCH_AVX512 && hn::MaxLanes(DF()) == 16;
+}
+
+// Selection by VRANGEPS. It breaks a tie between equal magnitudes of opposite sign by sign, not
+// in favour of the first operand, so the decoders set the low 2 bits of each value to a per-row
+// priority that makes every tie strict in favour of the lower hash row, and the selected value's
+// low bits are cleared again. Decoded values have at least 6 trailing zero mantissa bits (codes:
+// |q| < 2^7 times an fp16 step, at most 18 significant bits; fp16 values: 11), so magnitudes
+// that differ are at least 64 ulps apart and the priority never reorders them. Zeros become
+// denormals 0..3, which compare the same way (and are equal zeros under DAZ, where the result
+// is a zero either way).
+template <Decoder kDec, SketchRule kRule, class DF>
+constexpr bool UseRange() {
+  return Is512<DF>() && kRule != SketchRule::Mean &&
+         (kDec == Decoder::F32 || kDec == Decoder::Lut4 || kDec == Decoder::Lut4S);
+}
+template <SketchRule kRule>
+constexpr uint32_t TieBits(int k, int rows) {
+  return kRule == SketchRule::AbsMinMax ? uint32_t(rows - 1 - k) : uint32_t(k);
+}
+
+// Tables much larger than L2 make the bucket loads slow random accesses (L3 or memory): asking
+// for them this many blocks ahead overlaps more of them than the reorder window does. On the
+// development machine it halved the time at 28672 x 8192 (tables of 29 MB) and cost a few
+// percent on tables of a few MB, hence the threshold.
+constexpr int64_t kPrefetchAhead = 48;  // blocks
+constexpr int64_t kPrefetchTableBytes = int64_t{8} << 20;
+
+// Everything a kernel needs of a layer, built once per call.
+struct Setup {
+  alignas(64) float luts[kSketchMaxRows][2][16];  // Lut4/Lut4S: (hash row, set) -> q · step
+  const uint8_t* base[kSketchMaxRows];           // each hash row's table
+  uint32_t operand[kSketchMaxRows][2];           // entry operand of a + block, per set
+  std::vector<uint64_t> block_terms;             // (padded_blocks) xorshift30(b · B)
+  int64_t blocks, padded_blocks, stride;
+  bool prefetch;  // the tables are large (kPrefetchTableBytes)
+};
+
+template <Decoder kDec, SketchRule kRule, class DF>
+void BuildSetup(const SketchMatrix& m, Setup& s) {
+  const int64_t lanes = hn::Lanes(DU64());
+  s.blocks = m.blocks_per_row();
+  s.padded_blocks = (s.blocks + lanes - 1) / lanes * lanes;
+  s.stride = m.stride();
+  s.block_terms.resize(s.padded_blocks);
+  for (int64_t b = 0; b < s.padded_blocks; ++b)
+    s.block_terms[b] = sketch_detail::xorshift30(uint64_t(b) * kSketchBlockMultiplier);
+  int64_t table_bytes = 0;
+  for (int k = 0; k < m.rows; ++k) {
+    const SketchHashRow& hr = m.hash_rows[k];
+    s.base[k] = static_cast<const uint8_t*>(hr.table);
+    table_bytes += int64_t(hr.buckets + hr.salient_buckets) * m.bucket_bytes();
+    const uint32_t tie = UseRange<kDec, kRule, DF>() ? TieBits<kRule>(k, m.rows) : 0;
+    for (int set = 0; set < 2; ++set) {
+      const float step = set == 0 ? hr.scale : hr.salient_scale;
+      for (int i = 0; i < 16; ++i)  // q = the nibble, signed
+        s.luts[k][set][i] = std::bit_cast<float>(std::bit_cast<uint32_t>(float(i < 8 ? i : i - 16) * step) | tie);
+      if constexpr (kDec == Decoder::F32) s.operand[k][set] = tie;
+      if constexpr (kDec == Decoder::Scale8 || kDec == Decoder::Scale4) s.operand[k][set] = std::bit_cast<uint32_t>(step);
+      if constexpr (kDec == Decoder::Lut4 || kDec == Decoder::Lut4S)
+        s.operand[k][set] = uint32_t(reinterpret_cast<const uint8_t*>(s.luts[k][set]) - reinterpret_cast<const uint8_t*>(s.luts));
+    }
+  }
+  s.prefetch = table_bytes > kPrefetchTableBytes;
+}
+
+HWY_INLINE hn::Vec<DU64> Mix64Tail(hn::Vec<DU64> z) {
   const DU64 d;
-  z = hn::Mul(hn::Xor(z, hn::ShiftRight<30>(z)), hn::Set(d, 0xBF58476D1CE4E5B9ull));
+  z = hn::Mul(z, hn::Set(d, 0xBF58476D1CE4E5B9ull));
   z = hn::Mul(hn::Xor(z, hn::ShiftRight<27>(z)), hn::Set(d, 0x94D049BB133111EBull));
   return hn::Xor(z, hn::ShiftRight<31>(z));
 }
 
-// 32x32 -> 64-bit product of the low halves of each lane (both operands < 2^32).
+// Product of the low 32 bits of each lane (a 32x32 -> 64-bit multiply).
 HWY_INLINE hn::Vec<DU64> MulLow32(hn::Vec<DU64> a, hn::Vec<DU64> b) {
 #if HWY_TARGET == HWY_SCALAR
-  return hn::Mul(a, b);  // one lane: no 32-bit halves to repartition into
+  const DU64 d;
+  const auto low = hn::Set(d, 0xFFFFFFFFull);
+  return hn::Mul(hn::And(a, low), hn::And(b, low));  // one lane: no 32-bit halves to repartition into
 #else
   const hn::Repartition<uint32_t, DU64> d32;
   return hn::MulEven(hn::BitCast(d32, a), hn::BitCast(d32, b));
 #endif
 }
 
-// sketch_bucket() in every lane.
-HWY_INLINE hn::Vec<DU64> Bucket(hn::Vec<DU64> h, hn::Vec<DU64> buckets) {
-  const auto high = MulLow32(hn::ShiftRight<32>(h), buckets);
-  const auto low = MulLow32(h, buckets);
-  return hn::ShiftRight<32>(hn::Add(high, hn::ShiftRight<32>(low)));
+// Bytes per bucket, a power of two when the stride is fixed at compile time.
+template <Decoder kDec>
+constexpr int64_t BucketBytes(int64_t stride) {
+  return kDec == Decoder::F32 ? stride * 4 : stride;
+}
+template <Decoder kDec, int64_t kStride>
+constexpr int kBucketShift = std::countr_zero(uint64_t(BucketBytes<kDec>(kStride)));
+constexpr bool Nibbles(Decoder d) { return d == Decoder::Lut4 || d == Decoder::Lut4S || d == Decoder::Scale4; }
+
+// What hashing one output row in one hash row needs (scalars: vectors cannot be struct members
+// on every target; the loops hoist their broadcasts).
+struct HashConsts {
+  uint64_t seed, buckets, operand;                         // main set
+  uint64_t salient_seed, salient_buckets, salient_operand;  // salient set
+  uint64_t first;  // the salient buckets follow the main ones (bucket index in the high half)
+};
+
+HWY_INLINE HashConsts MakeHashConsts(const SketchMatrix& m, const Setup& s, int k, int64_t row) {
+  const SketchHashRow& hr = m.hash_rows[k];
+  const uint64_t row_term = uint64_t(row) * kSketchRowMultiplier;
+  return HashConsts{sketch_detail::xorshift30(hr.seed ^ row_term),
+                    hr.buckets,
+                    s.operand[k][0],
+                    sketch_detail::xorshift30(hr.salient_seed ^ row_term),
+                    hr.salient_buckets,
+                    s.operand[k][1],
+                    hr.buckets << 32};
 }
 
-// The codes of every block of output row `row`, lanes of blocks at a time. Lanes past the last
-// block compute codes nobody reads.
-template <bool kSalient>
-HWY_INLINE void HashRow(const SketchMatrix& m, int64_t row, RowCodes& codes) {
+// One hash row's entries of blocks [b, b + lanes): the byte offsets of their buckets and their
+// operands (each < 2^32 in its lane). `salient` (kSalient only) marks the salient blocks.
+template <Decoder kDec, int64_t kStride, bool kSalient>
+HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU64> block_terms,
+                           const hn::Mask<DU64> salient, hn::Vec<DU64>& offset, hn::Vec<DU64>& operand) {
   const DU64 d;
-  const int64_t lanes = hn::Lanes(d);
-  const int64_t blocks = m.blocks_per_row();
-  const auto row_term = hn::Set(d, uint64_t(row) * kSketchRowMultiplier);
-  const auto block_step = hn::Set(d, uint64_t(lanes) * kSketchBlockMultiplier);
-  const auto stride = hn::Set(d, uint64_t(m.stride()));
-  const auto one = hn::Set(d, 1);
-  for (int k = 0; k < m.rows; ++k) {
-    const SketchHashRow& hr = m.hash_rows[k];
-    const auto table = hn::Set(d, uint64_t(reinterpret_cast<uintptr_t>(hr.table)));
-    auto block_term = hn::Mul(hn::Iota(d, 0), hn::Set(d, kSketchBlockMultiplier));
-    for (int64_t b = 0; b < blocks; b += lanes, block_term = hn::Add(block_term, block_step)) {
-      auto seed = hn::Set(d, hr.seed);
-      auto buckets = hn::Set(d, hr.buckets);
-      auto base = hn::Zero(d);
-      if constexpr (kSalient) {
-        const uint64_t bits = sketch_detail::mask_bits(m.salient_mask, m.n_out * blocks, row * blocks + b,
-                                                       std::min<int64_t>(lanes, blocks - b));
-        const auto salient = hn::TestBit(hn::Set(d, bits), hn::Shl(hn::Set(d, 1), hn::Iota(d, 0)));
-        seed = hn::IfThenElse(salient, hn::Set(d, hr.salient_seed), seed);
-        buckets = hn::IfThenElse(salient, hn::Set(d, hr.salient_buckets), buckets);
-        base = hn::IfThenElseZero(salient, hn::Set(d, hr.buckets * uint64_t(m.stride())));
+  auto seed = hn::Set(d, c.seed), buckets = hn::Set(d, c.buckets);
+  operand = hn::Set(d, c.operand);
+  if constexpr (kSalient) {
+    seed = hn::IfThenElse(salient, hn::Set(d, c.salient_seed), seed);
+    buckets = hn::IfThenElse(salient, hn::Set(d, c.salient_buckets), buckets);
+    operand = hn::IfThenElse(salient, hn::Set(d, c.salient_operand), operand);
+  }
+  const auto h = Mix64Tail(hn::Xor(seed, block_terms));
+  // sketch_bucket() (plus the salient base) in the high 32 bits, then its byte offset.
+  auto bucket = hn::Add(MulLow32(hn::ShiftRight<32>(h), buckets), hn::ShiftRight<32>(MulLow32(h, buckets)));
+  if constexpr (kSalient) bucket = hn::Add(bucket, hn::IfThenElseZero(salient, hn::Set(d, c.first)));
+  if constexpr (kStride != 0 && Nibbles(kDec)) {
+    // bucket · kStride | (negative ? kStride / 2 : 0): the negated codes follow the codes. The
+    // bits below kStride come from h shifted so that its bit 0 lands on kStride / 2.
+    const auto high_bits = hn::Set(d, ~uint64_t(kStride - 1));
+    offset = hn::OrAnd(hn::AndNot(high_bits, hn::ShiftLeft<kBucketShift<kDec, kStride> - 1>(h)),
+                       hn::ShiftRight<32 - kBucketShift<kDec, kStride>>(bucket), high_bits);
+  } else if constexpr (kStride != 0) {
+    offset = hn::ShiftRight<32 - kBucketShift<kDec, kStride>>(hn::And(bucket, hn::Set(d, 0xFFFFFFFF00000000ull)));
+  } else {
+    offset = MulLow32(hn::ShiftRight<32>(bucket), hn::Set(d, uint64_t(BucketBytes<kDec>(s.stride))));
+    if constexpr (Nibbles(kDec))
+      offset = hn::Add(offset, hn::IfThenElseZero(hn::TestBit(h, hn::Set(d, 1)), hn::Set(d, uint64_t(s.stride / 2))));
+  }
+  if constexpr (!Nibbles(kDec)) {
+    // ±: the float sign bit of the operand.
+    operand = hn::OrAnd(operand, hn::ShiftLeft<31>(h), hn::Set(d, uint64_t{1} << 31));
+  }
+}
+
+// Computes the entries of output row `row`, lanes of blocks at a time (Group), all of them
+// (All). Lanes past the last block compute entries nobody reads (valid buckets of blocks that do
+// not exist).
+template <Decoder kDec, int kRows, int64_t kStride, bool kSalient>
+class RowHasher {
+ public:
+  RowHasher(const SketchMatrix& m, const Setup& s, int64_t row, RowEntries& out) : m_(m), s_(s), row_(row), out_(out) {
+    for (int k = 0; k < kRows; ++k) c_[k] = MakeHashConsts(m, s, k, row);
+  }
+
+  HWY_INLINE void All() {
+    for (int64_t b = 0; b < s_.blocks; b += hn::Lanes(DU64())) Group(b);
+  }
+
+  // Blocks [b, b + lanes).
+  HWY_INLINE void Group(int64_t b) {
+    const DU64 d;
+    const int64_t lanes = hn::Lanes(d);
+    hn::Mask<DU64> salient = hn::FirstN(d, 0);
+    if constexpr (kSalient) {
+      const uint64_t bits = sketch_detail::mask_bits(m_.salient_mask, m_.n_out * s_.blocks, row_ * s_.blocks + b,
+                                                     std::min<int64_t>(lanes, s_.blocks - b));
+      salient = hn::TestBit(hn::Set(d, bits), hn::Shl(hn::Set(d, 1), hn::Iota(d, 0)));
+    }
+    const auto block_terms = hn::LoadU(d, s_.block_terms.data() + b);
+    hn::Vec<DU64> offset, operand;
+    if constexpr (paired(kDec)) {
+      HWY_UNROLL(kSketchMaxRows)
+      for (int k = 0; k < kRows; ++k) {
+        HashBlocks<kDec, kStride, kSalient>(s_, c_[k], block_terms, salient, offset, operand);
+        // The operand in the low half (word kLow), the offset in the high half (word kHigh); an
+        // intrinsic store, which may alias the words.
+        hn::StoreU(hn::Or(operand, hn::ShiftLeft<32>(offset)), d,
+                   reinterpret_cast<uint64_t*>(out_.words) + k * out_.padded_blocks + b);
       }
-      const auto h = Mix64(hn::Xor(hn::Xor(seed, row_term), block_term));
-      const auto offset = hn::Add(MulLow32(Bucket(h, buckets), stride), base);  // floats
-      const auto address = hn::Add(table, hn::ShiftLeft<2>(offset));
-      hn::StoreU(hn::Or(address, hn::And(h, one)), d, codes.entries.data() + k * codes.padded_blocks + b);
+    } else if constexpr (kRows == 2) {
+      hn::Vec<DU64> offset1;
+      HashBlocks<kDec, kStride, kSalient>(s_, c_[0], block_terms, salient, offset, operand);
+      HashBlocks<kDec, kStride, kSalient>(s_, c_[1], block_terms, salient, offset1, operand);
+      // Both rows' offsets of a block in one uint64_t, read back as one.
+      hn::StoreU(hn::Or(offset, hn::ShiftLeft<32>(offset1)), d, reinterpret_cast<uint64_t*>(out_.words) + b);
+    } else {
+      HWY_ALIGN uint64_t lane_offsets[kRows][hn::MaxLanes(d)];
+      for (int k = 0; k < kRows; ++k) {
+        HashBlocks<kDec, kStride, kSalient>(s_, c_[k], block_terms, salient, offset, operand);
+        hn::Store(offset, d, lane_offsets[k]);
+      }
+      for (int64_t i = 0; i < lanes; ++i)
+        for (int k = 0; k < kRows; ++k) out_.words[(b + i) * kRows + k] = uint32_t(lane_offsets[k][i]);
+    }
+  }
+
+ private:
+  const SketchMatrix& m_;
+  const Setup& s_;
+  int64_t row_;
+  RowEntries& out_;
+  HashConsts c_[kRows];
+};
+
+template <Decoder kDec, int kRows, int64_t kStride>
+HWY_INLINE void Hash(const SketchMatrix& m, const Setup& s, int64_t row, RowEntries& out) {
+  if (m.salient_mask != nullptr) RowHasher<kDec, kRows, kStride, true>(m, s, row, out).All();
+  else RowHasher<kDec, kRows, kStride, false>(m, s, row, out).All();
+}
+
+// Elements per bucket: kStride when the caller fixed it at compile time (8 or 16, so the loops
+// over a bucket's vectors unroll away), else the layer's.
+template <int64_t kStride>
+HWY_INLINE int64_t Stride(const Setup& s) {
+  if constexpr (kStride != 0) return kStride;
+  return s.stride;
+}
+
+// One block's buckets and operands in each hash row.
+template <int kRows>
+struct BlockRefs {
+  const uint8_t* bucket[kRows];
+  const uint32_t* operand[kRows];
+};
+
+template <Decoder kDec, int kRows>
+HWY_INLINE void Refs(const Setup& s, const RowEntries& e, int64_t b, BlockRefs<kRows>& r) {
+  if constexpr (paired(kDec)) {
+    HWY_UNROLL(kSketchMaxRows)
+    for (int k = 0; k < kRows; ++k) {
+      const uint32_t* entry = e.words + 2 * (k * e.padded_blocks + b);
+      r.operand[k] = entry + kLow;
+      r.bucket[k] = s.base[k] + entry[kHigh];
+    }
+  } else if constexpr (kRows == 2) {
+    uint64_t both;
+    std::memcpy(&both, e.words + 2 * b, 8);
+    r.bucket[0] = s.base[0] + uint32_t(both);
+    r.bucket[1] = s.base[1] + uint32_t(both >> 32);
+  } else {
+    HWY_UNROLL(kSketchMaxRows)
+    for (int k = 0; k < kRows; ++k) r.bucket[k] = s.base[k] + e.words[b * kRows + k];
+  }
+}
+
+// Hash row k's signed values of elements [v, v + lanes) of its bucket.
+template <Decoder kDec, class DF>
+HWY_INLINE hn::Vec<DF> Value(DF df, const Setup& s, int k, const uint8_t* bucket, const uint32_t* operand, int64_t v) {
+  const hn::RebindToUnsigned<DF> du;
+  const hn::RebindToSigned<DF> di;
+  if constexpr (kDec == Decoder::F32) {
+    return hn::Xor(hn::LoadU(df, reinterpret_cast<const float*>(bucket) + v), hn::BitCast(df, hn::Set(du, *operand)));
+  } else if constexpr (kDec == Decoder::Scale8) {
+    const hn::Rebind<int8_t, DF> d8;
+    const auto q = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(bucket) + v));
+    return hn::Mul(hn::ConvertTo(df, q), hn::BitCast(df, hn::Set(du, *operand)));
+  } else {
+    // Nibble layout: lane l of elements [v, v + lanes) is element j = v + l, in nibble
+    // sketch_nibble(j) of its group's word: half l % 2 of the word, bits 4 · ((j % 16) / 2).
+    uint64_t word;
+    std::memcpy(&word, bucket + v / 16 * 8, 8);
+    hn::Vec<decltype(du)> codes;  // the lane's code in its low 4 bits, garbage above
+    if constexpr (hn::MaxLanes(df) == 1) {
+      codes = hn::Set(du, uint32_t(word >> (4 * sketch_nibble(v))));
+    } else {
+      const hn::Repartition<uint64_t, decltype(du)> d64;
+      const auto shift = hn::ShiftLeft<2>(hn::ShiftRight<1>(hn::Add(hn::Iota(du, 0), hn::Set(du, uint32_t(v % 16)))));
+      codes = hn::Shr(hn::BitCast(du, hn::Set(d64, word)), shift);
+    }
+    if constexpr (kDec == Decoder::Scale4) {
+      const auto q = hn::ShiftRight<28>(hn::ShiftLeft<28>(hn::BitCast(di, codes)));
+      return hn::Mul(hn::ConvertTo(df, q), hn::BitCast(df, hn::Set(du, *operand)));
+    } else {
+#if SUBBIT_SKETCH_AVX512
+      // VPERMPS reads only the low 4 bits of each index.
+      const float* lut = kDec == Decoder::Lut4
+                             ? s.luts[k][0]
+                             : reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(s.luts) + *operand);
+      return hn::Vec<DF>{_mm512_permutexvar_ps(codes.raw, hn::Load(df, lut).raw)};
+#else
+      return hn::Zero(df);  // never dispatched: Lut4 needs 16-lane AVX-512 vectors
+#endif
     }
   }
 }
 
-// Block b's weights at floats [v, v + lanes), from the rows' sign-applied bucket vectors.
-template <SketchRule kRule, int kRows, class DF>
-HWY_INLINE hn::Vec<DF> Decode(DF df, const float* const* bucket, const hn::Vec<DF>* sign, int64_t v) {
-  auto best = hn::Xor(hn::LoadU(df, bucket[0] + v), sign[0]);
-  HWY_UNROLL(kSketchMaxRows)
-  for (int k = 1; k < kRows; ++k) {
-    const auto e = hn::Xor(hn::LoadU(df, bucket[k] + v), sign[k]);
-    if constexpr (kRule == SketchRule::Mean) best = hn::Add(best, e);
-    else if constexpr (kRule == SketchRule::AbsMinMax) best = hn::IfThenElse(hn::Abs(e) > hn::Abs(best), e, best);
-    else best = hn::IfThenElse(hn::Abs(e) < hn::Abs(best), e, best);
+// The read-back rule over the rows' estimates (ties to the lowest row).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF>
+HWY_INLINE hn::Vec<DF> Combine(DF df, const hn::Vec<DF>* e) {
+  auto best = e[0];
+  if constexpr (UseRange<kDec, kRule, DF>()) {
+#if SUBBIT_SKETCH_AVX512
+    // imm 7: larger magnitude, 6: smaller magnitude; the result keeps the selected value's sign.
+    constexpr int kImm = kRule == SketchRule::AbsMinMax ? 7 : 6;
+    HWY_UNROLL(kSketchMaxRows)
+    for (int k = 1; k < kRows; ++k) best = hn::Vec<DF>{_mm512_range_ps(e[k].raw, best.raw, kImm)};
+    const hn::RebindToUnsigned<DF> du;
+    return kRows == 1 ? best : hn::And(best, hn::BitCast(df, hn::Set(du, ~uint32_t{3})));
+#endif
+  } else {
+    HWY_UNROLL(kSketchMaxRows)
+    for (int k = 1; k < kRows; ++k) {
+      if constexpr (kRule == SketchRule::Mean) best = hn::Add(best, e[k]);
+      else if constexpr (kRule == SketchRule::AbsMinMax) best = hn::IfThenElse(hn::Abs(e[k]) > hn::Abs(best), e[k], best);
+      else best = hn::IfThenElse(hn::Abs(e[k]) < hn::Abs(best), e[k], best);
+    }
+    if constexpr (kRule == SketchRule::Mean && kRows == 3) return hn::Div(best, hn::Set(df, 3.0f));
+    // x · (1/2^k) rounds exactly like x / 2^k.
+    if constexpr (kRule == SketchRule::Mean && kRows > 1) return hn::Mul(best, hn::Set(df, 1.0f / kRows));
   }
-  if constexpr (kRule == SketchRule::Mean && kRows == 3) return hn::Div(best, hn::Set(df, 3.0f));
-  // x · (1/2^k) rounds exactly like x / 2^k.
-  if constexpr (kRule == SketchRule::Mean && kRows > 1) return hn::Mul(best, hn::Set(df, 1.0f / kRows));
   return best;
 }
 
-// The bucket vectors of block b in each hash row, and their signs as float sign-bit masks.
-template <int kRows, class DF>
-HWY_INLINE void LoadBuckets(DF df, const RowCodes& codes, int64_t b, const float** bucket, hn::Vec<DF>* sign) {
-  const hn::RebindToUnsigned<DF> du;
+// Weights [v, v + lanes) of a block.
+template <Decoder kDec, SketchRule kRule, int kRows, class DF>
+HWY_INLINE hn::Vec<DF> Decode(DF df, const Setup& s, const BlockRefs<kRows>& r, int64_t v) {
+  hn::Vec<DF> e[kRows];
   HWY_UNROLL(kSketchMaxRows)
-  for (int k = 0; k < kRows; ++k) {
-    const uint64_t entry = codes.entry(k, b);
-    bucket[k] = reinterpret_cast<const float*>(uintptr_t(entry & ~uint64_t{1}));
-    sign[k] = hn::BitCast(df, hn::Set(du, uint32_t(entry) << 31));
-  }
+  for (int k = 0; k < kRows; ++k) e[k] = Value<kDec>(df, s, k, r.bucket[k], r.operand[k], v);
+  return Combine<kDec, kRule, kRows>(df, e);
 }
 
-// Floats per bucket: kStride when the caller fixed it at compile time (8 or 16, so the loops
-// over a bucket's vectors unroll away), else the layer's.
-template <int64_t kStride>
-HWY_INLINE int64_t BucketStride(const SketchMatrix& m) {
-  if constexpr (kStride != 0) return kStride;
-  return m.stride();
+template <Decoder kDec, int kRows>
+HWY_INLINE void Prefetch(const Setup& s, const RowEntries& e, int64_t b) {
+  BlockRefs<kRows> r;
+  Refs<kDec, kRows>(s, e, b, r);
+  HWY_UNROLL(kSketchMaxRows)
+  for (int k = 0; k < kRows; ++k) hwy::Prefetch(r.bucket[k]);
 }
 
 // acc += decode(block b) · x(block b).
-template <SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_INLINE void AccumulateBlock(const SketchMatrix& m, const RowCodes& codes, int64_t b, const float* x,
-                                hn::Vec<DF>& acc) {
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_INLINE void AccumulateBlock(const Setup& s, const RowEntries& e, int64_t b, const float* x, hn::Vec<DF>& acc) {
   const DF df;
-  const int64_t stride = BucketStride<kStride>(m);
-  const float* bucket[kRows];
-  hn::Vec<DF> sign[kRows];
-  LoadBuckets<kRows>(df, codes, b, bucket, sign);
+  const int64_t stride = Stride<kStride>(s);
+  BlockRefs<kRows> r;
+  Refs<kDec, kRows>(s, e, b, r);
   for (int64_t v = 0; v < stride; v += hn::Lanes(df))
-    acc = hn::MulAdd(Decode<kRule, kRows>(df, bucket, sign, v), hn::LoadU(df, x + b * stride + v), acc);
+    acc = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r, v), hn::LoadU(df, x + b * stride + v), acc);
 }
 
-// One output row, one token: Σ_blocks decode(block) · x(block), decode fused into the dot
-// product; x is blocked (block b at x + b · stride, zero past the block's weights).
-// prefetch: the tables are too large for L2, so bucket loads are slow random accesses; asking
-// for them a few block pairs early overlaps more misses than the reorder window alone would.
-template <SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_INLINE float RowDot(const SketchMatrix& m, const RowCodes& codes, const float* x, bool prefetch) {
+// Blocks b and b + 1 of two output rows: even0/even1 += block b, odd0/odd1 += block b + 1.
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const RowEntries& e1, int64_t b, const float* x,
+                                 hn::Vec<DF>& even0, hn::Vec<DF>& even1, hn::Vec<DF>& odd0, hn::Vec<DF>& odd1) {
   const DF df;
-  const int64_t blocks = m.blocks_per_row();
-  constexpr int64_t kPrefetchAhead = 16;
-  // Even and odd blocks accumulate separately: with one chain the FMA latency, not the
-  // table loads, would bound the product.
-  auto even = hn::Zero(df), odd = hn::Zero(df);
+  const int64_t stride = Stride<kStride>(s);
+  BlockRefs<kRows> r00, r01, r10, r11;  // (row, block)
+  Refs<kDec, kRows>(s, e0, b, r00);
+  Refs<kDec, kRows>(s, e1, b, r10);
+  Refs<kDec, kRows>(s, e0, b + 1, r01);
+  Refs<kDec, kRows>(s, e1, b + 1, r11);
+  for (int64_t v = 0; v < stride; v += hn::Lanes(df)) {
+    const auto x0 = hn::Load(df, x + b * stride + v), x1 = hn::Load(df, x + (b + 1) * stride + v);
+    even0 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r00, v), x0, even0);
+    even1 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r10, v), x0, even1);
+    odd0 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r01, v), x1, odd0);
+    odd1 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r11, v), x1, odd1);
+  }
+}
+
+// Two output rows, one token: Σ_blocks decode(block) · x(block) for each; x is blocked (block b
+// at x + b · stride, zero past the block's weights) and 64-byte aligned. Two rows share each x
+// load (the product is bound by loads: entries, codes and x), and even and odd blocks
+// accumulate separately so the FMA latency does not bound it. With e1 == nullptr, one row.
+// Not inlined: the loop gets the registers to itself (inlined, GCC spills its indices).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries* e1, const float* x, float* y0,
+                          float* y1) {
+  const DF df;
+  const int64_t blocks = s.blocks;
+  auto even0 = hn::Zero(df), odd0 = hn::Zero(df), even1 = hn::Zero(df), odd1 = hn::Zero(df);
   int64_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    if (prefetch && b + kPrefetchAhead + 2 <= blocks) {
-      HWY_UNROLL(kSketchMaxRows)
-      for (int k = 0; k < kRows; ++k) {
-        // The sign bit does not move the address off the bucket's cache line.
-        hwy::Prefetch(reinterpret_cast<const float*>(uintptr_t(codes.entry(k, b + kPrefetchAhead))));
-        hwy::Prefetch(reinterpret_cast<const float*>(uintptr_t(codes.entry(k, b + kPrefetchAhead + 1))));
+  if (e1 != nullptr) {
+    if (s.prefetch) {
+      for (; b + kPrefetchAhead + 2 <= blocks; b += 2) {
+        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead);
+        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead);
+        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead + 1);
+        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead + 1);
+        TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
       }
     }
-    AccumulateBlock<kRule, kRows, DF, kStride>(m, codes, b, x, even);
-    AccumulateBlock<kRule, kRows, DF, kStride>(m, codes, b + 1, x, odd);
+    for (; b + 2 <= blocks; b += 2)
+      TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+    if (b < blocks) AccumulateBlock<kDec, kRule, kRows, DF, kStride>(s, *e1, b, x, even1);
+    *y1 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even1, odd1)));
+  } else {
+    for (; b + 2 <= blocks; b += 2) {
+      AccumulateBlock<kDec, kRule, kRows, DF, kStride>(s, e0, b, x, even0);
+      AccumulateBlock<kDec, kRule, kRows, DF, kStride>(s, e0, b + 1, x, odd0);
+    }
   }
-  if (b < blocks) AccumulateBlock<kRule, kRows, DF, kStride>(m, codes, b, x, even);
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(even, odd)));
+  if (b < blocks) AccumulateBlock<kDec, kRule, kRows, DF, kStride>(s, e0, b, x, even0);
+  *y0 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even0, odd0)));
 }
 
-// One row of W in the blocked layout (blocks · stride floats).
-template <SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_INLINE void DecodeRow(const SketchMatrix& m, const RowCodes& codes, float* out) {
+// Two output rows (e1 == nullptr: one) times kT tokens: each block is decoded once and multiplied
+// with every token; xs: kT blocked token rows; out (2, kT).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride, int kT>
+HWY_NOINLINE void RowDotsTokens(const Setup& s, const RowEntries& e0, const RowEntries* e1, const float* const* xs,
+                                float* out) {
   const DF df;
-  const int64_t stride = BucketStride<kStride>(m);
-  for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
-    const float* bucket[kRows];
-    hn::Vec<DF> sign[kRows];
-    LoadBuckets<kRows>(df, codes, b, bucket, sign);
-    for (int64_t v = 0; v < stride; v += hn::Lanes(df))
-      hn::StoreU(Decode<kRule, kRows>(df, bucket, sign, v), df, out + b * stride + v);
+  const int64_t blocks = s.blocks, stride = Stride<kStride>(s);
+  const float* x[kT];
+  for (int t = 0; t < kT; ++t) x[t] = xs[t];
+  hn::Vec<DF> acc0[kT], acc1[kT];
+  for (int t = 0; t < kT; ++t) acc0[t] = acc1[t] = hn::Zero(df);
+  if (e1 != nullptr) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      BlockRefs<kRows> r0, r1;
+      Refs<kDec, kRows>(s, e0, b, r0);
+      Refs<kDec, kRows>(s, *e1, b, r1);
+      for (int64_t v = 0; v < stride; v += hn::Lanes(df)) {
+        const auto w0 = Decode<kDec, kRule, kRows>(df, s, r0, v);
+        const auto w1 = Decode<kDec, kRule, kRows>(df, s, r1, v);
+        for (int t = 0; t < kT; ++t) {
+          const auto xv = hn::Load(df, x[t] + b * stride + v);
+          acc0[t] = hn::MulAdd(w0, xv, acc0[t]);
+          acc1[t] = hn::MulAdd(w1, xv, acc1[t]);
+        }
+      }
+    }
+    for (int t = 0; t < kT; ++t) out[kT + t] = hn::GetLane(hn::SumOfLanes(df, acc1[t]));
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) {
+      BlockRefs<kRows> r0;
+      Refs<kDec, kRows>(s, e0, b, r0);
+      for (int64_t v = 0; v < stride; v += hn::Lanes(df)) {
+        const auto w0 = Decode<kDec, kRule, kRows>(df, s, r0, v);
+        for (int t = 0; t < kT; ++t) acc0[t] = hn::MulAdd(w0, hn::Load(df, x[t] + b * stride + v), acc0[t]);
+      }
+    }
   }
+  for (int t = 0; t < kT; ++t) out[t] = hn::GetLane(hn::SumOfLanes(df, acc0[t]));
 }
 
-// x is blocked, (tokens, blocks · stride).
-template <SketchRule kRule, int kRows, class DF, int64_t kStride>
-void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
-                int64_t row_end) {
-  const int64_t lanes = hn::Lanes(DU64());
-  const int64_t width = m.blocks_per_row() * m.stride();
-  RowCodes codes;
-  codes.padded_blocks = (m.blocks_per_row() + lanes - 1) / lanes * lanes;
-  codes.entries.resize(kRows * codes.padded_blocks);
-  auto hash_row = [&](int64_t r) {
-    if (m.salient_mask != nullptr) HashRow<true>(m, r, codes);
-    else HashRow<false>(m, r, codes);
-  };
-  if (tokens == 1) {
-    int64_t table_bytes = 0;
-    for (int k = 0; k < kRows; ++k)
-      table_bytes += int64_t(m.hash_rows[k].buckets + m.hash_rows[k].salient_buckets) * m.stride() * 4;
-    const bool prefetch = table_bytes > (int64_t{1} << 20);
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      hash_row(r);
-      y[r] = RowDot<kRule, kRows, DF, kStride>(m, codes, x, prefetch);
+// Rows of W in the blocked layout (blocks · stride floats each, 64-byte aligned): e0 into out0
+// and, unless e1 is nullptr, e1 into out1 (two rows keep more bucket loads in flight).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_NOINLINE void DecodeRows(const Setup& s, const RowEntries& e0, const RowEntries* e1, float* HWY_RESTRICT out0,
+                             float* HWY_RESTRICT out1) {
+  const DF df;
+  const int64_t stride = Stride<kStride>(s), blocks = s.blocks;
+  if (e1 != nullptr) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      BlockRefs<kRows> r0, r1;
+      Refs<kDec, kRows>(s, e0, b, r0);
+      Refs<kDec, kRows>(s, *e1, b, r1);
+      for (int64_t v = 0; v < stride; v += hn::Lanes(df)) {
+        const auto w0 = Decode<kDec, kRule, kRows>(df, s, r0, v);
+        const auto w1 = Decode<kDec, kRule, kRows>(df, s, r1, v);
+        hn::Store(w0, df, out0 + b * stride + v);
+        hn::Store(w1, df, out1 + b * stride + v);
+      }
     }
     return;
   }
-  // Several tokens: decode a band of rows once into an L2-sized buffer and run the register-tiled
-  // dense kernel on it, so decoding costs once per row and token block, not once per token.
-  // Token blocks keep a slice of x in cache while the bands stream past.
-  constexpr int64_t kTokenBlock = 64;
-  const int64_t band_rows = std::clamp<int64_t>((int64_t{128} << 10) / (width * int64_t(sizeof(float))), 1, 16);
-  std::vector<float> band(band_rows * width);            // (band_rows, width)
-  std::vector<float> band_out(kTokenBlock * band_rows);  // (token block, band_rows)
-  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
-    const int64_t nt = std::min(kTokenBlock, tokens - t0);
-    for (int64_t r0 = row_begin; r0 < row_end; r0 += band_rows) {
-      const int64_t nr = std::min(band_rows, row_end - r0);
-      for (int64_t i = 0; i < nr; ++i) {
-        hash_row(r0 + i);
-        DecodeRow<kRule, kRows, DF, kStride>(m, codes, band.data() + i * width);
+  for (int64_t b = 0; b < blocks; ++b) {
+    BlockRefs<kRows> r0;
+    Refs<kDec, kRows>(s, e0, b, r0);
+    for (int64_t v = 0; v < stride; v += hn::Lanes(df)) hn::Store(Decode<kDec, kRule, kRows>(df, s, r0, v), df, out0 + b * stride + v);
+  }
+}
+
+// out (kR, kT) = band rows (kR, width) · token rows xs[0 .. kT) (each `width` floats); all
+// 64-byte aligned. Each loaded vector feeds several FMAs (kR · kT accumulators).
+template <class DF, int kR, int kT>
+HWY_NOINLINE void BandTile(const float* band, int64_t width, const float* const* xs, float* out) {
+  const DF df;
+  hn::Vec<DF> acc[kR][kT];
+  for (int i = 0; i < kR; ++i)
+    for (int t = 0; t < kT; ++t) acc[i][t] = hn::Zero(df);
+  for (int64_t c = 0; c < width; c += hn::Lanes(df)) {
+    hn::Vec<DF> w[kR];
+    for (int i = 0; i < kR; ++i) w[i] = hn::Load(df, band + i * width + c);
+    for (int t = 0; t < kT; ++t) {
+      const auto xv = hn::Load(df, xs[t] + c);
+      for (int i = 0; i < kR; ++i) acc[i][t] = hn::MulAdd(w[i], xv, acc[i][t]);
+    }
+  }
+  for (int i = 0; i < kR; ++i)
+    for (int t = 0; t < kT; ++t) out[i * kT + t] = hn::GetLane(hn::SumOfLanes(df, acc[i][t]));
+}
+
+// Rows per band and tokens per tile of the several-token product: 4 x 4 accumulators fit
+// AVX-512's 32 registers next to the loaded vectors; narrower targets have 16 registers.
+template <class DF>
+constexpr int kBandRows = hn::MaxLanes(DF()) >= 16 ? 4 : 2;
+constexpr int kTileTokens = 4;
+// Up to this many tokens, decoding is fused into the products; above it, rows are decoded once
+// into a band.
+constexpr int64_t kFusedMaxTokens = 8;
+
+// Rows [row_begin, row_end) of y; x is blocked, (tokens, blocks · stride), 64-byte aligned.
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                int64_t row_end) {
+  Setup s;
+  BuildSetup<kDec, kRule, DF>(m, s);
+  const int64_t width = s.blocks * s.stride;
+  RowEntries e[2];
+  const std::vector<uint32_t> entries = sketch_detail::entry_buffer(2 * kRows * s.padded_blocks, 2, e, s.padded_blocks);
+  if (tokens == 1) {
+    int64_t r = row_begin;
+    for (; r + 2 <= row_end; r += 2) {
+      Hash<kDec, kRows, kStride>(m, s, r, e[0]);
+      Hash<kDec, kRows, kStride>(m, s, r + 1, e[1]);
+      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], &e[1], x, y + r, y + r + 1);
+    }
+    if (r < row_end) {
+      Hash<kDec, kRows, kStride>(m, s, r, e[0]);
+      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], nullptr, x, y + r, nullptr);
+    }
+    return;
+  }
+  if (tokens <= kFusedMaxTokens) {
+    // A few tokens: decoding fused into the products, up to kT tokens at a time (2 rows x 8 tokens
+    // are 16 accumulators, which fit AVX-512's 32 registers next to the decoder's; narrower
+    // targets have 16). Tokens past the last read zeros; their products are dropped.
+    constexpr int kT = Is512<DF>() ? 8 : 4;
+    const hwy::AlignedFreeUniquePtr<float[]> zeros = hwy::AllocateAligned<float>(size_t(width));
+    std::fill_n(zeros.get(), width, 0.0f);
+    float out[2 * kT];
+    for (int64_t r = row_begin; r < row_end; r += 2) {
+      const bool pair = r + 1 < row_end;
+      Hash<kDec, kRows, kStride>(m, s, r, e[0]);
+      if (pair) Hash<kDec, kRows, kStride>(m, s, r + 1, e[1]);
+      for (int64_t t0 = 0; t0 < tokens; t0 += kT) {
+        const float* xs[kT];
+        for (int t = 0; t < kT; ++t) xs[t] = t0 + t < tokens ? x + (t0 + t) * width : zeros.get();
+        const int64_t left = tokens - t0;
+        const int n = left <= 2 ? 2 : left <= 4 ? 4 : kT;  // tokens in this tile
+        if (n == 2) RowDotsTokens<kDec, kRule, kRows, DF, kStride, 2>(s, e[0], pair ? &e[1] : nullptr, xs, out);
+        else if (n == 4) RowDotsTokens<kDec, kRule, kRows, DF, kStride, 4>(s, e[0], pair ? &e[1] : nullptr, xs, out);
+        else RowDotsTokens<kDec, kRule, kRows, DF, kStride, kT>(s, e[0], pair ? &e[1] : nullptr, xs, out);
+        for (int i = 0; i < (pair ? 2 : 1); ++i)
+          for (int t = 0; t < n && t0 + t < tokens; ++t) y[(t0 + t) * m.n_out + r + i] = out[i * n + t];
       }
-      dense_matmul(DenseMatrix{DType::F32, band.data(), nr, width}, x + t0 * width, band_out.data(), nt);
-      for (int64_t t = 0; t < nt; ++t)
-        std::copy_n(band_out.data() + t * nr, nr, y + (t0 + t) * m.n_out + r0);
+    }
+    return;
+  }
+  // Several tokens: decode a band of rows once into an L1/L2-sized buffer, then multiply it with
+  // every token, kTileTokens at a time (tokens past the last read zeros; their products are
+  // dropped), so decoding costs once per row, not once per token.
+  constexpr int kR = kBandRows<DF>;
+  const hwy::AlignedFreeUniquePtr<float[]> band = hwy::AllocateAligned<float>(size_t(kR * width));
+  const hwy::AlignedFreeUniquePtr<float[]> zeros = hwy::AllocateAligned<float>(size_t(width));
+  std::fill_n(zeros.get(), width, 0.0f);
+  float out[kR * kTileTokens];
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kR) {
+    const int64_t nr = std::min<int64_t>(kR, row_end - r0);
+    for (int64_t i = 0; i < nr; i += 2) {
+      Hash<kDec, kRows, kStride>(m, s, r0 + i, e[0]);
+      if (i + 1 < nr) Hash<kDec, kRows, kStride>(m, s, r0 + i + 1, e[1]);
+      DecodeRows<kDec, kRule, kRows, DF, kStride>(s, e[0], i + 1 < nr ? &e[1] : nullptr, band.get() + i * width,
+                                                  band.get() + (i + 1) * width);
+    }
+    for (int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
+      const float* xs[kTileTokens];
+      for (int t = 0; t < kTileTokens; ++t) xs[t] = t0 + t < tokens ? x + (t0 + t) * width : zeros.get();
+      if (nr == kR) {
+        BandTile<DF, kR, kTileTokens>(band.get(), width, xs, out);
+      } else {
+        for (int64_t i = 0; i < nr; ++i) BandTile<DF, 1, kTileTokens>(band.get() + i * width, width, xs, out + i * kTileTokens);
+      }
+      for (int64_t i = 0; i < nr; ++i)
+        for (int t = 0; t < kTileTokens && t0 + t < tokens; ++t) y[(t0 + t) * m.n_out + r0 + i] = out[i * kTileTokens + t];
     }
   }
 }
 
-template <SketchRule kRule, int kRows>
-void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
-                         int64_t row_begin, int64_t row_end) {
+template <Decoder kDec, SketchRule kRule, int kRows>
+void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                         int64_t row_end) {
   using D8 = hn::CappedTag<float, 8>;
   using D16 = hn::CappedTag<float, 16>;
-  switch (m.stride()) {
-    case 8: return MatmulRows<kRule, kRows, D8, 8>(m, x, y, tokens, row_begin, row_end);
-    case 16: return MatmulRows<kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
-    default: return MatmulRows<kRule, kRows, D16, 0>(m, x, y, tokens, row_begin, row_end);
+  // The Nibble layout only exists for strides that are multiples of 16.
+  if constexpr (kDec == Decoder::F32 || kDec == Decoder::Scale8) {
+    if (m.stride() == 8) return MatmulRows<kDec, kRule, kRows, D8, 8>(m, x, y, tokens, row_begin, row_end);
+  }
+  if (m.stride() == 16) return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
+  return MatmulRows<kDec, kRule, kRows, D16, 0>(m, x, y, tokens, row_begin, row_end);
+}
+
+template <SketchRule kRule, int kRows>
+void MatmulRowsForDecoder(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                          int64_t row_end) {
+  switch (m.layout) {
+    case SketchTableLayout::F32:
+      return MatmulRowsForStride<Decoder::F32, kRule, kRows>(m, x, y, tokens, row_begin, row_end);
+    case SketchTableLayout::Int8:
+      return MatmulRowsForStride<Decoder::Scale8, kRule, kRows>(m, x, y, tokens, row_begin, row_end);
+    case SketchTableLayout::Nibble:
+      if constexpr (Is512<hn::CappedTag<float, 16>>()) {
+        if (m.salient_mask != nullptr)
+          return MatmulRowsForStride<Decoder::Lut4S, kRule, kRows>(m, x, y, tokens, row_begin, row_end);
+        return MatmulRowsForStride<Decoder::Lut4, kRule, kRows>(m, x, y, tokens, row_begin, row_end);
+      } else {
+        return MatmulRowsForStride<Decoder::Scale4, kRule, kRows>(m, x, y, tokens, row_begin, row_end);
+      }
   }
 }
 
 template <SketchRule kRule>
-void MatmulRowsForRule(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
-                       int64_t row_begin, int64_t row_end) {
+void MatmulRowsForRule(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                       int64_t row_end) {
   switch (m.rows) {
-    case 1: return MatmulRowsForStride<kRule, 1>(m, x, y, tokens, row_begin, row_end);
-    case 2: return MatmulRowsForStride<kRule, 2>(m, x, y, tokens, row_begin, row_end);
-    case 3: return MatmulRowsForStride<kRule, 3>(m, x, y, tokens, row_begin, row_end);
-    default: return MatmulRowsForStride<kRule, 4>(m, x, y, tokens, row_begin, row_end);
+    case 1: return MatmulRowsForDecoder<kRule, 1>(m, x, y, tokens, row_begin, row_end);
+    case 2: return MatmulRowsForDecoder<kRule, 2>(m, x, y, tokens, row_begin, row_end);
+    case 3: return MatmulRowsForDecoder<kRule, 3>(m, x, y, tokens, row_begin, row_end);
+    default: return MatmulRowsForDecoder<kRule, 4>(m, x, y, tokens, row_begin, row_end);
   }
 }
 
@@ -277,12 +778,9 @@ void SketchMatmul(const SketchMatrix& m, const float* x, float* y, int64_t token
       small ? m.n_out : std::max<int64_t>(8, std::min<int64_t>(128, m.n_out / (num_threads() * 4)));
   parallel_for(m.n_out, grain, [&](int64_t begin, int64_t end) {
     switch (m.rule) {
-      case SketchRule::AbsMinMax:
-        return MatmulRowsForRule<SketchRule::AbsMinMax>(m, x, y, tokens, begin, end);
-      case SketchRule::AbsMaxMin:
-        return MatmulRowsForRule<SketchRule::AbsMaxMin>(m, x, y, tokens, begin, end);
-      case SketchRule::Mean:
-        return MatmulRowsForRule<SketchRule::Mean>(m, x, y, tokens, begin, end);
+      case SketchRule::AbsMinMax: return MatmulRowsForRule<SketchRule::AbsMinMax>(m, x, y, tokens, begin, end);
+      case SketchRule::AbsMaxMin: return MatmulRowsForRule<SketchRule::AbsMaxMin>(m, x, y, tokens, begin, end);
+      case SketchRule::Mean: return MatmulRowsForRule<SketchRule::Mean>(m, x, y, tokens, begin, end);
     }
   });
 }
@@ -304,20 +802,42 @@ void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t toke
     fail("sketch_matmul: {} hash rows, block {} (supported: 1..{} rows, block 1..{})", m.rows, m.block,
          kSketchMaxRows, kSketchMaxBlock);
   if (tokens == 0) return;
+  // The kernels keep byte offsets into the tables in 32 bits; a table of 4 GiB or more takes the
+  // scalar path.
+  for (int k = 0; k < m.rows; ++k)
+    if ((m.hash_rows[k].buckets + m.hash_rows[k].salient_buckets) * uint64_t(m.bucket_bytes()) > 0xFFFFFFFFull) {
+      std::vector<float> row(m.n_in);
+      for (int64_t o = 0; o < m.n_out; ++o) {
+        sketch_decode_row(m, o, row.data());
+        for (int64_t t = 0; t < tokens; ++t) {
+          float sum = 0;
+          for (int64_t i = 0; i < m.n_in; ++i) sum += row[i] * x[t * m.n_in + i];
+          y[t * m.n_out + o] = sum;
+        }
+      }
+      return;
+    }
   const int64_t blocks = m.blocks_per_row(), stride = m.stride();
-  // The kernel reads whole buckets, so x must be laid out with the same zero-padded stride per
-  // block; the common case (block fills the stride and divides n_in) uses x in place.
-  if (stride == m.block && blocks * m.block == m.n_in) {
+  // The kernels read whole buckets, so x must be laid out with the same zero-padded stride per
+  // block, and 64-byte aligned (loads that straddle cache lines cost the one-token product about
+  // 12%); the common case (block fills the stride and divides n_in, x aligned) uses x in place.
+  if (stride == m.block && blocks * m.block == m.n_in && reinterpret_cast<uintptr_t>(x) % 64 == 0) {
     HWY_DYNAMIC_DISPATCH(SketchMatmul)(m, x, y, tokens);
     return;
   }
-  std::vector<float> blocked(tokens * blocks * stride, 0.0f);  // (tokens, blocks, stride)
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t width = std::min(m.block, m.n_in - b * m.block);
-      std::copy_n(x + t * m.n_in + b * m.block, width, blocked.data() + (t * blocks + b) * stride);
-    }
-  HWY_DYNAMIC_DISPATCH(SketchMatmul)(m, blocked.data(), y, tokens);
+  const hwy::AlignedFreeUniquePtr<float[]> blocked = hwy::AllocateAligned<float>(size_t(tokens * blocks * stride));
+  if (!blocked) fail("sketch_matmul: out of memory for {} x {} activations", tokens, blocks * stride);
+  if (stride == m.block && blocks * m.block == m.n_in) {
+    std::copy_n(x, tokens * m.n_in, blocked.get());
+  } else {
+    std::fill_n(blocked.get(), tokens * blocks * stride, 0.0f);  // (tokens, blocks, stride)
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t width = std::min(m.block, m.n_in - b * m.block);
+        std::copy_n(x + t * m.n_in + b * m.block, width, blocked.get() + (t * blocks + b) * stride);
+      }
+  }
+  HWY_DYNAMIC_DISPATCH(SketchMatmul)(m, blocked.get(), y, tokens);
 }
 
 namespace {
@@ -336,23 +856,23 @@ float combine(const float* e, int rows) {
 
 template <SketchRule kRule>
 void decode_row(const SketchMatrix& m, int64_t row, float* out) {
-  const int64_t stride = m.stride();
   for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
     const bool salient = m.salient(row, b);
-    const float* bucket[kSketchMaxRows];
+    uint64_t index[kSketchMaxRows];
     bool negative[kSketchMaxRows];
     for (int k = 0; k < m.rows; ++k) {
       const SketchHashRow& hr = m.hash_rows[k];
       const uint64_t h = sketch_block_hash(salient ? hr.salient_seed : hr.seed, row, b);
-      const uint64_t index = salient ? hr.buckets + sketch_bucket(h, hr.salient_buckets)
-                                     : sketch_bucket(h, hr.buckets);
-      bucket[k] = hr.table + index * stride;
+      index[k] = salient ? hr.buckets + sketch_bucket(h, hr.salient_buckets) : sketch_bucket(h, hr.buckets);
       negative[k] = sketch_negative(h);
     }
     const int64_t width = std::min(m.block, m.n_in - b * m.block);
     for (int64_t j = 0; j < width; ++j) {
       float e[kSketchMaxRows] = {};
-      for (int k = 0; k < m.rows; ++k) e[k] = negative[k] ? -bucket[k][j] : bucket[k][j];
+      for (int k = 0; k < m.rows; ++k) {
+        const float value = m.value(k, index[k], j);
+        e[k] = negative[k] ? -value : value;
+      }
       out[b * m.block + j] = combine<kRule>(e, m.rows);
     }
   }

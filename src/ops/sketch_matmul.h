@@ -51,18 +51,35 @@ constexpr uint64_t sketch_bucket(uint64_t hash, uint64_t buckets) {
 
 constexpr bool sketch_negative(uint64_t hash) { return (hash & 1) != 0; }
 
-// Floats per bucket in the runtime tables: `block` rounded up so one bucket is whole SIMD
-// vectors (8 or a multiple of 16 floats); the padding holds zeros.
+// Elements per bucket in the runtime tables: `block` rounded up so one bucket is whole SIMD
+// vectors once widened to fp32 (8 or a multiple of 16 elements); the padding holds zeros.
 constexpr int64_t sketch_bucket_stride(int64_t block) {
   return block <= 8 ? 8 : (block + 15) / 16 * 16;
 }
 
+// How the runtime tables hold their values. Codes are the signed quantization codes q, whose
+// value is q · step (exact in fp32: |q| < 2^7 and the step is an fp16 number).
+enum class SketchTableLayout : uint8_t {
+  F32,     // fp32 values (layers with fp16 values): `stride` floats per bucket
+  Int8,    // one int8 code per element: `stride` bytes per bucket
+  // 4-bit two's-complement codes (value_bits <= 4, stride a multiple of 16), `stride` bytes per
+  // bucket: the codes of each group of 16 elements in one uint64_t, element j of the group in
+  // nibble sketch_nibble(j), for the bucket's stride / 16 groups; then the same words for the
+  // negated codes, so a kernel picks the sign by address. sketch_nibble lets a vector of 32-bit
+  // lanes holding the word twice per 64 bits get lane j's code with one shift (lane j reads half
+  // j % 2 of the word, shifted right by 4 · (j / 2)).
+  Nibble,
+};
+
+constexpr int sketch_nibble(int64_t j) { return int(8 * (j % 2) + (j % 16) / 2); }
+
+// One hash row's tables: the main buckets, then the salient ones; each bucket is
+// sketch_bucket_stride(block) elements, zero past `block`.
 struct SketchHashRow {
-  // (buckets + salient_buckets, sketch_bucket_stride(block)) fp32: the main buckets, then the
-  // salient ones; each bucket's floats past `block` are zero.
-  const float* table;
+  const void* table;  // laid out as SketchMatrix::layout says
   uint64_t buckets, seed;
   uint64_t salient_buckets, salient_seed;  // salient_buckets is 0 without a salient set
+  float scale = 0, salient_scale = 0;      // code steps of the main and salient buckets
 };
 
 struct SketchMatrix {
@@ -74,19 +91,39 @@ struct SketchMatrix {
   // nullptr when the layer has no salient set.
   const uint64_t* salient_mask;
   int64_t n_out, n_in;
+  SketchTableLayout layout = SketchTableLayout::F32;
 
   int64_t blocks_per_row() const { return (n_in + block - 1) / block; }
   int64_t stride() const { return sketch_bucket_stride(block); }
+  // Bytes per bucket of the tables.
+  int64_t bucket_bytes() const {
+    return layout == SketchTableLayout::F32 ? stride() * 4 : stride();
+  }
   bool salient(int64_t row, int64_t b) const {
     if (salient_mask == nullptr) return false;
     const int64_t bit = row * blocks_per_row() + b;
     return (salient_mask[bit / 64] >> (bit % 64)) & 1;
   }
+  // Element j of bucket `index` (main then salient numbering) of hash row k, unsigned.
+  float value(int k, uint64_t index, int64_t j) const {
+    const SketchHashRow& hr = hash_rows[k];
+    const uint64_t at = index * uint64_t(stride()) + uint64_t(j);
+    const float step = index < hr.buckets ? hr.scale : hr.salient_scale;
+    switch (layout) {
+      case SketchTableLayout::F32: return static_cast<const float*>(hr.table)[at];
+      case SketchTableLayout::Int8: return float(static_cast<const int8_t*>(hr.table)[at]) * step;
+      case SketchTableLayout::Nibble: {
+        const uint64_t word = static_cast<const uint64_t*>(hr.table)[index * uint64_t(stride() / 8) + uint64_t(j / 16)];
+        const int nibble = int(word >> (4 * sketch_nibble(j))) & 15;
+        return float(nibble < 8 ? nibble : nibble - 16) * step;
+      }
+    }
+    return 0;
+  }
 };
 
-// Highway SIMD (dynamic dispatch), multithreaded over output rows. One token: decoding is fused
-// into the dot products. Several tokens: bands of rows are decoded once per 64 tokens into an
-// L2-sized buffer that the register-tiled dense kernel multiplies.
+// Highway SIMD (dynamic dispatch), multithreaded over output rows; decoding is fused into the
+// products (sketch_matmul.cpp describes the kernels and their measured speed).
 void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens);
 // Plain scalar reference: decodes each row, double accumulation rounded to fp32.
 void sketch_matmul_reference(const SketchMatrix& m, const float* x, float* y, int64_t tokens);
