@@ -21,7 +21,8 @@
 // Sketch vs dense: time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/sketch_bpw0.50); sketch vs
 // LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
 // and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absminmax, 2 hash rows,
-// block 16, 4-bit values, no salient set). Their tables are filled directly with random codes
+// block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets); `_one_band` is the same
+// layer with plain hashing over whole tables (no row bands). Their tables are filled directly with random codes
 // and fp16 steps instead of running SketchLinear::encode on a random matrix: encode would need
 // the whole fp32 matrix (940 MB at 28672x8192) and seconds per layer, and the kernel's speed does
 // not depend on the values (it is branch-free; only the table sizes and hashes matter, and those
@@ -124,7 +125,8 @@ struct ShapeData {
   std::vector<LittleBit> littlebit;  // one per kLittleBitBpw
   std::vector<uint64_t> sign_1bit;   // (n_out, n_in)
   std::vector<float> sign_row_scale, sign_col_scale;
-  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)];  // built by the sketch benchmarks
+  // Built by the sketch benchmarks: row-banded (the default), and plain hashing (one band).
+  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)], sketch_one_band[std::size(kSketchBpw)];
   // Work buffers.
   std::vector<float> y, t, z, y_path;
 };
@@ -263,8 +265,8 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
 }
 
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
-std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, uint64_t seed) {
-  const SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw);
+std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int64_t band_buckets, uint64_t seed) {
+  const SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0, band_buckets);
   Rng rng{seed};
   const int q_max = (1 << (p.value_bits - 1)) - 1;
   SketchTableSet set;
@@ -277,14 +279,15 @@ std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, uint
     for (float& v : values) v = float(int(rng.next() % uint64_t(2 * q_max + 1)) - q_max) * scale;
     set.values.push_back(std::move(values));
   }
-  return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.value_bits,
+  return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.value_bits, p.band_rows,
                                         std::vector<SketchTableSet>{std::move(set)}, std::vector<uint64_t>{});
 }
 
-void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index) {
+void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one_band) {
   ShapeData& d = data_for(shape_index);
-  auto& layer = d.sketch[bpw_index];
-  if (!layer) layer = random_sketch(d.shape, kSketchBpw[bpw_index], 0x5ce7c4 + uint64_t(bpw_index));
+  auto& layer = one_band ? d.sketch_one_band[bpw_index] : d.sketch[bpw_index];
+  if (!layer)
+    layer = random_sketch(d.shape, kSketchBpw[bpw_index], one_band ? 0 : kSketchBandBuckets, 0x5ce7c4 + uint64_t(bpw_index));
   for (auto _ : state) {
     layer->forward(d.x.data(), d.y.data(), 1);
     benchmark::DoNotOptimize(d.y.data());
@@ -314,8 +317,10 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index) {
     benchmark::RegisterBenchmark((prefix + "sign_1bit").c_str(), BM_Sign1Bit, si)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
-      benchmark::RegisterBenchmark((prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi])).c_str(), BM_Sketch, si, bi)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      for (bool one_band : {false, true})
+        benchmark::RegisterBenchmark((prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + (one_band ? "_one_band" : "")).c_str(),
+                                     BM_Sketch, si, bi, one_band)
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
   }
   return true;
 }();

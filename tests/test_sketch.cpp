@@ -7,6 +7,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -87,13 +88,13 @@ TEST(SketchHash, BucketMatches128BitProduct) {
 TEST(SketchBits, FormulaCountsEveryStoredNumber) {
   // 2 rows, block 16, 4-bit, 100+99 buckets, no salient set, 64 x 256 weights.
   SketchParams p = small_params(SketchRule::AbsMinMax, 2, 16, 4, {100, 99});
-  EXPECT_EQ(sketch_storage_bits(64, 256, p), 199 * 16 * 4 + 2 * 64 + 2 * 16 + 64 * (4 + 2));
+  EXPECT_EQ(sketch_storage_bits(64, 256, p), 199 * 16 * 4 + 2 * 64 + 2 * 16 + 64 * (5 + 2));
   // fp16 values have no scales; a salient set adds its rows and the 1-bit-per-block mask
   // (64 rows x ceil(250 / 16) = 16 blocks).
   p.value_bits = 16;
   p.salient_buckets = {10, 10};
   p.salient_blocks = 5;
-  EXPECT_EQ(sketch_storage_bits(64, 250, p), 219 * 16 * 16 + 4 * 64 + 64 * 16 + 64 * (4 + 4));
+  EXPECT_EQ(sketch_storage_bits(64, 250, p), 219 * 16 * 16 + 4 * 64 + 64 * 16 + 64 * (5 + 4));
 
   const auto w = random_weights(64 * 250, 1);
   const auto layer = SketchLinear::encode(w.data(), 64, 250, p, nullptr);
@@ -134,6 +135,72 @@ TEST(SketchBits, SolverMeetsTargetWithinOnePercentFromBelow) {
   EXPECT_NEAR(sketch_bpw(4096, 4096, sketch_params_for_bpw(4096, 4096, 0.5)), 0.5, 0.005);
 }
 
+TEST(SketchBands, BandsSplitEveryTableIntoConsecutiveRanges) {
+  // 7 rows in bands of 3 (rows 0-2, 3-5, 6) over 10 buckets: [0, 3), [3, 6), [6, 10).
+  const uint64_t first[] = {0, 0, 0, 3, 3, 3, 6}, count[] = {3, 3, 3, 3, 3, 3, 4};
+  for (int64_t row = 0; row < 7; ++row) {
+    EXPECT_EQ(sketch_band(10, 7, 3, row).first, first[row]) << row;
+    EXPECT_EQ(sketch_band(10, 7, 3, row).count, count[row]) << row;
+  }
+  // One band (band_rows 0) is plain hashing over the whole table.
+  EXPECT_EQ(sketch_band(10, 7, 0, 5).first, 0u);
+  EXPECT_EQ(sketch_band(10, 7, 0, 5).count, 10u);
+  // The ranges tile the table for any split.
+  for (int64_t n_out : {1, 5, 64, 1000})
+    for (int64_t band_rows : {1, 3, 17, 64})
+      for (uint64_t buckets : {uint64_t{64}, uint64_t{100}, uint64_t{65531}, (uint64_t{1} << 32) - 1}) {
+        if (band_rows > n_out || uint64_t(sketch_band_count(n_out, band_rows)) > buckets) continue;
+        uint64_t next = 0;
+        for (int64_t row = 0; row < n_out; row += band_rows) {
+          const SketchBand band = sketch_band(buckets, n_out, band_rows, row);
+          ASSERT_EQ(band.first, next) << n_out << " " << band_rows << " " << buckets;
+          ASSERT_GE(band.count, 1u);
+          next += band.count;
+        }
+        ASSERT_EQ(next, buckets) << n_out << " " << band_rows;
+      }
+}
+
+TEST(SketchBands, SolverGivesEveryBandAtLeastTheAskedBuckets) {
+  for (double salient : {0.0, 0.05})
+    for (int64_t band_buckets : {int64_t{64}, int64_t{256}, kSketchBandBuckets}) {
+      const SketchParams p = sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, salient, band_buckets);
+      const int64_t bands = sketch_band_count(4096, p.band_rows);
+      EXPECT_GT(bands, 1);
+      for (const auto* set : {&p.buckets, &p.salient_buckets})
+        for (int64_t buckets : *set) EXPECT_GE(buckets / bands, band_buckets) << salient;
+    }
+  // 4096 x 4096 at 0.5 bpw: 65531 buckets per hash row, 255 bands asked, 17 rows each (241 bands).
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5).band_rows, 17);
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, 0.0, 0).band_rows, 0);   // asked for one band
+  EXPECT_EQ(sketch_params_for_bpw(64, 256, 0.5).band_rows, 0);                       // too few buckets for two
+  EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 2, 16, 4, 0.0, -1), Error);
+}
+
+TEST(SketchBands, EveryBlockReadsTheBucketsOfItsRowsBand) {
+  const auto w = random_weights(40 * 96, 5);
+  SketchParams p = sketch_params_for_bpw(40, 96, 4.0, 2, 8, 4, 0.1, 4);
+  ASSERT_GT(p.band_rows, 0);
+  const auto layer = SketchLinear::encode(w.data(), 40, 96, p, nullptr);
+  const SketchMatrix& m = layer->matrix();
+  std::set<std::pair<int, uint64_t>> read;  // (hash row, bucket)
+  for (int64_t r = 0; r < m.n_out; ++r)
+    for (int64_t b = 0; b < m.blocks_per_row(); ++b)
+      for (int k = 0; k < m.rows; ++k) {
+        const SketchHashRow& hr = m.hash_rows[k];
+        const bool salient = m.salient(r, b);
+        const SketchBand band = sketch_band(salient ? hr.salient_buckets : hr.buckets, m.n_out, m.band_rows, r);
+        bool negative = false;
+        const uint64_t bucket = m.bucket_index(k, r, b, &negative) - (salient ? hr.buckets : 0);
+        ASSERT_GE(bucket, band.first) << r << " " << b;
+        ASSERT_LT(bucket, band.first + band.count) << r << " " << b;
+        read.insert({k, bucket + (salient ? hr.buckets : 0)});
+      }
+  // The bands still use the whole tables: with about two blocks per bucket, 1 - e^-2 = 86% of
+  // the buckets are read (as with plain hashing).
+  EXPECT_GT(read.size(), size_t(0.75 * double(m.rows) * double(m.hash_rows[0].buckets + m.hash_rows[0].salient_buckets)));
+}
+
 TEST(SketchBits, TinyLayerGetsOneBucketPerRowAndOvershoots) {
   const SketchParams p = sketch_params_for_bpw(4, 8, 0.5, 2, 16, 4, 0.0);
   EXPECT_EQ(p.buckets, (std::vector<int64_t>{1, 1}));
@@ -167,7 +234,8 @@ std::vector<std::vector<Placement>> placements(const SketchLinear& layer) {
       const int set = m.salient(r, b) ? 1 : 0;
       for (int k = 0; k < m.rows; ++k) {
         const uint64_t h = sketch_block_hash(sets[set].seeds[k], r, b);
-        const int64_t bucket = int64_t(sketch_bucket(h, uint64_t(sets[set].buckets[k])));
+        const SketchBand band = sketch_band(uint64_t(sets[set].buckets[k]), m.n_out, m.band_rows, r);
+        const int64_t bucket = int64_t(band.first + sketch_bucket(h, band.count));
         out[r * m.n_in + c].push_back({set, bucket * m.block + c % m.block, sketch_negative(h)});
       }
     }
@@ -384,6 +452,7 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
         p.salient_blocks = (blocks + 4) / 5;
         p.salient_buckets.assign(rows, 1 + p.salient_blocks / 2);
       }
+      if (d_out >= 17) p.band_rows = (d_out + 2) / 3;  // 3 row bands
       std::vector<float> w(d_out * d_in);
       for (float& v : w) v = dist(rng);
       const auto layer = SketchLinear::encode(w.data(), d_out, d_in, p, nullptr);
@@ -500,7 +569,7 @@ std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int bloc
     mask.assign((blocks + 63) / 64, 0);
     for (int64_t b = 0; b < blocks; b += 3) mask[b / 64] |= uint64_t{1} << (b % 64);
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, sets, std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, 0, sets, std::move(mask));
 }
 
 TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
@@ -541,11 +610,12 @@ TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
       for (int value_bits : {2, 4, 8, 16})
         for (int block : {8, 16, 40})
           for (double salient : {0.0, 0.1}) {
-            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient);
+            // Plain hashing, and row bands of at least 4 buckets.
+            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient, block == 16 ? 4 : 0);
             p.rule = rule;
             layers.push_back(SketchLinear::encode(w.data(), 19, 100, p, nullptr));
-            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
-                                        value_bits, block, salient));
+            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {} band rows {}", sketch_rule_name(rule),
+                                        rows, value_bits, block, salient, p.band_rows));
           }
   for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
@@ -584,7 +654,7 @@ class SketchFile : public ::testing::Test {
     const auto w = random_weights(24 * 100, 21);
     std::vector<float> column_rms(100);
     for (int64_t c = 0; c < 100; ++c) column_rms[c] = 0.5f + float(c % 7);
-    SketchParams p = sketch_params_for_bpw(24, 100, 3.0, 3, 8, value_bits, salient);
+    SketchParams p = sketch_params_for_bpw(24, 100, 3.0, 3, 8, value_bits, salient, 4);
     p.rule = SketchRule::AbsMaxMin;
     return SketchLinear::encode(w.data(), 24, 100, p, column_rms.data());
   }
@@ -702,6 +772,9 @@ TEST_F(SketchFile, BadHeaderIsRefused) {
   expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 12, 3});       // 12-bit values
   expect_refused(prefix + "config", std::vector<int64_t>{0, 16, 4, 3});       // block size changed
   expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4});           // too short
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, -1});    // negative band rows
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 25});    // a band past the 24 rows
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 1});  // too long
   expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});          // empty table
   expect_refused(prefix + "buckets", std::vector<int64_t>{int64_t{1} << 40, 5, 5});  // huge table
   expect_refused(prefix + "seeds", std::vector<int64_t>{1, 2});               // a seed missing

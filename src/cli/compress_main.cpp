@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   app.add_option("--rule", o.sketch_rule, "sketch: absminmax | absmaxmin | mean")->capture_default_str();
   app.add_option("--salient-frac", o.salient_fraction, "sketch: fraction of blocks given more table space")
       ->capture_default_str()->check(CLI::Range(0.0, 0.5));
+  app.add_option("--band-buckets", o.sketch_band_buckets,
+                 "sketch: buckets per row band and table (0: one band, plain hashing)")
+      ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
   app.add_option("--sketch-seed", o.sketch_seed, "sketch: hash seed")->capture_default_str();
   app.add_option("--calib-text", calib_text, "sketch: text for saliency statistics (never wiki.test.raw)");
   app.add_option("--calib-tokens", o.calib_tokens, "sketch: calibration tokens")->capture_default_str();

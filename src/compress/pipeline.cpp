@@ -76,7 +76,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
           const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
           const int64_t n_out = w.size(0), n_in = w.size(1);
           SketchParams params = sketch_params_for_bpw(n_out, n_in, o.bpw, o.sketch_rows, o.sketch_block,
-                                                      o.sketch_value_bits, o.salient_fraction);
+                                                      o.sketch_value_bits, o.salient_fraction, o.sketch_band_buckets);
           params.rule = parse_sketch_rule(o.sketch_rule);
           params.seed = o.sketch_seed + uint64_t(l * TorchLlama::kLinearsPerLayer + i);
           const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
@@ -90,6 +90,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       details["block"] = o.sketch_block;
       details["value_bits"] = o.sketch_value_bits;
       details["salient_fraction"] = o.salient_fraction;
+      details["band_buckets"] = o.sketch_band_buckets;
     }
     details["target_bpw"] = o.bpw;
     if (o.qat.train_tokens > 0) {

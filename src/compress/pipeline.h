@@ -8,6 +8,7 @@
 
 #include "compress/littlebit.h"
 #include "compress/qat.h"
+#include "formats/sketch.h"
 
 namespace subbit::compress {
 
@@ -25,6 +26,7 @@ struct CompressOptions {
   int sketch_value_bits = 4;
   std::string sketch_rule = "absminmax";
   double salient_fraction = 0.0;
+  int64_t sketch_band_buckets = kSketchBandBuckets;  // 0: one band (plain hashing)
   std::filesystem::path calib_text;  // saliency statistics (empty: weight magnitude only)
   int64_t calib_tokens = 32768;
   uint64_t sketch_seed = 0x5EED;

@@ -21,7 +21,8 @@ torch::Tensor quantize(const torch::Tensor& v, int value_bits, float step) {
 }  // namespace
 
 SketchTrainable::SketchTrainable(const SketchLinear& layer)
-    : rule_(layer.rule()), block_(layer.block()), value_bits_(layer.value_bits()), d_out_(layer.n_out()),
+    : rule_(layer.rule()), block_(layer.block()), value_bits_(layer.value_bits()), band_rows_(layer.band_rows()),
+      d_out_(layer.n_out()),
       d_in_(layer.n_in()), blocks_per_row_(layer.blocks_per_row()), salient_mask_(layer.salient_mask()) {
   const SketchMatrix& m = layer.matrix();
   for (int s = 0; s < layer.sets(); ++s) {
@@ -36,16 +37,13 @@ SketchTrainable::SketchTrainable(const SketchLinear& layer)
   // sign are computed once.
   const int64_t blocks = d_out_ * blocks_per_row_;
   for (int k = 0; k < m.rows; ++k) {
-    const SketchHashRow& hr = m.hash_rows[k];
     std::vector<int64_t> index(blocks);
     std::vector<float> sign(blocks);
     for (int64_t r = 0; r < d_out_; ++r)
       for (int64_t b = 0; b < blocks_per_row_; ++b) {
-        const bool salient = m.salient(r, b);
-        const uint64_t h = sketch_block_hash(salient ? hr.salient_seed : hr.seed, r, b);
-        index[r * blocks_per_row_ + b] = int64_t(salient ? hr.buckets + sketch_bucket(h, hr.salient_buckets)
-                                                         : sketch_bucket(h, hr.buckets));
-        sign[r * blocks_per_row_ + b] = sketch_negative(h) ? -1.0f : 1.0f;
+        bool negative = false;
+        index[r * blocks_per_row_ + b] = int64_t(m.bucket_index(k, r, b, &negative));
+        sign[r * blocks_per_row_ + b] = negative ? -1.0f : 1.0f;
       }
     bucket_indices_.push_back(register_buffer(
         fmt::format("bucket_index{}", k), torch::from_blob(index.data(), {blocks}, torch::kInt64).clone()));
@@ -93,7 +91,7 @@ std::unique_ptr<Linear> SketchTrainable::to_runtime() const {
       const torch::Tensor q = quantize(tables_[s * rows + k], value_bits_, step).to(torch::kCPU).contiguous();
       sets[s].values.emplace_back(q.data_ptr<float>(), q.data_ptr<float>() + q.numel());
     }
-  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, value_bits_, sets, salient_mask_);
+  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, value_bits_, band_rows_, sets, salient_mask_);
 }
 
 }  // namespace subbit::compress

@@ -35,7 +35,7 @@ class SketchTrainable final : public TrainableLinear {
 
   SketchRule rule_;
   int block_, value_bits_;
-  int64_t d_out_, d_in_, blocks_per_row_;
+  int64_t band_rows_, d_out_, d_in_, blocks_per_row_;
   std::vector<SketchTableSet> sets_;  // buckets, seeds and scales; the values are the parameters
   std::vector<uint64_t> salient_mask_;
   std::vector<torch::Tensor> tables_;          // [set · rows + k]: (buckets, block) parameters

@@ -17,7 +17,7 @@ namespace subbit {
 namespace {
 
 constexpr int64_t kMaxBuckets = (int64_t{1} << 32) - 1;
-constexpr int kHeaderNumbers = 4;  // rule, block, value bits, rows
+constexpr int kHeaderNumbers = 5;  // rule, block, value bits, rows, band rows
 
 bool fp16_values(int value_bits) { return value_bits == 16; }
 int max_code(int value_bits) { return (1 << (value_bits - 1)) - 1; }
@@ -34,6 +34,14 @@ void check_buckets(const std::vector<int64_t>& buckets, int rows, const char* wh
   if (int64_t(buckets.size()) != rows) fail("sketch: {} bucket counts for {} hash rows", what, buckets.size(), rows);
   for (int64_t b : buckets)
     if (b < 1 || b > kMaxBuckets) fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
+}
+
+// Every band needs a bucket of its own in every table.
+void check_bands(int64_t d_out, int64_t band_rows, const std::vector<int64_t>& buckets, const char* what) {
+  if (band_rows < 0 || band_rows > d_out) fail("sketch: {} rows per band for {} output rows", band_rows, d_out);
+  const int64_t bands = sketch_band_count(d_out, band_rows);
+  for (int64_t b : buckets)
+    if (b < bands) fail("sketch: {} table of {} buckets cannot serve {} row bands", what, b, bands);
 }
 
 // n split over `rows` as evenly as possible, the first rows taking the remainder.
@@ -137,11 +145,12 @@ double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& p) {
 }
 
 SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows, int block,
-                                   int value_bits, double salient_frac) {
+                                   int value_bits, double salient_frac, int64_t band_buckets) {
   check_layout(rows, block, value_bits);
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   if (!(target_bpw > 0) || !std::isfinite(target_bpw)) fail("sketch: target bpw {} must be positive", target_bpw);
   if (!(salient_frac >= 0 && salient_frac < 1)) fail("sketch: salient fraction {} outside [0, 1)", salient_frac);
+  if (band_buckets < 0) fail("sketch: {} buckets per band must not be negative", band_buckets);
   SketchParams p;
   p.rows = rows;
   p.block = block;
@@ -163,10 +172,17 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
   p.buckets = split_even(total - salient_total, rows);
   check_buckets(p.buckets, rows, "main");
   if (salient) check_buckets(p.salient_buckets, rows, "salient");
+  if (band_buckets > 0) {
+    int64_t fewest = *std::min_element(p.buckets.begin(), p.buckets.end());
+    if (salient) fewest = std::min(fewest, *std::min_element(p.salient_buckets.begin(), p.salient_buckets.end()));
+    const int64_t bands = std::clamp<int64_t>(fewest / band_buckets, 1, d_out);
+    // Rounding the rows per band up can only lower the number of bands.
+    p.band_rows = bands > 1 ? (d_out + bands - 1) / bands : 0;
+  }
   return p;
 }
 
-SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits,
+SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits, int64_t band_rows,
                            const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask)
     : value_bits_(value_bits), salient_mask_(std::move(salient_mask)) {
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
@@ -187,6 +203,7 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
     const SketchTableSet& set = sets[s];
     const char* what = s == 0 ? "main" : "salient";
     check_buckets(set.buckets, rows, what);
+    check_bands(d_out, band_rows, set.buckets, what);
     if (int64_t(set.seeds.size()) != rows || int64_t(set.values.size()) != rows ||
         int64_t(set.scales.size()) != (fp16_values(value_bits) ? 0 : rows))
       fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows,
@@ -211,7 +228,7 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
   const SketchTableLayout layout = fp16_values(value_bits)             ? SketchTableLayout::F32
                                    : value_bits <= 4 && stride % 16 == 0 ? SketchTableLayout::Nibble
                                                                          : SketchTableLayout::Int8;
-  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout};
+  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout, band_rows};
   const int64_t bucket_bytes = matrix_.bucket_bytes();
   for (int k = 0; k < rows; ++k) {
     const int64_t main_buckets = sets[0].buckets[k];
@@ -263,11 +280,13 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
   check_layout(p.rows, p.block, p.value_bits);
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   check_buckets(p.buckets, p.rows, "main");
+  check_bands(d_out, p.band_rows, p.buckets, "main");
   const int64_t t = p.block;
   const int64_t blocks_per_row = (d_in + t - 1) / t;
   const int64_t blocks = d_out * blocks_per_row;
   const bool salient = !p.salient_buckets.empty();
   if (salient) check_buckets(p.salient_buckets, p.rows, "salient");
+  if (salient) check_bands(d_out, p.band_rows, p.salient_buckets, "salient");
   if (salient != (p.salient_blocks > 0) || p.salient_blocks > blocks)
     fail("sketch: {} salient blocks of {} with {} salient table set", p.salient_blocks, blocks,
          salient ? "a" : "no");
@@ -310,7 +329,8 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
           const int64_t s = salient && ((mask[g / 64] >> (g % 64)) & 1) ? 1 : 0;
           const int64_t table = s * p.rows + k;
           const uint64_t h = sketch_block_hash(seeds[table], r, b);
-          const int64_t first = int64_t(sketch_bucket(h, uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]))) * t;
+          const SketchBand band = sketch_band(uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]), d_out, p.band_rows, r);
+          const int64_t first = int64_t(band.first + sketch_bucket(h, band.count)) * t;
           float* v = value[table].data() + first;
           int32_t* n = count[table].data() + first;
           const int64_t width = std::min(t, d_in - b * t);
@@ -352,7 +372,8 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
       set.values.push_back(std::move(v));
     }
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.value_bits, table_sets, std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.value_bits, p.band_rows, table_sets,
+                                        std::move(mask));
 }
 
 void SketchLinear::forward(const float* x, float* y, int64_t tokens) const {
@@ -374,9 +395,9 @@ int64_t SketchLinear::storage_bits() const {
 }
 
 std::string SketchLinear::describe() const {
-  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}", sketch_rule_name(rule()), rows(),
+  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}, {} bands", sketch_rule_name(rule()), rows(),
                                  block(), fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
-                                 fmt::join(sets_[0].buckets, "+"));
+                                 fmt::join(sets_[0].buckets, "+"), sketch_band_count(n_out(), band_rows()));
   if (sets() == 2) {
     int64_t salient_blocks = 0;
     for (uint64_t word : salient_mask_) salient_blocks += std::popcount(word);
@@ -410,13 +431,13 @@ int64_t SketchLinear::runtime_bytes() const {
   return bytes;
 }
 
-// Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows], buckets,
+// Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows, band_rows], buckets,
 // salient_buckets (only with a salient set), seeds (main then salient, as int64 bit patterns)};
 // tensors <prefix>.sketch<k> and .sketch_salient<k>: table codes, each a little-endian bitstream
 // of value_bits-bit codes q + max_code (I8), or fp16 values (F16); .sketch_scales (F16, main
 // rows then salient rows; absent for fp16 values); .sketch_mask (I8 words, salient set only).
 void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
-  out.set(key(prefix, "config"), std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows()});
+  out.set(key(prefix, "config"), std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows(), band_rows()});
   std::vector<int64_t> seeds;
   std::vector<float> scales;
   for (int s = 0; s < sets(); ++s) {
@@ -454,12 +475,15 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
     }
   };
   const std::vector<int64_t> config = file.get_int_array(key(prefix, "config"));
-  if (config.size() != 4) fail("{}: sketch config has {} numbers, expected 4", where, config.size());
+  // Files written before row bands have 4 numbers: one band.
+  if (config.size() != 4 && config.size() != 5)
+    fail("{}: sketch config has {} numbers, expected 5", where, config.size());
   if (config[0] < 0 || config[0] > int64_t(SketchRule::Mean)) fail("{}: unknown sketch rule {}", where, config[0]);
-  for (int64_t c : config)
-    if (c < 0 || c > 64) fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
+  for (size_t i = 0; i < 4; ++i)
+    if (config[i] < 0 || config[i] > 64) fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
   const SketchRule rule = SketchRule(config[0]);
   const int block = int(config[1]), value_bits = int(config[2]), rows = int(config[3]);
+  const int64_t band_rows = config.size() == 5 ? config[4] : 0;  // the constructor checks it
   in_context([&] { check_layout(rows, block, value_bits); });
   if (d_out < 1 || d_in < 1) fail("{}: empty layer ({} x {})", where, d_out, d_in);
 
@@ -500,7 +524,7 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
   std::vector<uint64_t> mask;
   if (salient) mask = get_words(file, prefix + ".sketch_mask", 1, (d_out * ((d_in + block - 1) / block) + 63) / 64);
   return in_context([&]() -> std::unique_ptr<Linear> {
-    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, table_sets, std::move(mask));
+    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, band_rows, table_sets, std::move(mask));
   });
 }
 

@@ -11,7 +11,8 @@
 //   + 64 · rows · S                     one seed per hash row
 //   + 16 · rows · S                     one fp16 scale per hash row (none for fp16 values)
 //   + d_out · ceil(d_in / block)        salient mask (only with a salient set)
-//   + 64 · (4 + rows · S)               header: rule, block, value bits, rows, bucket counts
+//   + 64 · (5 + rows · S)               header: rule, block, value bits, rows, band rows,
+//                                       bucket counts
 #include <hwy/aligned_allocator.h>
 
 #include <cstdint>
@@ -34,11 +35,16 @@ struct SketchParams {
   std::vector<int64_t> buckets;          // (rows): main table set, each 1 .. 2^32 − 1
   std::vector<int64_t> salient_buckets;  // (rows): salient table set; empty when there is none
   int64_t salient_blocks = 0;            // blocks routed to the salient set (> 0 iff it exists)
+  int64_t band_rows = 0;                 // output rows per band, 0: one band (ops/sketch_matmul.h)
   uint64_t seed = 0x5EED;                // hash seeds: the splitmix64 sequence from this state
 };
 
 // A salient block gets this many times the table space of an ordinary block.
 inline constexpr int kSketchSalientDensity = 4;
+// Buckets per band and hash row that sketch_params_for_bpw aims at: 256 buckets of 16 4-bit
+// codes (with their negated copy) are 4 KiB, so a band's tables of every hash row and set stay
+// in L1 while its rows are multiplied. Docs: "Row bands" in docs/ultrasketch.md.
+inline constexpr int64_t kSketchBandBuckets = 256;
 
 std::string_view sketch_rule_name(SketchRule rule);  // "absminmax", "absmaxmin", "mean"
 SketchRule parse_sketch_rule(std::string_view name);  // throws Error for other names
@@ -52,9 +58,12 @@ double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& params);
 // (value_bits · block bits), split evenly over the hash rows; the salient set, when
 // round(salient_frac · blocks) > 0, gets kSketchSalientDensity times the space per block.
 // Where the fixed costs alone exceed the target (tiny layers) every row gets one bucket and the
-// result overshoots: check sketch_bpw.
+// result overshoots: check sketch_bpw. Rows are banded so that each band has at least
+// band_buckets buckets in every table (as many bands as that allows, at most one per row);
+// band_buckets = 0 gives one band (plain hashing).
 SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows = 2,
-                                   int block = 16, int value_bits = 4, double salient_frac = 0.0);
+                                   int block = 16, int value_bits = 4, double salient_frac = 0.0,
+                                   int64_t band_buckets = kSketchBandBuckets);
 
 // The stored content of one table set.
 struct SketchTableSet {
@@ -69,8 +78,9 @@ class SketchLinear final : public Linear {
   // `sets` is {main} or {main, salient}; `salient_mask` (ceil(d_out · blocks_per_row / 64)
   // words, bit r · blocks_per_row + b) is empty without a salient set. Everything is validated
   // (table values must lie on their row's quantization grid, so save() is lossless); violations
-  // throw Error.
-  SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits,
+  // throw Error. band_rows: output rows per band (0: one band); every table needs at least one
+  // bucket per band.
+  SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits, int64_t band_rows,
                const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask);
 
   // column_rms: (d_in) RMS of each input column over calibration tokens, or nullptr; it only
@@ -94,6 +104,7 @@ class SketchLinear final : public Linear {
   int rows() const { return matrix_.rows; }
   int block() const { return int(matrix_.block); }
   int value_bits() const { return value_bits_; }
+  int64_t band_rows() const { return matrix_.band_rows; }
   int64_t blocks_per_row() const { return matrix_.blocks_per_row(); }
   int sets() const { return int(sets_.size()); }
   // Set 0 is the main set, 1 the salient one; values are copied out unpadded.

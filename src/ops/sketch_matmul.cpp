@@ -41,6 +41,10 @@
 // subbit_bench (gemv/<shape>/dense_bf16 / sketch_bpw0.50, one run on a quieter machine): 1592 /
 // 1570, 4055 / 4727, 3511 / 4618, 20338 / 62917 (before: 4096x4096 1463 / 2346).
 //
+// Row bands (ops/sketch_matmul.h) then removed the random loads: same benchmark, one run,
+// banded / plain hashing / dense BF16: 1100 / 1717 / 1353, 3623 / 4799 / 4015, 3262 / 4807 /
+// 3675, 20428 / 62170 / 18977. The rest of this comment describes the kernel before bands.
+//
 // Where the time goes (4096x4096): hashing ~0.35 ms (two 64-bit multiplies per hash row and
 // block are the floor of the pinned hash), the products ~0.75 ms with the tables in L2 (0.1 bpw),
 // the rest waiting on bucket loads that miss L2 (tables of 2.1 MB at 0.5 bpw). Large layers are
@@ -60,6 +64,8 @@
 // hashing the next rows between the current rows' blocks (hashing is arithmetic and the product
 // waits on loads, but interleaved both got slower, 1.75 vs 1.46 ms); four output rows per pass
 // (1.70 vs 1.54 ms); huge pages for the tables;
+// prefetching the next row band's table slices when a band starts (no gain at 0.5 bpw, 5-10%
+// slower at 1.0 bpw: the hardware already streams a band's few KiB);
 // one copy of the 4-bit codes with the sign applied by an xor (halves the tables, +30% product
 // time when they are cached). Precomputing the entries at load time would take 4 bits per weight
 // (8 MiB for 4096x4096, 8x the layer) and streaming them costs about what hashing does.
@@ -171,7 +177,7 @@ constexpr uint32_t TieBits(int k, int rows) {
   return kRule == SketchRule::AbsMinMax ? uint32_t(rows - 1 - k) : uint32_t(k);
 }
 
-// Tables much larger than L2 make the bucket loads slow random accesses (L3 or memory): asking
+// Tables (of a row band) much larger than L2 make the bucket loads slow random accesses: asking
 // for them this many blocks ahead overlaps more of them than the reorder window does. On the
 // development machine it halved the time at 28672 x 8192 (tables of 29 MB) and cost a few
 // percent on tables of a few MB, hence the threshold.
@@ -201,7 +207,8 @@ void BuildSetup(const SketchMatrix& m, Setup& s) {
   for (int k = 0; k < m.rows; ++k) {
     const SketchHashRow& hr = m.hash_rows[k];
     s.base[k] = static_cast<const uint8_t*>(hr.table);
-    table_bytes += int64_t(hr.buckets + hr.salient_buckets) * m.bucket_bytes();
+    // What one row's loads range over: its band's share of the tables.
+    table_bytes += int64_t(hr.buckets + hr.salient_buckets) * m.bucket_bytes() / sketch_band_count(m.n_out, m.band_rows);
     const uint32_t tie = UseRange<kDec, kRule, DF>() ? TieBits<kRule>(k, m.rows) : 0;
     for (int set = 0; set < 2; ++set) {
       const float step = set == 0 ? hr.scale : hr.salient_scale;
@@ -246,22 +253,26 @@ constexpr bool Nibbles(Decoder d) { return d == Decoder::Lut4 || d == Decoder::L
 
 // What hashing one output row in one hash row needs (scalars: vectors cannot be struct members
 // on every target; the loops hoist their broadcasts).
+// `buckets` are the row's band's (SketchBand::count) and `first` its first bucket, in the high
+// half as the bucket index is there.
 struct HashConsts {
-  uint64_t seed, buckets, operand;                         // main set
-  uint64_t salient_seed, salient_buckets, salient_operand;  // salient set
-  uint64_t first;  // the salient buckets follow the main ones (bucket index in the high half)
+  uint64_t seed, buckets, operand, first;                                 // main set
+  uint64_t salient_seed, salient_buckets, salient_operand, salient_first;  // salient set
 };
 
 HWY_INLINE HashConsts MakeHashConsts(const SketchMatrix& m, const Setup& s, int k, int64_t row) {
   const SketchHashRow& hr = m.hash_rows[k];
   const uint64_t row_term = uint64_t(row) * kSketchRowMultiplier;
+  const SketchBand band = sketch_band(hr.buckets, m.n_out, m.band_rows, row);
+  const SketchBand salient_band = sketch_band(hr.salient_buckets, m.n_out, m.band_rows, row);
   return HashConsts{sketch_detail::xorshift30(hr.seed ^ row_term),
-                    hr.buckets,
+                    band.count,
                     s.operand[k][0],
+                    band.first << 32,
                     sketch_detail::xorshift30(hr.salient_seed ^ row_term),
-                    hr.salient_buckets,
+                    salient_band.count,
                     s.operand[k][1],
-                    hr.buckets << 32};
+                    (hr.buckets + salient_band.first) << 32};  // the salient buckets follow the main ones
 }
 
 // One hash row's entries of blocks [b, b + lanes): the byte offsets of their buckets and their
@@ -278,9 +289,11 @@ HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU
     operand = hn::IfThenElse(salient, hn::Set(d, c.salient_operand), operand);
   }
   const auto h = Mix64Tail(hn::Xor(seed, block_terms));
-  // sketch_bucket() (plus the salient base) in the high 32 bits, then its byte offset.
+  // sketch_bucket() in the band plus its first bucket (and the salient base) in the high 32 bits,
+  // then its byte offset.
   auto bucket = hn::Add(MulLow32(hn::ShiftRight<32>(h), buckets), hn::ShiftRight<32>(MulLow32(h, buckets)));
-  if constexpr (kSalient) bucket = hn::Add(bucket, hn::IfThenElseZero(salient, hn::Set(d, c.first)));
+  if constexpr (kSalient) bucket = hn::Add(bucket, hn::IfThenElse(salient, hn::Set(d, c.salient_first), hn::Set(d, c.first)));
+  else bucket = hn::Add(bucket, hn::Set(d, c.first));
   if constexpr (kStride != 0 && Nibbles(kDec)) {
     // bucket · kStride | (negative ? kStride / 2 : 0): the negated codes follow the codes. The
     // bits below kStride come from h shifted so that its bit 0 lands on kStride / 2.
@@ -857,15 +870,9 @@ float combine(const float* e, int rows) {
 template <SketchRule kRule>
 void decode_row(const SketchMatrix& m, int64_t row, float* out) {
   for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
-    const bool salient = m.salient(row, b);
     uint64_t index[kSketchMaxRows];
     bool negative[kSketchMaxRows];
-    for (int k = 0; k < m.rows; ++k) {
-      const SketchHashRow& hr = m.hash_rows[k];
-      const uint64_t h = sketch_block_hash(salient ? hr.salient_seed : hr.seed, row, b);
-      index[k] = salient ? hr.buckets + sketch_bucket(h, hr.salient_buckets) : sketch_bucket(h, hr.buckets);
-      negative[k] = sketch_negative(h);
-    }
+    for (int k = 0; k < m.rows; ++k) index[k] = m.bucket_index(k, row, b, &negative[k]);
     const int64_t width = std::min(m.block, m.n_in - b * m.block);
     for (int64_t j = 0; j < width; ++j) {
       float e[kSketchMaxRows] = {};

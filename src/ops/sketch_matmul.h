@@ -15,6 +15,14 @@
 //   A block marked salient hashes with that row's salient seed and bucket count instead and
 //   reads the salient table, whose buckets follow the main ones.
 //
+// Row bands (band_rows > 0): output rows are grouped into G = ceil(n_out / band_rows) bands of
+// band_rows consecutive rows, and each table of B buckets into G ranges; band g = floor(r /
+// band_rows) hashes only into buckets [floor(g·B/G), floor((g+1)·B/G)):
+//     bucket = floor(g·B/G) + floor(h · (floor((g+1)·B/G) − floor(g·B/G)) / 2^64)
+// Every bucket still takes the same share of blocks, but the buckets one row reads sit in a
+// few KiB, so a product streams the tables instead of loading them at random (the loads, not
+// the arithmetic, bound the product of large layers). band_rows = 0 is one band: plain hashing.
+//
 // The read-back rule combines the estimates e_0 .. e_{rows-1} (ties go to the lowest row):
 //   AbsMinMax: the e_k of largest magnitude (tables keep the smallest-magnitude candidate),
 //   AbsMaxMin: the e_k of smallest magnitude (tables keep the largest-magnitude candidate),
@@ -50,6 +58,20 @@ constexpr uint64_t sketch_bucket(uint64_t hash, uint64_t buckets) {
 }
 
 constexpr bool sketch_negative(uint64_t hash) { return (hash & 1) != 0; }
+
+// The bucket range of output row `row` in a table of `buckets` buckets (see "Row bands").
+struct SketchBand {
+  uint64_t first, count;
+};
+constexpr int64_t sketch_band_count(int64_t n_out, int64_t band_rows) {
+  return band_rows <= 0 ? 1 : (n_out + band_rows - 1) / band_rows;
+}
+constexpr SketchBand sketch_band(uint64_t buckets, int64_t n_out, int64_t band_rows, int64_t row) {
+  if (band_rows <= 0) return {0, buckets};
+  const uint64_t bands = uint64_t(sketch_band_count(n_out, band_rows)), g = uint64_t(row / band_rows);
+  const uint64_t first = buckets * g / bands;  // < 2^64: buckets < 2^32, bands <= n_out < 2^32
+  return {first, buckets * (g + 1) / bands - first};
+}
 
 // Elements per bucket in the runtime tables: `block` rounded up so one bucket is whole SIMD
 // vectors once widened to fp32 (8 or a multiple of 16 elements); the padding holds zeros.
@@ -92,8 +114,19 @@ struct SketchMatrix {
   const uint64_t* salient_mask;
   int64_t n_out, n_in;
   SketchTableLayout layout = SketchTableLayout::F32;
+  int64_t band_rows = 0;  // rows per band; 0: one band (see "Row bands")
 
   int64_t blocks_per_row() const { return (n_in + block - 1) / block; }
+  // Block b of output row `row` in hash row k: its bucket (main then salient numbering) and
+  // whether its values are negated.
+  uint64_t bucket_index(int k, int64_t row, int64_t b, bool* negative) const {
+    const SketchHashRow& hr = hash_rows[k];
+    const bool in_salient = salient(row, b);
+    const uint64_t h = sketch_block_hash(in_salient ? hr.salient_seed : hr.seed, row, b);
+    const SketchBand band = sketch_band(in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows, row);
+    *negative = sketch_negative(h);
+    return (in_salient ? hr.buckets : 0) + band.first + sketch_bucket(h, band.count);
+  }
   int64_t stride() const { return sketch_bucket_stride(block); }
   // Bytes per bucket of the tables.
   int64_t bucket_bytes() const {

@@ -50,8 +50,10 @@ TEST(SketchTrainable, ForwardEqualsRuntimeLayer) {
   const torch::Tensor x = torch::randn({6, 90});
   for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
     for (int rows : {1, 2, 3})
-      for (auto [block, value_bits, salient] : {std::tuple{16, 4, 0.0}, {8, 16, 0.1}, {5, 3, 0.2}}) {
-        SketchParams p = sketch_params_for_bpw(37, 90, 2.0, rows, block, value_bits, salient);
+      // Row bands of at least 4 buckets, or plain hashing (band_buckets 0).
+      for (auto [block, value_bits, salient, band_buckets] :
+           {std::tuple{16, 4, 0.0, int64_t{4}}, {8, 16, 0.1, int64_t{0}}, {5, 3, 0.2, int64_t{4}}}) {
+        SketchParams p = sketch_params_for_bpw(37, 90, 2.0, rows, block, value_bits, salient, band_buckets);
         p.rule = rule;
         const auto layer = encode(w, p);
         SketchTrainable module(*layer);
