@@ -20,7 +20,7 @@
 //
 // Sketch vs dense: time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/sketch_bpw0.50); sketch vs
 // LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
-// and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absminmax, 2 hash rows,
+// and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absmaxmin, 2 hash rows,
 // block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets); `_one_band` is the same
 // layer with plain hashing over whole tables (no row bands). Their tables are filled directly with random codes
 // and fp16 steps instead of running SketchLinear::encode on a random matrix: encode would need

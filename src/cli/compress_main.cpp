@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   app.add_option("--value-bits", o.sketch_value_bits, "sketch: bits per table value (2..8, or 16 = fp16)")
       ->capture_default_str();
-  app.add_option("--rule", o.sketch_rule, "sketch: absminmax | absmaxmin | mean")->capture_default_str();
+  app.add_option("--rule", o.sketch_rule, "sketch: absmaxmin | absminmax (the paper's) | mean")->capture_default_str();
   app.add_option("--salient-frac", o.salient_fraction, "sketch: fraction of blocks given more table space")
       ->capture_default_str()->check(CLI::Range(0.0, 0.5));
   app.add_option("--band-buckets", o.sketch_band_buckets,

@@ -24,7 +24,7 @@ struct CompressOptions {
   int sketch_rows = 2;
   int sketch_block = 16;
   int sketch_value_bits = 4;
-  std::string sketch_rule = "absminmax";
+  std::string sketch_rule = "absmaxmin";
   double salient_fraction = 0.0;
   int64_t sketch_band_buckets = kSketchBandBuckets;  // 0: one band (plain hashing)
   std::filesystem::path calib_text;  // saliency statistics (empty: weight magnitude only)

@@ -28,7 +28,7 @@ namespace subbit {
 
 // What the encoder builds; the bucket counts fix the layer's size (sketch_storage_bits).
 struct SketchParams {
-  SketchRule rule = SketchRule::AbsMinMax;
+  SketchRule rule = SketchRule::AbsMaxMin;  // measured best before and after QAT (docs/ultrasketch.md)
   int rows = 2;         // hash rows, 1 .. kSketchMaxRows
   int block = 16;       // weights per block, 1 .. kSketchMaxBlock
   int value_bits = 4;   // table value code width: 2 .. 8, or 16 for fp16 values
