@@ -395,9 +395,11 @@ int64_t SketchLinear::storage_bits() const {
 }
 
 std::string SketchLinear::describe() const {
-  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}, {} bands", sketch_rule_name(rule()), rows(),
-                                 block(), fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
-                                 fmt::join(sets_[0].buckets, "+"), sketch_band_count(n_out(), band_rows()));
+  const int64_t bands = sketch_band_count(n_out(), band_rows());
+  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}, {}", sketch_rule_name(rule()), rows(), block(),
+                                 fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
+                                 fmt::join(sets_[0].buckets, "+"),
+                                 bands == 1 ? std::string("one band") : fmt::format("{} bands", bands));
   if (sets() == 2) {
     int64_t salient_blocks = 0;
     for (uint64_t word : salient_mask_) salient_blocks += std::popcount(word);
