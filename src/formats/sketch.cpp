@@ -329,8 +329,8 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
           const int64_t s = salient && ((mask[g / 64] >> (g % 64)) & 1) ? 1 : 0;
           const int64_t table = s * p.rows + k;
           const uint64_t h = sketch_block_hash(seeds[table], r, b);
-          const SketchBand band = sketch_band(uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]), d_out, p.band_rows, r);
-          const int64_t first = int64_t(band.first + sketch_bucket(h, band.count)) * t;
+          const uint64_t buckets = uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]);
+          const int64_t first = int64_t(sketch_row_bucket(h, buckets, d_out, p.band_rows, r)) * t;
           float* v = value[table].data() + first;
           int32_t* n = count[table].data() + first;
           const int64_t width = std::min(t, d_in - b * t);

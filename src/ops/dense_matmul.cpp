@@ -106,6 +106,7 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include "common/error.h"
+#include "ops/reference.h"
 
 namespace subbit {
 
@@ -129,15 +130,7 @@ void dense_row_to_f32(const DenseMatrix& w, int64_t row, float* out) {
 }
 
 void dense_matmul_reference(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
-  std::vector<float> row(w.n_in);
-  for (int64_t o = 0; o < w.n_out; ++o) {
-    dense_row_to_f32(w, o, row.data());
-    for (int64_t t = 0; t < tokens; ++t) {
-      double sum = 0;
-      for (int64_t i = 0; i < w.n_in; ++i) sum += double(row[i]) * x[t * w.n_in + i];
-      y[t * w.n_out + o] = float(sum);
-    }
-  }
+  matmul_reference_by_rows(w.n_out, w.n_in, [&](int64_t o, float* row) { dense_row_to_f32(w, o, row); }, x, y, tokens);
 }
 
 }  // namespace subbit

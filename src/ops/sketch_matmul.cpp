@@ -805,6 +805,7 @@ HWY_AFTER_NAMESPACE();
 #include <cmath>
 
 #include "common/error.h"
+#include "ops/reference.h"
 
 namespace subbit {
 
@@ -896,15 +897,7 @@ void sketch_decode_row(const SketchMatrix& m, int64_t row, float* out) {
 }
 
 void sketch_matmul_reference(const SketchMatrix& m, const float* x, float* y, int64_t tokens) {
-  std::vector<float> row(m.n_in);
-  for (int64_t o = 0; o < m.n_out; ++o) {
-    sketch_decode_row(m, o, row.data());
-    for (int64_t t = 0; t < tokens; ++t) {
-      double sum = 0;
-      for (int64_t i = 0; i < m.n_in; ++i) sum += double(row[i]) * x[t * m.n_in + i];
-      y[t * m.n_out + o] = float(sum);
-    }
-  }
+  matmul_reference_by_rows(m.n_out, m.n_in, [&](int64_t o, float* row) { sketch_decode_row(m, o, row); }, x, y, tokens);
 }
 
 }  // namespace subbit

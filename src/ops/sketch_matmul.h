@@ -72,6 +72,11 @@ constexpr SketchBand sketch_band(uint64_t buckets, int64_t n_out, int64_t band_r
   const uint64_t first = buckets * g / bands;  // < 2^64: buckets < 2^32, bands <= n_out < 2^32
   return {first, buckets * (g + 1) / bands - first};
 }
+// The bucket a block with hash `hash` in output row `row` reads, in a table of `buckets`.
+constexpr uint64_t sketch_row_bucket(uint64_t hash, uint64_t buckets, int64_t n_out, int64_t band_rows, int64_t row) {
+  const SketchBand band = sketch_band(buckets, n_out, band_rows, row);
+  return band.first + sketch_bucket(hash, band.count);
+}
 
 // Elements per bucket in the runtime tables: `block` rounded up so one bucket is whole SIMD
 // vectors once widened to fp32 (8 or a multiple of 16 elements); the padding holds zeros.
@@ -123,9 +128,9 @@ struct SketchMatrix {
     const SketchHashRow& hr = hash_rows[k];
     const bool in_salient = salient(row, b);
     const uint64_t h = sketch_block_hash(in_salient ? hr.salient_seed : hr.seed, row, b);
-    const SketchBand band = sketch_band(in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows, row);
     *negative = sketch_negative(h);
-    return (in_salient ? hr.buckets : 0) + band.first + sketch_bucket(h, band.count);
+    return (in_salient ? hr.buckets : 0) +
+           sketch_row_bucket(h, in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows, row);
   }
   int64_t stride() const { return sketch_bucket_stride(block); }
   // Bytes per bucket of the tables.
