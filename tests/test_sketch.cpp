@@ -528,6 +528,18 @@ void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, 
     }
 }
 
+TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
+  // Tables over 1 MiB with row bands: the one-token product requests the next band's table lines
+  // while it multiplies the current band; 2047 rows leave the last one unpaired.
+  const int64_t d_out = 2047, d_in = 2048;
+  const auto w = random_weights(d_out * d_in, 11);
+  const auto layer = SketchLinear::encode(w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 1.5, 2, 16, 4, 0.0),
+                                          nullptr);
+  ASSERT_GT(layer->matrix().band_rows, 0);
+  ASSERT_GT(layer->runtime_bytes(), int64_t{1} << 20);
+  expect_kernel_matches_reference(*layer, 1, 3, "streamed");
+}
+
 // A layer whose buckets all hold the same vector in every hash row and set (equal steps), so
 // every weight's estimates tie in magnitude, with opposite signs wherever the rows' signs differ:
 // the rule must pick the lowest hash row (the SIMD kernel selects with VRANGEPS on AVX-512,

@@ -43,7 +43,11 @@
 //
 // Row bands (ops/sketch_matmul.h) then removed the random loads: same benchmark, one run,
 // banded / plain hashing / dense BF16: 1100 / 1717 / 1353, 3623 / 4799 / 4015, 3262 / 4807 /
-// 3675, 20428 / 62170 / 18977. The rest of this comment describes the kernel before bands.
+// 3675, 20428 / 62170 / 18977. Within a band the first touch of each table line was still a
+// random load from memory, which cost 1.0 bpw (tables 1/8 of the BF16 bytes) 20-50% over 0.1
+// bpw; requesting the next band's lines a few per block pair (TableStream) took 1.0 bpw from
+// 4172 / 4295 / 24745 to 3234 / 3122 / 17029 at the three larger shapes (dense BF16 4422 / 3942 /
+// 20634, one run). The rest of this comment describes the kernel before bands.
 //
 // Where the time goes (4096x4096): hashing ~0.35 ms (two 64-bit multiplies per hash row and
 // block are the floor of the pinned hash), the products ~0.75 ms with the tables in L2 (0.1 bpw),
@@ -64,8 +68,9 @@
 // hashing the next rows between the current rows' blocks (hashing is arithmetic and the product
 // waits on loads, but interleaved both got slower, 1.75 vs 1.46 ms); four output rows per pass
 // (1.70 vs 1.54 ms); huge pages for the tables;
-// prefetching the next row band's table slices when a band starts (no gain at 0.5 bpw, 5-10%
-// slower at 1.0 bpw: the hardware already streams a band's few KiB);
+// prefetching the next row band's table slices all at once when a band starts (no gain at 0.5
+// bpw, 5-10% slower at 1.0 bpw: a burst of a few hundred prefetches stalls the loads behind
+// it; spread over the band's blocks, as TableStream does, they pay);
 // one copy of the 4-bit codes with the sign applied by an xor (halves the tables, +30% product
 // time when they are cached). Precomputing the entries at load time would take 4 bits per weight
 // (8 MiB for 4096x4096, 8x the layer) and streaming them costs about what hashing does.
@@ -191,7 +196,8 @@ struct Setup {
   uint32_t operand[kSketchMaxRows][2];           // entry operand of a + block, per set
   std::vector<uint64_t> block_terms;             // (padded_blocks) xorshift30(b · B)
   int64_t blocks, padded_blocks, stride;
-  bool prefetch;  // the tables are large (kPrefetchTableBytes)
+  int64_t table_bytes;  // all hash rows' tables
+  bool prefetch;        // one band's share of the tables is large (kPrefetchTableBytes)
 };
 
 template <Decoder kDec, SketchRule kRule, class DF>
@@ -203,12 +209,11 @@ void BuildSetup(const SketchMatrix& m, Setup& s) {
   s.block_terms.resize(s.padded_blocks);
   for (int64_t b = 0; b < s.padded_blocks; ++b)
     s.block_terms[b] = sketch_detail::xorshift30(uint64_t(b) * kSketchBlockMultiplier);
-  int64_t table_bytes = 0;
+  s.table_bytes = 0;
   for (int k = 0; k < m.rows; ++k) {
     const SketchHashRow& hr = m.hash_rows[k];
     s.base[k] = static_cast<const uint8_t*>(hr.table);
-    // What one row's loads range over: its band's share of the tables.
-    table_bytes += int64_t(hr.buckets + hr.salient_buckets) * m.bucket_bytes() / sketch_band_count(m.n_out, m.band_rows);
+    s.table_bytes += int64_t(hr.buckets + hr.salient_buckets) * m.bucket_bytes();
     const uint32_t tie = UseRange<kDec, kRule, DF>() ? TieBits<kRule>(k, m.rows) : 0;
     for (int set = 0; set < 2; ++set) {
       const float step = set == 0 ? hr.scale : hr.salient_scale;
@@ -220,7 +225,8 @@ void BuildSetup(const SketchMatrix& m, Setup& s) {
         s.operand[k][set] = uint32_t(reinterpret_cast<const uint8_t*>(s.luts[k][set]) - reinterpret_cast<const uint8_t*>(s.luts));
     }
   }
-  s.prefetch = table_bytes > kPrefetchTableBytes;
+  // What one row's loads range over: its band's share of the tables.
+  s.prefetch = s.table_bytes / sketch_band_count(m.n_out, m.band_rows) > kPrefetchTableBytes;
 }
 
 HWY_INLINE hn::Vec<DU64> Mix64Tail(hn::Vec<DU64> z) {
@@ -491,6 +497,62 @@ HWY_INLINE hn::Vec<DF> Decode(DF df, const Setup& s, const BlockRefs<kRows>& r, 
   return Combine<kDec, kRule, kRows>(df, e);
 }
 
+// With row bands the rows read each table band after band, in address order: the first touch of
+// each line is a random load within the band, which the hardware prefetchers do not predict, so
+// the one-token product requests the tables' lines a band ahead, a few per block pair (a burst
+// of a whole band's lines at once was slower). `lines` lines from each hash row's `next`.
+template <int kRows>
+struct TableStream {
+  const uint8_t* next[kRows];
+  int64_t lines;
+};
+
+// Streams the tables only when they are larger than L2 (smaller ones stay cached between rows).
+constexpr int64_t kStreamTableBytes = int64_t{1} << 20;
+
+// Hands out, row by row, the lines of the main tables not yet requested up to the end of the
+// band after a row's: the tables one band ahead of the rows being multiplied.
+template <int kRows>
+class TableStreamer {
+ public:
+  TableStreamer(const SketchMatrix& m, const Setup& s, int64_t row_begin)
+      : m_(m), s_(s), on_(m.band_rows > 0 && !s.prefetch && s.table_bytes > kStreamTableBytes) {
+    for (int k = 0; k < kRows; ++k) requested_[k] = sketch_band(m.hash_rows[k].buckets, m.n_out, m.band_rows, row_begin).first;
+  }
+
+  // What to request while multiplying rows up to `row`.
+  TableStream<kRows> Through(int64_t row) {
+    TableStream<kRows> stream{{}, 0};
+    if (!on_) return stream;
+    const int64_t ahead = std::min(m_.n_out - 1, row + m_.band_rows);  // a row of the next band
+    const uint64_t bucket_bytes = uint64_t(m_.bucket_bytes());
+    for (int k = 0; k < kRows; ++k) {
+      const SketchBand band = sketch_band(m_.hash_rows[k].buckets, m_.n_out, m_.band_rows, ahead);
+      const uint64_t end = band.first + band.count;
+      stream.next[k] = s_.base[k] + requested_[k] * bucket_bytes;
+      stream.lines = std::max(stream.lines, int64_t(((end - requested_[k]) * bucket_bytes + 63) / 64));
+      requested_[k] = end;
+    }
+    return stream;
+  }
+
+ private:
+  const SketchMatrix& m_;
+  const Setup& s_;
+  bool on_;
+  uint64_t requested_[kRows];  // hash row k's buckets before this one have been requested
+};
+
+template <int kRows>
+HWY_INLINE void StreamLine(TableStream<kRows>& t) {
+  HWY_UNROLL(kSketchMaxRows)
+  for (int k = 0; k < kRows; ++k) {
+    hwy::Prefetch(t.next[k]);
+    t.next[k] += 64;
+  }
+  --t.lines;
+}
+
 template <Decoder kDec, int kRows>
 HWY_INLINE void Prefetch(const Setup& s, const RowEntries& e, int64_t b) {
   BlockRefs<kRows> r;
@@ -537,12 +599,16 @@ HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const Row
 // Not inlined: the loop gets the registers to itself (inlined, GCC spills its indices).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
 HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries* e1, const float* x, float* y0,
-                          float* y1) {
+                          float* y1, TableStream<kRows>& stream) {
   const DF df;
   const int64_t blocks = s.blocks;
   auto even0 = hn::Zero(df), odd0 = hn::Zero(df), even1 = hn::Zero(df), odd1 = hn::Zero(df);
   int64_t b = 0;
   if (e1 != nullptr) {
+    for (; b + 2 <= blocks && stream.lines > 0; b += 2) {
+      StreamLine(stream);
+      TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+    }
     if (s.prefetch) {
       for (; b + kPrefetchAhead + 2 <= blocks; b += 2) {
         Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead);
@@ -673,15 +739,18 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
   RowEntries e[2];
   const std::vector<uint32_t> entries = sketch_detail::entry_buffer(2 * kRows * s.padded_blocks, 2, e, s.padded_blocks);
   if (tokens == 1) {
+    TableStreamer<kRows> streamer(m, s, row_begin);
     int64_t r = row_begin;
     for (; r + 2 <= row_end; r += 2) {
+      TableStream<kRows> stream = streamer.Through(r + 1);
       Hash<kDec, kRows, kStride>(m, s, r, e[0]);
       Hash<kDec, kRows, kStride>(m, s, r + 1, e[1]);
-      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], &e[1], x, y + r, y + r + 1);
+      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], &e[1], x, y + r, y + r + 1, stream);
     }
     if (r < row_end) {
+      TableStream<kRows> none{{}, 0};
       Hash<kDec, kRows, kStride>(m, s, r, e[0]);
-      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], nullptr, x, y + r, nullptr);
+      RowDots<kDec, kRule, kRows, DF, kStride>(s, e[0], nullptr, x, y + r, nullptr, none);
     }
     return;
   }
