@@ -50,7 +50,9 @@ int main(int argc, char** argv) {
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
   app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
       ->capture_default_str()->needs(texts);
-  app.add_option("--lr", o.qat.lr, "peak learning rate (AdamW, warm-up + cosine)")->capture_default_str();
+  auto* lr = app.add_option("--lr", o.qat.lr,
+                             "peak learning rate (AdamW, warm-up + cosine); default 3e-3, sketch at >= 0.85 bpw 1e-3")
+                  ->check(CLI::PositiveNumber);
   app.add_option("--seq", o.qat.seq, "training sequence length")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   app.add_option("--batch", o.qat.batch, "sequences per step")->capture_default_str()->check(CLI::Range(1, 1 << 16));
   app.add_option("--hidden-weight", o.qat.hidden_weight, "weight of the hidden-state MSE term")->capture_default_str();
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
 
   try {
     o.residual = !no_residual;
+    if (lr->count() == 0) o.qat.lr = compress::default_qat_lr(o.method, o.bpw);
     if (surrogate == "tanh") o.surrogate = compress::SignSurrogate::Tanh;
     else if (surrogate == "ste") o.surrogate = compress::SignSurrogate::ClippedSte;
     else fail("--surrogate must be tanh or ste, got \"{}\"", surrogate);
@@ -100,8 +103,8 @@ int main(int argc, char** argv) {
     fmt::print("linear layers: {:.4f} bits/weight over {} weights\n",
                double(report.linear_bits) / double(report.linear_params), report.linear_params);
     if (report.trained)
-      fmt::print("QAT: {} steps, {} tokens, loss {:.4f} -> {:.4f}, {:.1f} s{}\n", report.qat.steps,
-                 report.qat.tokens, report.qat.first_loss, report.qat.last_loss, report.qat.seconds,
+      fmt::print("QAT: {} steps, {} tokens, lr {:g}, loss {:.4f} -> {:.4f}, {:.1f} s{}\n", report.qat.steps,
+                 report.qat.tokens, o.qat.lr, report.qat.first_loss, report.qat.last_loss, report.qat.seconds,
                  report.qat.resumed_from_step ? fmt::format(" (resumed at step {})", report.qat.resumed_from_step) : "");
     fmt::print("wrote {} ({:.2f} MiB)\n", out, std::filesystem::file_size(out) / (1024.0 * 1024.0));
   } catch (const std::exception& e) {

@@ -18,7 +18,7 @@ namespace subbit::compress {
 
 struct QatOptions {
   int64_t train_tokens = 0;  // total tokens to train on (0: no training)
-  double lr = 1e-3;
+  double lr = 3e-3;  // peak; compress picks it per method and budget (default_qat_lr)
   double weight_decay = 0.0;
   double warmup_fraction = 0.05;
   double hidden_weight = 10.0;

@@ -130,6 +130,13 @@ TEST(Qat, ShortRunLowersDistillationLoss) {
   EXPECT_LT(after, before * 0.9) << "held-out loss " << before << " -> " << after;
 }
 
+TEST(Qat, DefaultLearningRateFollowsTheSweeps) {
+  // docs/results.md: 3e-3 for LittleBit at every budget; the sketch 1e-3 at 1 bpw, 3e-3 at 0.7 and below.
+  for (double bpw : {0.1, 0.55, 1.0}) EXPECT_EQ(default_qat_lr("littlebit", bpw), 3e-3) << bpw;
+  EXPECT_EQ(default_qat_lr("sketch", 1.0), 1e-3);
+  for (double bpw : {0.3, 0.5, 0.7}) EXPECT_EQ(default_qat_lr("sketch", bpw), 3e-3) << bpw;
+}
+
 TEST(Qat, RefusesTheEvaluationText) {
   SKIP_UNLESS_EXISTS(sb8m() / "config.json");
   ModelBundle bundle = load_model(sb8m());
