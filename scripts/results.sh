@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Reproduces the sb-30m tables of docs/results.md: compress with every method, then perplexity on
 # wiki.test.raw at ctx 1024 over the first WINDOWS windows (0 = the whole text).
-# Usage: scripts/results.sh [OUT_DIR] [ptq|sketch|ablation|qat|sketch-qat]...
-#   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (32768), QAT_LR (3e-3), THREADS (all cores)
+# Usage: scripts/results.sh [OUT_DIR] [ptq|sketch|ablation|qat|sketch-qat|sketch-ablation-qat|sketch-curve]...
+#   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (32768), QAT_LR (unset: compress's default per
+#   method and budget), THREADS (all cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
 out=${1:-results}
 shift || true
-parts=${*:-ptq sketch ablation qat sketch-qat}
+parts=${*:-ptq sketch ablation qat sketch-qat sketch-ablation-qat}
 windows=${WINDOWS:-40}
 qat_tokens=${QAT_TOKENS:-32768}
-qat_lr=${QAT_LR:-3e-3}
+lr=()
+if [[ -n ${QAT_LR:-} ]]; then lr=(--lr "$QAT_LR"); fi
 threads=${THREADS:-$(nproc)}
 model=$shared/models/sb-30m
 text=$shared/text/wiki.test.raw
@@ -28,6 +30,10 @@ compress() {  # name, options...
   shift
   build/subbit compress "$model" -o "$out/$name.gguf" -t "$threads" "$@" | grep -E "^linear layers|^QAT" | tee "$out/$name.log"
   ppl "$name" "$out/$name.gguf"
+}
+sq() {  # name, options...: sketch with QAT
+  compress "$@" --method sketch --calib-text "$calib" --train-text "$shared/text/train/corpus.txt.xz" \
+    --train-tokens "$qat_tokens" "${lr[@]}" --seq 256 --batch 4
 }
 
 for part in $parts; do
@@ -58,17 +64,29 @@ for part in $parts; do
     qat)
       for bpw in 1.0 0.55 0.3 0.1; do
         compress "littlebit-$bpw-qat" --method littlebit --bpw "$bpw" --train-text "$shared/text/train/corpus.txt.xz" \
-          --train-tokens "$qat_tokens" --lr "$qat_lr" --seq 256 --batch 4
+          --train-tokens "$qat_tokens" "${lr[@]}" --seq 256 --batch 4
       done
       ;;
     sketch-qat)  # both rules at every budget, mean at 0.5 bpw, and a second data order at 0.5 bpw
-      sq() { compress "$@" --method sketch --calib-text "$calib" --train-text "$shared/text/train/corpus.txt.xz" \
-               --train-tokens "$qat_tokens" --lr "$qat_lr" --seq 256 --batch 4; }
       for rule in absmaxmin absminmax; do
         for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-$rule-qat" --bpw "$bpw" --rule "$rule"; done
         sq "sketch-0.5-$rule-qat-seed2" --bpw 0.5 --rule "$rule" --seed 2
       done
       sq sketch-0.5-mean-qat --bpw 0.5 --rule mean
+      ;;
+    sketch-ablation-qat)  # 0.5 bpw, one choice changed at a time from the defaults (absmaxmin,
+                          # rows 2, block 16, no saliency, row bands), post-training and after QAT
+      for variant in "rows1 --rows 1" "rows3 --rows 3" "block8 --block 8" "block32 --block 32" \
+                     "salient5 --salient-frac 0.05"; do
+        read -r name options <<<"$variant"
+        # shellcheck disable=SC2086  # options is a list of words
+        compress "sketch-0.5-$name" --method sketch --bpw 0.5 --calib-text "$calib" $options
+        # shellcheck disable=SC2086
+        sq "sketch-0.5-$name-qat" --bpw 0.5 $options
+      done
+      ;;
+    sketch-curve)  # the default settings at every budget with QAT (run with a larger QAT_TOKENS)
+      for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-qat$qat_tokens" --bpw "$bpw"; done
       ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
