@@ -2,8 +2,8 @@
 # Reproduces the sb-30m tables of docs/results.md: compress with every method, then perplexity on
 # wiki.test.raw at ctx 1024 over the first WINDOWS windows (0 = the whole text).
 # Usage: scripts/results.sh [OUT_DIR] [ptq|sketch|ablation|qat|sketch-qat|sketch-ablation-qat|sketch-curve]...
-#   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (32768), QAT_LR (unset: compress's default per
-#   method and budget), THREADS (all cores)
+#   env: SHARED (../shared), WINDOWS (40), QAT_TOKENS (32768), QAT_LR and HIDDEN_WEIGHT (unset:
+#   compress's defaults), THREADS (all cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
@@ -12,8 +12,9 @@ shift || true
 parts=${*:-ptq sketch ablation qat sketch-qat sketch-ablation-qat}
 windows=${WINDOWS:-40}
 qat_tokens=${QAT_TOKENS:-32768}
-lr=()
-if [[ -n ${QAT_LR:-} ]]; then lr=(--lr "$QAT_LR"); fi
+qat_options=()  # QAT options given in the environment; unset: compress's defaults
+if [[ -n ${QAT_LR:-} ]]; then qat_options+=(--lr "$QAT_LR"); fi
+if [[ -n ${HIDDEN_WEIGHT:-} ]]; then qat_options+=(--hidden-weight "$HIDDEN_WEIGHT"); fi
 threads=${THREADS:-$(nproc)}
 model=$shared/models/sb-30m
 text=$shared/text/wiki.test.raw
@@ -33,7 +34,7 @@ compress() {  # name, options...
 }
 sq() {  # name, options...: sketch with QAT
   compress "$@" --method sketch --calib-text "$calib" --train-text "$shared/text/train/corpus.txt.xz" \
-    --train-tokens "$qat_tokens" "${lr[@]}" --seq 256 --batch 4
+    --train-tokens "$qat_tokens" "${qat_options[@]}" --seq 256 --batch 4
 }
 
 for part in $parts; do
@@ -64,7 +65,7 @@ for part in $parts; do
     qat)
       for bpw in 1.0 0.55 0.3 0.1; do
         compress "littlebit-$bpw-qat" --method littlebit --bpw "$bpw" --train-text "$shared/text/train/corpus.txt.xz" \
-          --train-tokens "$qat_tokens" "${lr[@]}" --seq 256 --batch 4
+          --train-tokens "$qat_tokens" "${qat_options[@]}" --seq 256 --batch 4
       done
       ;;
     sketch-qat)  # both rules at every budget, mean at 0.5 bpw, and a second data order at 0.5 bpw

@@ -50,9 +50,8 @@ int main(int argc, char** argv) {
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
   app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
       ->capture_default_str()->needs(texts);
-  auto* lr = app.add_option("--lr", o.qat.lr,
-                             "peak learning rate (AdamW, warm-up + cosine); default 3e-3, sketch at >= 0.85 bpw 1e-3")
-                  ->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.qat.lr, "peak learning rate (AdamW, warm-up + cosine)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seq", o.qat.seq, "training sequence length")->capture_default_str()->check(CLI::Range(2, 1 << 20));
   app.add_option("--batch", o.qat.batch, "sequences per step")->capture_default_str()->check(CLI::Range(1, 1 << 16));
   app.add_option("--hidden-weight", o.qat.hidden_weight, "weight of the hidden-state MSE term")->capture_default_str();
@@ -67,7 +66,6 @@ int main(int argc, char** argv) {
 
   try {
     o.residual = !no_residual;
-    if (lr->count() == 0) o.qat.lr = compress::default_qat_lr(o.method, o.bpw);
     if (surrogate == "tanh") o.surrogate = compress::SignSurrogate::Tanh;
     else if (surrogate == "ste") o.surrogate = compress::SignSurrogate::ClippedSte;
     else fail("--surrogate must be tanh or ste, got \"{}\"", surrogate);

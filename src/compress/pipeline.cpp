@@ -28,10 +28,6 @@ std::unique_ptr<Linear> encode_baseline(const CompressOptions& o, const Linear& 
 
 }  // namespace
 
-double default_qat_lr(const std::string& method, double bpw) {
-  return method == "sketch" && bpw >= 0.85 ? 1e-3 : 3e-3;
-}
-
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
                               const CompressOptions& o, const CompressCallbacks& cb) {
   if (o.method != "littlebit" && o.method != "sketch" && o.method != "sign" && o.method != "rtn")

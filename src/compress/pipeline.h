@@ -53,11 +53,6 @@ struct CompressCallbacks {
   std::function<void(const QatProgress&)> qat_progress;  // per training step
 };
 
-// The peak QAT learning rate used when none is given, from the CPU sweeps of docs/results.md
-// (32 steps, sb-8m and sb-30m): 3e-3, except the sketch at 0.85 bits per weight and above, where
-// 1e-3 wins (1.0 bpw: dev perplexity 7575 vs 14222 at 3e-3; at 0.7 bpw 3e-3 wins, 9546 vs 25819).
-double default_qat_lr(const std::string& method, double bpw);
-
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
                               const CompressOptions& options, const CompressCallbacks& callbacks);
 
