@@ -83,6 +83,7 @@ Action add_run_command(CLI::App& app) {
              },
              &stats);
     fmt::print("\n");
+    std::fflush(stdout);  // the text's last line before the statistics when both go to one pipe
     fmt::print(stderr, "prompt: {} tokens, {:.1f} t/s | generated: {} tokens, {:.1f} t/s\n",
                stats.prompt_tokens, stats.prompt_tokens / std::max(stats.prompt_seconds, 1e-9),
                stats.generated_tokens,
