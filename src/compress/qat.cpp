@@ -137,7 +137,7 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     archive.read("step", saved_step);
     archive.read("losses", saved_losses);
     step = saved_step.item<int64_t>();
-    saved_losses = saved_losses.contiguous();
+    saved_losses = saved_losses.to(torch::kCPU).contiguous();  // loaded onto o.device
     losses.assign(saved_losses.data_ptr<double>(), saved_losses.data_ptr<double>() + saved_losses.numel());
     result.resumed_from_step = step;
   }

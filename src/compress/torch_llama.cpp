@@ -92,7 +92,7 @@ TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
   const double eps = c.rms_norm_eps;
   torch::Tensor x = embedding_.index_select(0, tokens.reshape({-1})).reshape({batch, seq, c.hidden_size});
   const torch::Tensor cos = rope_cos_.slice(0, 0, seq), sin = rope_sin_.slice(0, 0, seq);  // (seq, head_dim)
-  const torch::Tensor causal = torch::ones({seq, seq}, torch::kBool).triu(1);
+  const torch::Tensor causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(tokens.device())).triu(1);
   TorchOutput out;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const auto& lin = linears_[l];
