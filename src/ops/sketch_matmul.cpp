@@ -46,8 +46,9 @@
 // 3675, 20428 / 62170 / 18977. Within a band the first touch of each table line was still a
 // random load from memory, which cost 1.0 bpw (tables 1/8 of the BF16 bytes) 20-50% over 0.1
 // bpw; requesting the next band's lines a few per block pair (TableStream) took 1.0 bpw from
-// 4172 / 4295 / 24745 to 3234 / 3122 / 17029 at the three larger shapes (dense BF16 4422 / 3942 /
-// 20634, one run). The rest of this comment describes the kernel before bands.
+// 4172 / 4295 / 24745 to 3181 / 3174 / 19108 at the three larger shapes (dense BF16 4422 / 3942 /
+// 20634 and 4148 / 3961 / 20163 in those two runs). The rest of this comment describes the
+// kernel before bands.
 //
 // Where the time goes (4096x4096): hashing ~0.35 ms (two 64-bit multiplies per hash row and
 // block are the floor of the pinned hash), the products ~0.75 ms with the tables in L2 (0.1 bpw),
