@@ -33,10 +33,10 @@ TEST_P(GoldenModel, LogitsMatchTransformers) {
       .read(reinterpret_cast<char*>(expected.data()), std::streamsize(expected.size() * 4));
 
   // Batched prompt and token-by-token decoding must both agree with the reference.
-  KVCache batch_cache(bundle.model->config(), int64_t(ids.size()));
+  RunState batch_cache(bundle.model->config(), int64_t(ids.size()));
   std::vector<float> batched(ids.size() * vocab);
   bundle.model->forward(ids, 0, batch_cache, batched.data(), true);
-  KVCache step_cache(bundle.model->config(), int64_t(ids.size()));
+  RunState step_cache(bundle.model->config(), int64_t(ids.size()));
   std::vector<float> stepped(ids.size() * vocab);
   for (size_t t = 0; t < ids.size(); ++t)
     bundle.model->forward(std::span<const int32_t>(&ids[t], 1), int64_t(t), step_cache,

@@ -31,14 +31,14 @@ Stats mean_sd(const std::vector<double>& v) {
 // Tokens per second of one run: a batched prompt of n tokens, or n single-token steps.
 double run_once(const LlamaModel& model, const std::vector<int32_t>& tokens, bool batched) {
   const LlamaConfig& c = model.config();
-  KVCache cache(c, int64_t(tokens.size()));
+  RunState state(c, int64_t(tokens.size()));
   std::vector<float> logits(c.vocab_size);
   const auto start = std::chrono::steady_clock::now();
   if (batched) {
-    model.forward(tokens, 0, cache, logits.data(), false);
+    model.forward(tokens, 0, state, logits.data(), false);
   } else {
     for (size_t i = 0; i < tokens.size(); ++i)
-      model.forward(std::span<const int32_t>(&tokens[i], 1), int64_t(i), cache, logits.data(), false);
+      model.forward(std::span<const int32_t>(&tokens[i], 1), int64_t(i), state, logits.data(), false);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return double(tokens.size()) / seconds;
@@ -68,8 +68,8 @@ Action add_bench_command(CLI::App& app) {
     const LlamaModel& model = *bundle.model;
     const LlamaConfig& c = model.config();
     for (int64_t n : {o->prompt, o->generate})
-      if (n > c.max_position_embeddings)
-        fail("test length {} exceeds the model's maximum context of {}", n, c.max_position_embeddings);
+      if (n > max_context(c))
+        fail("test length {} exceeds the model's maximum context of {}", n, max_context(c));
     if (o->threads.empty()) o->threads = {num_threads()};
 
     int64_t params = 0, bytes = 0;

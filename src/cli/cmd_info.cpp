@@ -1,5 +1,6 @@
 // subbit info MODEL: architecture, parameters and bytes per tensor kind, bits per weight.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
@@ -43,12 +44,27 @@ Action add_info_command(CLI::App& app) {
     ModelBundle bundle = load_model(o->model);
     const LlamaConfig& c = bundle.model->config();
     fmt::print("model:        {} ({})\n", bundle.path.string(), bundle.container);
-    fmt::print("architecture: LlamaForCausalLM, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
+    const nlohmann::json hf_config = llama_config_to_json(c);
+    fmt::print("architecture: {}, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
                "ffn {}, vocab {}, max ctx {}\n",
-               c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-               c.intermediate_size, c.vocab_size, c.max_position_embeddings);
-    fmt::print("              rope_theta {}, rms_norm_eps {}, tied embeddings: {}\n", c.rope_theta,
-               c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no");
+               hf_config["architectures"][0].get<std::string>(), c.num_layers, c.hidden_size,
+               c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size,
+               c.max_position_embeddings);
+    std::string rope = fmt::format("rope_theta {}", c.rope_theta);
+    if (hf_config.contains("rope_scaling"))
+      rope += fmt::format(" ({} scaling x{}{})", hf_config["rope_scaling"]["rope_type"].get<std::string>(),
+                          c.rope_scaling.factor,
+                          c.rope_scaling.original_max_position_embeddings > 0
+                              ? fmt::format(", original ctx {}", c.rope_scaling.original_max_position_embeddings)
+                              : "");
+    std::vector<std::string> biases;
+    if (c.qkv_bias) biases.push_back("q/k/v");
+    if (c.o_bias) biases.push_back("o");
+    if (c.mlp_bias) biases.push_back("mlp");
+    fmt::print("              {}, rms_norm_eps {}, tied embeddings: {}, biases: {}{}\n", rope,
+               c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no",
+               biases.empty() ? "none" : fmt::format("{}", fmt::join(biases, ", ")),
+               c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
     fmt::print("tokenizer:    {} tokens\n", bundle.tokenizer->vocab_size());
     double target_bpw = 0;
     if (!bundle.compression_json.empty()) {

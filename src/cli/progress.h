@@ -1,6 +1,7 @@
 #pragma once
-// A one-line progress bar on stderr with rate and ETA; silent when stderr is not a terminal so
-// logs and pipes stay clean.
+// Progress on stderr with rate and ETA: a bar redrawn in place on a terminal; elsewhere (a log
+// file, a pipe) one plain line at most every `log_interval` seconds, so long runs show life in
+// logs without flooding them.
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -9,7 +10,7 @@ namespace subbit {
 
 class ProgressBar {
  public:
-  ProgressBar(std::string label, int64_t total_steps, std::string rate_unit);
+  ProgressBar(std::string label, int64_t total_steps, std::string rate_unit, double log_interval = 30.0);
   // steps_done of total; rate_count is what the rate is measured in (tokens, ...).
   void update(int64_t steps_done, int64_t rate_count, const std::string& extra = "");
   void finish();  // clears the line
@@ -19,8 +20,10 @@ class ProgressBar {
   std::string label_;
   int64_t total_;
   std::string unit_;
-  bool enabled_;
+  bool terminal_;
   bool drawn_ = false;
+  double log_interval_;
+  double last_logged_ = 0;  // seconds after start_
   std::chrono::steady_clock::time_point start_;
 };
 

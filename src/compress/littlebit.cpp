@@ -36,13 +36,13 @@ std::vector<uint64_t> pack(const torch::Tensor& m) {
 
 }  // namespace
 
-LatentFactors dual_svid(const torch::Tensor& w, int64_t rank) {
+LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& svd_options) {
   torch::NoGradGuard no_grad;
-  auto [u, s, vh] = torch::linalg::svd(w.to(torch::kFloat32), false, c10::nullopt);
-  const torch::Tensor root = s.slice(0, 0, rank).sqrt();
+  const TruncatedSvd svd = truncated_svd(w.to(torch::kFloat32), rank, svd_options);
+  const torch::Tensor root = svd.s.sqrt();
   LatentFactors f;
-  f.u = u.slice(1, 0, rank) * root;
-  f.v = vh.slice(0, 0, rank).t() * root;
+  f.u = svd.u * root;
+  f.v = svd.vh.t() * root;
   auto [h, l_u] = rank1_split(f.u.abs());
   auto [g, l_v] = rank1_split(f.v.abs());
   f.h = h;
@@ -64,11 +64,12 @@ torch::Tensor surrogate_sign(const torch::Tensor& x, SignSurrogate surrogate, do
 }
 
 LittleBitTrainable::LittleBitTrainable(const torch::Tensor& w, int64_t rank, bool residual,
-                                       SignSurrogate surrogate, double alpha)
+                                       SignSurrogate surrogate, double alpha,
+                                       const TruncatedSvdOptions& svd_options)
     : surrogate_(surrogate), alpha_(alpha), d_out_(w.size(0)), d_in_(w.size(1)) {
   torch::Tensor target = w;
   for (int p = 0; p < (residual ? 2 : 1); ++p) {
-    LatentFactors f = dual_svid(target, rank);
+    LatentFactors f = dual_svid(target, rank, svd_options);
     target = target - reconstruct(f, /*binarize=*/true);
     const std::string prefix = fmt::format("path{}_", p);
     f.u = register_parameter(prefix + "u", f.u.contiguous());

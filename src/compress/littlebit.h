@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "compress/torch_llama.h"
+#include "compress/truncated_svd.h"
 
 namespace subbit::compress {
 
@@ -18,7 +19,7 @@ struct LatentFactors {
 
 // Truncated SVD W ≈ U_r Σ V_rᵀ with √Σ on each side, then rank-1 SVDs of |U| and |V| for the
 // scale vectors (each splitting √σ₁).
-LatentFactors dual_svid(const torch::Tensor& w, int64_t rank);
+LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& svd_options = {});
 
 // binarize=true: diag(h) sign(u) diag(l) sign(v)ᵀ diag(g) (what the layer computes);
 // false: u vᵀ (the real-valued latent product, exact at full rank).
@@ -33,7 +34,7 @@ class LittleBitTrainable final : public TrainableLinear {
  public:
   // Dual-SVID of w for the primary path, and of the primary's residual for the second path.
   LittleBitTrainable(const torch::Tensor& w, int64_t rank, bool residual, SignSurrogate surrogate,
-                     double alpha);
+                     double alpha, const TruncatedSvdOptions& svd_options = {});
   torch::Tensor forward(const torch::Tensor& x) override;
   std::unique_ptr<Linear> to_runtime() const override;
 

@@ -13,6 +13,7 @@
 #include "model/calibration.h"
 #include "model/loader.h"
 #include "model/model_file.h"
+#include "model/tensors.h"
 
 namespace subbit::compress {
 
@@ -53,7 +54,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     if (o.method == "littlebit") {
       const int paths = o.residual ? 2 : 1;
       for (int64_t l = 0; l < c.num_layers; ++l) {
-        for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+        for (int i = 0; i < kLinearsPerBlock; ++i) {
           const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
           const int64_t n_out = w.size(0), n_in = w.size(1);
           const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, o.bpw, paths, o.rank_granularity);
@@ -72,13 +73,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
         details["calibration"] = {{"text", o.calib_text.filename().string()}, {"tokens", calib.size()}};
       }
       for (int64_t l = 0; l < c.num_layers; ++l) {
-        for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+        for (int i = 0; i < kLinearsPerBlock; ++i) {
           const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
           const int64_t n_out = w.size(0), n_in = w.size(1);
           SketchParams params = sketch_params_for_bpw(n_out, n_in, o.bpw, o.sketch_rows, o.sketch_block,
                                                       o.sketch_value_bits, o.salient_fraction, o.sketch_band_buckets);
           params.rule = parse_sketch_rule(o.sketch_rule);
-          params.seed = o.sketch_seed + uint64_t(l * TorchLlama::kLinearsPerLayer + i);
+          params.seed = o.sketch_seed + uint64_t(l * kLinearsPerBlock + i);
           const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
                                                     rms.empty() ? nullptr : rms[l][i].data());
           student.set_linear(l, i, std::make_shared<SketchTrainable>(*encoded));
@@ -121,11 +122,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& s = src.layers[l];
       LlamaLayer layer;
-      layer.attn_norm = s.attn_norm;
-      layer.mlp_norm = s.mlp_norm;
-      const auto sources = s.linears();
-      const auto slots = layer.linear_slots();
-      for (int i = 0; i < LlamaLayer::kLinears; ++i) *slots[i] = encode_baseline(o, *sources[i]);
+      layer.norm = s.norm;
+      layer.bias = s.bias;
+      for (int i = 0; i < kLinearsPerBlock; ++i) layer.linear[i] = encode_baseline(o, *s.linear[i]);
       weights.layers.push_back(std::move(layer));
       log(fmt::format("encoded block {}/{}", l + 1, c.num_layers));
     }
@@ -134,14 +133,15 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = weights.layers[l];
-    const auto linears = layer.linears();
-    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
-      const Linear& lin = *linears[i];
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const Linear& lin = *layer.linear[i];
       const int64_t params = lin.n_in() * lin.n_out();
-      report.layers.push_back({gguf_linear_prefix(l, i), lin.n_out(), lin.n_in(), lin.describe(),
-                               double(lin.storage_bits()) / double(params)});
+      // A bias stays full precision (fp32 in the file) and counts in the layer's bits.
+      const int64_t bits = lin.storage_bits() + int64_t(layer.bias[i].size()) * 32;
+      report.layers.push_back({file_block_tensor(l, kBlockLinears[i].file_name), lin.n_out(), lin.n_in(),
+                               lin.describe(), double(bits) / double(params)});
       report.linear_params += params;
-      report.linear_bits += lin.storage_bits();
+      report.linear_bits += bits;
     }
   }
   details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);

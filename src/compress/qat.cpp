@@ -104,8 +104,8 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   const int64_t windows = int64_t(tokens.size()) / o.seq;
   if (windows < o.batch)
     fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(), o.batch, o.seq);
-  if (o.seq > student.config().max_position_embeddings)
-    fail("--seq {} exceeds the model's maximum context of {}", o.seq, student.config().max_position_embeddings);
+  if (o.seq > max_context(student.config()))
+    fail("--seq {} exceeds the model's maximum context of {}", o.seq, max_context(student.config()));
   const int64_t total_steps = std::max<int64_t>(1, o.train_tokens / tokens_per_step);
 
   // A fixed permutation of windows (seeded) decides which data each step sees, so a resumed run

@@ -57,24 +57,23 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
   final_norm_ = register_parameter("final_norm", from_floats(w.final_norm));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
-    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), from_floats(layer.attn_norm)));
-    mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), from_floats(layer.mlp_norm)));
+    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), from_floats(layer.norm[kAttnNorm])));
+    mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), from_floats(layer.norm[kMlpNorm])));
     std::vector<std::shared_ptr<TrainableLinear>> row;
-    const auto sources = layer.linears();
-    for (int i = 0; i < kLinearsPerLayer; ++i)
+    std::vector<torch::Tensor> biases;
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
       row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
-                                    std::make_shared<FrozenDense>(dense_weight(*sources[i]))));
+                                    std::make_shared<FrozenDense>(dense_weight(*layer.linear[i]))));
+      // Biases stay as stored: frozen, full precision (an undefined tensor: no bias).
+      biases.push_back(layer.bias[i].empty()
+                           ? torch::Tensor()
+                           : register_buffer(fmt::format("bias_{}_{}", l, i), from_floats(layer.bias[i])));
+    }
     linears_.push_back(std::move(row));
+    biases_.push_back(std::move(biases));
   }
-  // Same fp32 recipe as transformers (and src/ops/vector_ops.cpp).
-  const int64_t half = c.head_dim / 2;
-  torch::Tensor inv_freq = torch::empty({half}, torch::kFloat32);
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = float(1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.head_dim)));
-  torch::Tensor positions = torch::arange(c.max_position_embeddings, torch::kFloat32);
-  torch::Tensor angles = torch::outer(positions, inv_freq);
-  rope_cos_ = register_buffer("rope_cos", torch::cat({angles.cos(), angles.cos()}, -1));
-  rope_sin_ = register_buffer("rope_sin", torch::cat({angles.sin(), angles.sin()}, -1));
+  const std::vector<float> inv_freq = rope_inverse_frequencies(c);
+  rope_inv_freq_ = register_buffer("rope_inv_freq", from_floats(inv_freq));
 }
 
 std::shared_ptr<TrainableLinear> TorchLlama::linear(int64_t layer, int index) const {
@@ -91,16 +90,24 @@ TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
   const int64_t group = c.num_heads / c.num_kv_heads;
   const double eps = c.rms_norm_eps;
   torch::Tensor x = embedding_.index_select(0, tokens.reshape({-1})).reshape({batch, seq, c.hidden_size});
-  const torch::Tensor cos = rope_cos_.slice(0, 0, seq), sin = rope_sin_.slice(0, 0, seq);  // (seq, head_dim)
+  // Same fp32 recipe as transformers and src/ops/vector_ops.cpp: angle = position * inv_freq.
+  const torch::Tensor positions = torch::arange(seq, rope_inv_freq_.options());
+  const torch::Tensor angles = torch::outer(positions, rope_inv_freq_);                 // (seq, head_dim/2)
+  const torch::Tensor cos = torch::cat({angles.cos(), angles.cos()}, -1);              // (seq, head_dim)
+  const torch::Tensor sin = torch::cat({angles.sin(), angles.sin()}, -1);
   const torch::Tensor causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(tokens.device())).triu(1);
   TorchOutput out;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const auto& lin = linears_[l];
+    auto project = [&](int index, const torch::Tensor& input) {
+      torch::Tensor y = linears_[l][index]->forward(input);
+      const torch::Tensor& bias = biases_[l][index];
+      return bias.defined() ? y + bias : y;
+    };
     torch::Tensor h = rms_norm(x, attn_norms_[l], eps);
     // (batch, heads, seq, head_dim)
-    torch::Tensor q = lin[0]->forward(h).view({batch, seq, c.num_heads, c.head_dim}).transpose(1, 2);
-    torch::Tensor k = lin[1]->forward(h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
-    torch::Tensor v = lin[2]->forward(h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+    torch::Tensor q = project(kQ, h).view({batch, seq, c.num_heads, c.head_dim}).transpose(1, 2);
+    torch::Tensor k = project(kK, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+    torch::Tensor v = project(kV, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     if (group > 1) {
@@ -111,9 +118,9 @@ TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
     scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
     torch::Tensor attn = torch::matmul(torch::softmax(scores, -1), v);
     attn = attn.transpose(1, 2).reshape({batch, seq, c.num_heads * c.head_dim});
-    x = x + lin[3]->forward(attn);
+    x = x + project(kO, attn);
     h = rms_norm(x, mlp_norms_[l], eps);
-    x = x + lin[6]->forward(torch::silu(lin[4]->forward(h)) * lin[5]->forward(h));
+    x = x + project(kDown, torch::silu(project(kGate, h)) * project(kUp, h));
     out.hidden.push_back(x);
   }
   out.logits = torch::matmul(rms_norm(x, final_norm_, eps), lm_head_.t());
@@ -127,10 +134,12 @@ LlamaWeights TorchLlama::to_runtime(const LlamaModel& original) const {
   w.storage = src.storage;  // the embedding (and a tied head) still live in the original's storage
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     LlamaLayer layer;
-    layer.attn_norm = to_vector(attn_norms_[l]);
-    layer.mlp_norm = to_vector(mlp_norms_[l]);
-    const auto slots = layer.linear_slots();
-    for (int i = 0; i < kLinearsPerLayer; ++i) *slots[i] = linears_[l][i]->to_runtime();
+    layer.norm[kAttnNorm] = to_vector(attn_norms_[l]);
+    layer.norm[kMlpNorm] = to_vector(mlp_norms_[l]);
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      layer.linear[i] = linears_[l][i]->to_runtime();
+      layer.bias[i] = src.layers[l].bias[i];
+    }
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = to_vector(final_norm_);

@@ -42,13 +42,12 @@ struct TorchOutput {
 class TorchLlama : public torch::nn::Module {
  public:
   // Copies the runtime model's weights; every linear starts as FrozenDense. Norms are trainable
-  // parameters, embeddings and LM head frozen buffers.
+  // parameters; embeddings, LM head and biases frozen buffers.
   explicit TorchLlama(const LlamaModel& model);
 
   TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
 
   const LlamaConfig& config() const { return config_; }
-  static constexpr int kLinearsPerLayer = LlamaLayer::kLinears;  // q, k, v, o, gate, up, down
   std::shared_ptr<TrainableLinear> linear(int64_t layer, int index) const;
   void set_linear(int64_t layer, int index, std::shared_ptr<TrainableLinear> module);
 
@@ -61,8 +60,9 @@ class TorchLlama : public torch::nn::Module {
   torch::Tensor lm_head_;    // (vocab, hidden), frozen (tied or not)
   torch::Tensor final_norm_;
   std::vector<torch::Tensor> attn_norms_, mlp_norms_;
-  std::vector<std::vector<std::shared_ptr<TrainableLinear>>> linears_;
-  torch::Tensor rope_cos_, rope_sin_;  // (max_pos, head_dim)
+  std::vector<std::vector<std::shared_ptr<TrainableLinear>>> linears_;  // (layers, kLinearsPerBlock)
+  std::vector<std::vector<torch::Tensor>> biases_;  // (layers, kLinearsPerBlock): (n_out) or undefined
+  torch::Tensor rope_inv_freq_;                     // (head_dim / 2), after RoPE scaling
 };
 
 }  // namespace subbit::compress

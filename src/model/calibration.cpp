@@ -8,63 +8,50 @@ namespace subbit {
 
 namespace {
 
-// Forwards to the wrapped layer and accumulates the squares of its input columns.
-class RecordingLinear final : public Linear {
+// Accumulates the squares of every linear layer's input columns.
+class ColumnSquares final : public LinearInputObserver {
  public:
-  RecordingLinear(std::unique_ptr<Linear> inner)
-      : inner_(std::move(inner)), sum_squares_(inner_->n_in(), 0.0) {}
-  int64_t n_in() const override { return inner_->n_in(); }
-  int64_t n_out() const override { return inner_->n_out(); }
-  void forward(const float* x, float* y, int64_t tokens) const override {
+  explicit ColumnSquares(const LlamaConfig& c) : sums_(c.num_layers), rows_(c.num_layers) {
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (int i = 0; i < kLinearsPerBlock; ++i) sums_[l][i].assign(linear_shape(c, i).second, 0.0);
+  }
+  void observe(int64_t layer, int index, const float* x, int64_t tokens, int64_t n_in) override {
+    std::vector<double>& sum = sums_[layer][index];
     for (int64_t t = 0; t < tokens; ++t)
-      for (int64_t i = 0; i < n_in(); ++i) sum_squares_[i] += double(x[t * n_in() + i]) * x[t * n_in() + i];
-    rows_ += tokens;
-    inner_->forward(x, y, tokens);
+      for (int64_t i = 0; i < n_in; ++i) sum[i] += double(x[t * n_in + i]) * x[t * n_in + i];
+    rows_[layer][index] += tokens;
   }
-  void dequantize(float* w) const override { inner_->dequantize(w); }
-  std::string format_name() const override { return inner_->format_name(); }
-  int64_t storage_bits() const override { return inner_->storage_bits(); }
-  void save(GgufWriter& out, const std::string& prefix) const override { inner_->save(out, prefix); }
-
-  std::vector<float> column_rms() const {
-    std::vector<float> rms(n_in());
-    for (int64_t i = 0; i < n_in(); ++i) rms[i] = float(std::sqrt(sum_squares_[i] / double(std::max<int64_t>(rows_, 1))));
-    return rms;
+  ColumnRms rms() const {
+    ColumnRms result(sums_.size());
+    for (size_t l = 0; l < sums_.size(); ++l) {
+      for (int i = 0; i < kLinearsPerBlock; ++i) {
+        const std::vector<double>& sum = sums_[l][i];
+        const double rows = double(std::max<int64_t>(rows_[l][i], 1));
+        std::vector<float> column(sum.size());
+        for (size_t j = 0; j < sum.size(); ++j) column[j] = float(std::sqrt(sum[j] / rows));
+        result[l].push_back(std::move(column));
+      }
+    }
+    return result;
   }
-  std::unique_ptr<Linear> release() { return std::move(inner_); }
 
  private:
-  std::unique_ptr<Linear> inner_;
-  mutable std::vector<double> sum_squares_;
-  mutable int64_t rows_ = 0;
+  std::vector<std::array<std::vector<double>, kLinearsPerBlock>> sums_;  // (layers, linears, n_in)
+  std::vector<std::array<int64_t, kLinearsPerBlock>> rows_{};
 };
 
 }  // namespace
 
-ColumnRms collect_column_rms(LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx) {
+ColumnRms collect_column_rms(const LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx) {
   const LlamaConfig& c = model.config();
-  ctx = std::min(ctx, c.max_position_embeddings);
+  ctx = std::min(ctx, max_context(c));
   if (int64_t(tokens.size()) < ctx) fail("calibration text has {} tokens, fewer than one window of {}", tokens.size(), ctx);
-  LlamaWeights& w = model.mutable_weights();
-  for (LlamaLayer& layer : w.layers)
-    for (auto* slot : layer.linear_slots()) *slot = std::make_unique<RecordingLinear>(std::move(*slot));
-
-  KVCache cache(c, ctx);
+  ColumnSquares squares(c);
+  RunState state(c, ctx);
   std::vector<float> logits(c.vocab_size);
   for (int64_t start = 0; start + ctx <= int64_t(tokens.size()); start += ctx)
-    model.forward(tokens.subspan(start, ctx), 0, cache, logits.data(), /*all_logits=*/false);
-
-  ColumnRms result;
-  for (LlamaLayer& layer : w.layers) {
-    std::vector<std::vector<float>> per_linear;
-    for (auto* slot : layer.linear_slots()) {
-      auto* recording = static_cast<RecordingLinear*>(slot->get());
-      per_linear.push_back(recording->column_rms());
-      *slot = recording->release();
-    }
-    result.push_back(std::move(per_linear));
-  }
-  return result;
+    model.forward(tokens.subspan(start, ctx), 0, state, logits.data(), /*all_logits=*/false, &squares);
+  return squares.rms();
 }
 
 }  // namespace subbit

@@ -12,7 +12,7 @@ namespace subbit {
 // Per layer, per linear (q, k, v, o, gate, up, down): the RMS of each input column, (n_in).
 using ColumnRms = std::vector<std::vector<std::vector<float>>>;
 
-// Runs `tokens` through the model in windows of `ctx` (the model is restored afterwards).
-ColumnRms collect_column_rms(LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx);
+// Runs `tokens` through the model in windows of `ctx`, observing every linear layer's input.
+ColumnRms collect_column_rms(const LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx);
 
 }  // namespace subbit

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "model/tensors.h"
 
 namespace subbit {
 
@@ -46,18 +47,20 @@ void export_hf_checkpoint(const ModelBundle& bundle, const std::filesystem::path
   fs::create_directories(tmp);
   try {
     std::vector<TensorToWrite> tensors;
-    tensors.push_back(linear_tensor("model.embed_tokens.weight", DenseLinear(w.embedding)));
+    tensors.push_back(linear_tensor(std::string(kEmbedding.hf_name), DenseLinear(w.embedding)));
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& layer = w.layers[l];
-      const std::string prefix = hf_layer_prefix(l);
-      tensors.push_back(bf16_tensor(prefix + "input_layernorm.weight", layer.attn_norm, {c.hidden_size}));
-      tensors.push_back(bf16_tensor(prefix + "post_attention_layernorm.weight", layer.mlp_norm, {c.hidden_size}));
-      const auto linears = layer.linears();
-      for (int i = 0; i < LlamaLayer::kLinears; ++i)
-        tensors.push_back(linear_tensor(hf_linear_name(l, linear_names()[i]), *linears[i]));
+      for (int i = 0; i < kNormsPerBlock; ++i)
+        tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"), layer.norm[i], {c.hidden_size}));
+      for (int i = 0; i < kLinearsPerBlock; ++i) {
+        tensors.push_back(linear_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"), *layer.linear[i]));
+        const std::vector<float>& bias = layer.bias[i];
+        if (!bias.empty())
+          tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "bias"), bias, {int64_t(bias.size())}));
+      }
     }
-    tensors.push_back(bf16_tensor("model.norm.weight", w.final_norm, {c.hidden_size}));
-    if (!c.tie_word_embeddings) tensors.push_back(linear_tensor("lm_head.weight", *w.lm_head));
+    tensors.push_back(bf16_tensor(std::string(kFinalNorm.hf_name), w.final_norm, {c.hidden_size}));
+    if (!c.tie_word_embeddings) tensors.push_back(linear_tensor(std::string(kLmHead.hf_name), *w.lm_head));
     write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
     write_text(tmp / "config.json", llama_config_to_json(c).dump(2) + "\n");
     write_text(tmp / "tokenizer.json", bundle.tokenizer_json);

@@ -44,16 +44,16 @@ std::vector<int32_t> generate(const LlamaModel& model, std::span<const int32_t> 
   const LlamaConfig& c = model.config();
   if (prompt.empty()) fail("the prompt is empty (no tokens to start from)");
   const int64_t capacity = int64_t(prompt.size()) + max_new_tokens;
-  if (capacity > c.max_position_embeddings)
+  if (capacity > max_context(c))
     fail("prompt ({} tokens) + -n {} exceeds the model's maximum context of {}", prompt.size(),
-         max_new_tokens, c.max_position_embeddings);
-  KVCache cache(c, capacity);
+         max_new_tokens, max_context(c));
+  RunState state(c, capacity);
   Sampler sampler(params);
   std::vector<float> logits(c.vocab_size);
   std::vector<int32_t> out;
 
   const auto t0 = Clock::now();
-  model.forward(prompt, 0, cache, logits.data(), /*all_logits=*/false);
+  model.forward(prompt, 0, state, logits.data(), /*all_logits=*/false);
   const auto t1 = Clock::now();
   int64_t position = int64_t(prompt.size());
   for (int64_t i = 0; i < max_new_tokens; ++i) {
@@ -62,7 +62,7 @@ std::vector<int32_t> generate(const LlamaModel& model, std::span<const int32_t> 
     if (on_token) on_token(next);
     if (stop_token && next == *stop_token) break;
     if (i + 1 == max_new_tokens) break;
-    model.forward(std::span<const int32_t>(&next, 1), position++, cache, logits.data(), false);
+    model.forward(std::span<const int32_t>(&next, 1), position++, state, logits.data(), false);
   }
   const auto t2 = Clock::now();
   if (stats != nullptr) {

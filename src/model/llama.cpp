@@ -8,20 +8,33 @@
 
 namespace subbit {
 
-KVCache::KVCache(const LlamaConfig& config, int64_t capacity)
+RunState::RunState(const LlamaConfig& config, int64_t capacity)
     : capacity_(capacity),
       row_(config.num_kv_heads * config.head_dim),
       k_(config.num_layers * capacity * row_),
       v_(config.num_layers * capacity * row_) {}
 
+void RunState::reserve_activations(const LlamaConfig& c, int64_t tokens) {
+  if (tokens <= activation_tokens_) return;
+  const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  x_.resize(tokens * c.hidden_size);
+  normed_.resize(tokens * c.hidden_size);
+  q_.resize(tokens * q_dim);
+  k_new_.resize(tokens * kv_dim);
+  v_new_.resize(tokens * kv_dim);
+  attn_.resize(tokens * q_dim);
+  gate_.resize(tokens * c.intermediate_size);
+  up_.resize(tokens * c.intermediate_size);
+  delta_.resize(tokens * c.hidden_size);
+  activation_tokens_ = tokens;
+}
+
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
-    : config_(config),
-      weights_(std::move(weights)),
-      rope_(config.head_dim, config.rope_theta, config.max_position_embeddings) {}
+    : config_(config), weights_(std::move(weights)), rope_(rope_inverse_frequencies(config)) {}
 
 // Causal grouped-query attention for `tokens` new queries against the cache.
 void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, int64_t layer,
-                           KVCache& cache, float* out) const {
+                           RunState& state, float* out) const {
   const int64_t heads = config_.num_heads, head_dim = config_.head_dim;
   const int64_t group = heads / config_.num_kv_heads;
   const float scale = 1.0f / std::sqrt(float(head_dim));
@@ -35,72 +48,83 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
       const int64_t visible = start_pos + t + 1;
       const float* query = q + (t * heads + h) * head_dim;
       for (int64_t p = 0; p < visible; ++p)
-        scores[p] = dot(query, cache.keys(layer, p) + kv_head * head_dim, head_dim) * scale;
+        scores[p] = dot(query, state.keys(layer, p) + kv_head * head_dim, head_dim) * scale;
       softmax(scores.data(), visible);
       float* o = out + (t * heads + h) * head_dim;
       std::fill(o, o + head_dim, 0.0f);
       for (int64_t p = 0; p < visible; ++p)
-        axpy(scores[p], cache.values(layer, p) + kv_head * head_dim, o, head_dim);
+        axpy(scores[p], state.values(layer, p) + kv_head * head_dim, o, head_dim);
     }
   });
 }
 
-void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, KVCache& cache,
-                         float* logits, bool all_logits) const {
+void LlamaModel::project(const LlamaLayer& layer, int64_t layer_index, int index, const float* x,
+                         float* y, int64_t tokens, LinearInputObserver* observer) const {
+  const Linear& linear = *layer.linear[index];
+  if (observer) observer->observe(layer_index, index, x, tokens, linear.n_in());
+  linear.forward(x, y, tokens);
+  const std::vector<float>& bias = layer.bias[index];
+  if (bias.empty()) return;
+  for (int64_t t = 0; t < tokens; ++t) axpy(1.0f, bias.data(), y + t * linear.n_out(), linear.n_out());
+}
+
+void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, RunState& state,
+                         float* logits, bool all_logits, LinearInputObserver* observer) const {
   const LlamaConfig& c = config_;
   const int64_t n = int64_t(tokens.size());
   const int64_t hidden = c.hidden_size, ffn = c.intermediate_size;
   const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   if (n == 0) return;
-  if (start_pos + n > cache.capacity() || start_pos + n > c.max_position_embeddings)
-    fail("context overflow: {} tokens at position {} exceed the context of {}", n, start_pos,
-         std::min(cache.capacity(), c.max_position_embeddings));
+  const int64_t context = std::min(state.capacity(), max_context(c));
+  if (start_pos + n > context)
+    fail("context overflow: {} tokens at position {} exceed the context of {}", n, start_pos, context);
 
-  std::vector<float> x(n * hidden);        // (tokens, hidden) residual stream
-  std::vector<float> normed(n * hidden);   // (tokens, hidden)
-  std::vector<float> q(n * q_dim);         // (tokens, heads, head_dim)
-  std::vector<float> k(n * kv_dim);        // (tokens, kv_heads, head_dim)
-  std::vector<float> v(n * kv_dim);        // (tokens, kv_heads, head_dim)
-  std::vector<float> attn(n * q_dim);      // (tokens, heads, head_dim)
-  std::vector<float> gate(n * ffn);        // (tokens, ffn)
-  std::vector<float> up(n * ffn);          // (tokens, ffn)
-  std::vector<float> delta(n * hidden);    // (tokens, hidden) block output
+  state.reserve_activations(c, n);
+  float* x = state.x_.data();            // (tokens, hidden) residual stream
+  float* normed = state.normed_.data();  // (tokens, hidden)
+  float* q = state.q_.data();            // (tokens, heads, head_dim)
+  float* k = state.k_new_.data();        // (tokens, kv_heads, head_dim)
+  float* v = state.v_new_.data();        // (tokens, kv_heads, head_dim)
+  float* attn = state.attn_.data();      // (tokens, heads, head_dim)
+  float* gate = state.gate_.data();      // (tokens, ffn)
+  float* up = state.up_.data();          // (tokens, ffn)
+  float* delta = state.delta_.data();    // (tokens, hidden) block output
 
   for (int64_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
       fail("token id {} is outside the vocabulary of {}", tokens[t], c.vocab_size);
-    dense_row_to_f32(weights_.embedding, tokens[t], x.data() + t * hidden);
+    dense_row_to_f32(weights_.embedding, tokens[t], x + t * hidden);
   }
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = weights_.layers[l];
-    rms_norm(x.data(), layer.attn_norm.data(), normed.data(), n, hidden, float(c.rms_norm_eps));
-    layer.q->forward(normed.data(), q.data(), n);
-    layer.k->forward(normed.data(), k.data(), n);
-    layer.v->forward(normed.data(), v.data(), n);
+    rms_norm(x, layer.norm[kAttnNorm].data(), normed, n, hidden, float(c.rms_norm_eps));
+    project(layer, l, kQ, normed, q, n, observer);
+    project(layer, l, kK, normed, k, n, observer);
+    project(layer, l, kV, normed, v, n, observer);
     for (int64_t t = 0; t < n; ++t) {
-      rope_.apply(q.data() + t * q_dim, c.num_heads, start_pos + t);
-      rope_.apply(k.data() + t * kv_dim, c.num_kv_heads, start_pos + t);
-      std::copy_n(k.data() + t * kv_dim, kv_dim, cache.keys(l, start_pos + t));
-      std::copy_n(v.data() + t * kv_dim, kv_dim, cache.values(l, start_pos + t));
+      rope_.apply(q + t * q_dim, c.num_heads, start_pos + t);
+      rope_.apply(k + t * kv_dim, c.num_kv_heads, start_pos + t);
+      std::copy_n(k + t * kv_dim, kv_dim, state.keys(l, start_pos + t));
+      std::copy_n(v + t * kv_dim, kv_dim, state.values(l, start_pos + t));
     }
-    attention(q.data(), n, start_pos, l, cache, attn.data());
-    layer.o->forward(attn.data(), delta.data(), n);
+    attention(q, n, start_pos, l, state, attn);
+    project(layer, l, kO, attn, delta, n, observer);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += delta[i];
 
-    rms_norm(x.data(), layer.mlp_norm.data(), normed.data(), n, hidden, float(c.rms_norm_eps));
-    layer.gate->forward(normed.data(), gate.data(), n);
-    layer.up->forward(normed.data(), up.data(), n);
-    silu_mul(gate.data(), up.data(), n * ffn);
-    layer.down->forward(gate.data(), delta.data(), n);
+    rms_norm(x, layer.norm[kMlpNorm].data(), normed, n, hidden, float(c.rms_norm_eps));
+    project(layer, l, kGate, normed, gate, n, observer);
+    project(layer, l, kUp, normed, up, n, observer);
+    silu_mul(gate, up, n * ffn);
+    project(layer, l, kDown, gate, delta, n, observer);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += delta[i];
   }
 
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t count = n - first;
-  rms_norm(x.data() + first * hidden, weights_.final_norm.data(), normed.data(), count, hidden,
+  rms_norm(x + first * hidden, weights_.final_norm.data(), normed, count, hidden,
            float(c.rms_norm_eps));
-  weights_.lm_head->forward(normed.data(), logits, count);
+  weights_.lm_head->forward(normed, logits, count);
 }
 
 }  // namespace subbit

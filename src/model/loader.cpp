@@ -6,31 +6,18 @@
 #include "io/safetensors.h"
 #include "io/text_file.h"
 #include "model/model_file.h"
+#include "model/tensors.h"
 
 namespace subbit {
-
-std::string hf_layer_prefix(int64_t layer) { return fmt::format("model.layers.{}.", layer); }
-
-const std::vector<std::string>& linear_names() {
-  static const std::vector<std::string> names = {"q_proj", "k_proj",    "v_proj", "o_proj",
-                                                 "gate_proj", "up_proj", "down_proj"};
-  return names;
-}
-
-std::string hf_linear_name(int64_t layer, const std::string& linear) {
-  const bool attention = linear == "q_proj" || linear == "k_proj" || linear == "v_proj" ||
-                         linear == "o_proj";
-  return hf_layer_prefix(layer) + (attention ? "self_attn." : "mlp.") + linear + ".weight";
-}
 
 namespace {
 
 std::string tensor_kind(const std::string& name) {
-  if (name.find("embed_tokens") != std::string::npos) return "embedding";
-  if (name.find("self_attn") != std::string::npos) return "attention";
-  if (name.find("mlp") != std::string::npos) return "mlp";
+  if (name == kEmbedding.hf_name) return "embedding";
+  if (name == kLmHead.hf_name) return "lm_head";
   if (name.find("norm") != std::string::npos) return "norm";
-  if (name.find("lm_head") != std::string::npos) return "lm_head";
+  for (const BlockLinearSpec& spec : kBlockLinears)
+    if (name.find(spec.hf_name) != std::string::npos) return std::string(spec.kind);
   return "other";
 }
 
@@ -74,27 +61,30 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
          bundle.tokenizer->vocab_size(), c.vocab_size);
 
   LlamaWeights w;
-  const auto& embed = expect(*archive, dir, "model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  const auto& embed = expect(*archive, dir, std::string(kEmbedding.hf_name), {c.vocab_size, c.hidden_size});
   auto embed_linear = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
   w.embedding = embed_linear->matrix();
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
-    const std::string prefix = hf_layer_prefix(l);
-    layer.attn_norm = to_f32(expect(*archive, dir, prefix + "input_layernorm.weight", {c.hidden_size}));
-    layer.mlp_norm = to_f32(expect(*archive, dir, prefix + "post_attention_layernorm.weight", {c.hidden_size}));
-    const auto slots = layer.linear_slots();
-    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
+    for (int i = 0; i < kNormsPerBlock; ++i)
+      layer.norm[i] = to_f32(expect(*archive, dir, hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"), {c.hidden_size}));
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto [rows, cols] = linear_shape(c, i);
-      const auto& t = expect(*archive, dir, hf_linear_name(l, linear_names()[i]), {rows, cols});
-      *slots[i] = DenseLinear::from_stored(t.dtype, t.data, rows, cols);
+      const auto& t = expect(*archive, dir, hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"), {rows, cols});
+      layer.linear[i] = DenseLinear::from_stored(t.dtype, t.data, rows, cols);
+      const std::string bias_name = hf_block_tensor(l, kBlockLinears[i].hf_name, "bias");
+      if (linear_has_bias(c, i))
+        layer.bias[i] = to_f32(expect(*archive, dir, bias_name, {rows}));
+      else if (archive->find(bias_name) != nullptr)
+        fail("{}: tensor {} is present but config.json declares no such bias", dir.string(), bias_name);
     }
     w.layers.push_back(std::move(layer));
   }
-  w.final_norm = to_f32(expect(*archive, dir, "model.norm.weight", {c.hidden_size}));
+  w.final_norm = to_f32(expect(*archive, dir, std::string(kFinalNorm.hf_name), {c.hidden_size}));
   if (c.tie_word_embeddings) {
     w.lm_head = std::make_unique<DenseLinear>(w.embedding);
   } else {
-    const auto& head = expect(*archive, dir, "lm_head.weight", {c.vocab_size, c.hidden_size});
+    const auto& head = expect(*archive, dir, std::string(kLmHead.hf_name), {c.vocab_size, c.hidden_size});
     w.lm_head = DenseLinear::from_stored(head.dtype, head.data, c.vocab_size, c.hidden_size);
   }
   w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));

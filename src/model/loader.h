@@ -34,9 +34,4 @@ struct ModelBundle {
 ModelBundle load_model(const std::filesystem::path& path);
 ModelBundle load_hf_model(const std::filesystem::path& dir);
 
-// Hugging Face tensor names of layer `layer`'s projections, in LlamaLayer order.
-std::string hf_layer_prefix(int64_t layer);
-const std::vector<std::string>& linear_names();  // q_proj, k_proj, ..., down_proj
-std::string hf_linear_name(int64_t layer, const std::string& linear);  // full tensor name
-
 }  // namespace subbit

@@ -10,13 +10,11 @@
 #include "formats/format_table.h"
 #include "formats/tensor_io.h"
 #include "io/gguf.h"
+#include "model/tensors.h"
 
 namespace subbit {
 
 namespace {
-
-constexpr const char* kLinearSuffixes[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                           "ffn_gate", "ffn_up", "ffn_down"};
 
 GgmlType ggml_type_of(DType t) {
   return t == DType::F32 ? GgmlType::F32 : t == DType::F16 ? GgmlType::F16 : GgmlType::BF16;
@@ -37,10 +35,6 @@ std::vector<float> get_f32(const GgufFile& file, const std::string& name, int64_
 
 }  // namespace
 
-std::string gguf_linear_prefix(int64_t layer, int index) {
-  return fmt::format("blk.{}.{}", layer, kLinearSuffixes[index]);
-}
-
 void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
                      const std::string& tokenizer_json, const LlamaWeights& w,
                      const ModelFileInfo& info) {
@@ -55,22 +49,22 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
 
   const DenseMatrix& e = w.embedding;
   const uint8_t* data = static_cast<const uint8_t*>(e.data);
-  out.add_tensor("token_embd.weight", ggml_type_of(e.dtype), {e.n_out, e.n_in},
+  out.add_tensor(std::string(kEmbedding.file_name), ggml_type_of(e.dtype), {e.n_out, e.n_in},
                  std::vector<uint8_t>(data, data + e.n_out * e.n_in * dtype_size(e.dtype)));
-  put_f32(out, "output_norm.weight", w.final_norm);
+  put_f32(out, std::string(kFinalNorm.file_name), w.final_norm);
   if (!c.tie_word_embeddings) {
-    w.lm_head->save(out, "output");
-    out.set("subbit.layer.output.format", w.lm_head->format_name());
+    w.lm_head->save(out, std::string(kLmHead.file_name));
+    out.set(fmt::format("subbit.layer.{}.format", kLmHead.file_name), w.lm_head->format_name());
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
-    put_f32(out, fmt::format("blk.{}.attn_norm.weight", l), layer.attn_norm);
-    put_f32(out, fmt::format("blk.{}.ffn_norm.weight", l), layer.mlp_norm);
-    const auto linears = layer.linears();
-    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
-      const std::string prefix = gguf_linear_prefix(l, i);
-      linears[i]->save(out, prefix);
-      out.set("subbit.layer." + prefix + ".format", linears[i]->format_name());
+    for (int i = 0; i < kNormsPerBlock; ++i)
+      put_f32(out, file_block_tensor(l, kBlockNorms[i].file_name) + ".weight", layer.norm[i]);
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
+      layer.linear[i]->save(out, prefix);
+      out.set("subbit.layer." + prefix + ".format", layer.linear[i]->format_name());
+      if (!layer.bias[i].empty()) put_f32(out, prefix + ".bias", layer.bias[i]);
     }
   }
   out.write(file);
@@ -102,15 +96,15 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
       Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
 
   LlamaWeights w;
-  const GgufTensor& embed = file->tensor("token_embd.weight");
+  const GgufTensor& embed = file->tensor(std::string(kEmbedding.file_name));
   if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} || embed.type == GgmlType::I8 ||
       embed.type == GgmlType::I16 || embed.type == GgmlType::I32)
-    fail("{}: token_embd.weight must be a float tensor [{}, {}]", source, c.vocab_size, c.hidden_size);
+    fail("{}: {} must be a float tensor [{}, {}]", source, kEmbedding.file_name, c.vocab_size, c.hidden_size);
   auto embed_linear = DenseLinear::from_stored(
       embed.type == GgmlType::F32 ? DType::F32 : embed.type == GgmlType::F16 ? DType::F16 : DType::BF16,
       embed.data, c.vocab_size, c.hidden_size);
   w.embedding = embed_linear->matrix();
-  bundle.inventory.push_back({"token_embd.weight", "embedding", ggml_type_name(embed.type),
+  bundle.inventory.push_back({std::string(kEmbedding.file_name), "embedding", ggml_type_name(embed.type),
                               embed.numel(), int64_t(embed.nbytes), ""});
 
   auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in, const std::string& kind) {
@@ -124,25 +118,27 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     return linear;
   };
 
+  auto load_f32 = [&](const std::string& name, int64_t n, const std::string& kind) {
+    bundle.inventory.push_back({name, kind, "F32", n, n * 4, ""});
+    return get_f32(*file, name, n);
+  };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
-    layer.attn_norm = get_f32(*file, fmt::format("blk.{}.attn_norm.weight", l), c.hidden_size);
-    layer.mlp_norm = get_f32(*file, fmt::format("blk.{}.ffn_norm.weight", l), c.hidden_size);
-    bundle.inventory.push_back({fmt::format("blk.{}.attn_norm.weight", l), "norm", "F32", c.hidden_size,
-                                c.hidden_size * 4, ""});
-    bundle.inventory.push_back({fmt::format("blk.{}.ffn_norm.weight", l), "norm", "F32", c.hidden_size,
-                                c.hidden_size * 4, ""});
-    const auto slots = layer.linear_slots();
-    for (int i = 0; i < LlamaLayer::kLinears; ++i) {
+    for (int i = 0; i < kNormsPerBlock; ++i)
+      layer.norm[i] = load_f32(file_block_tensor(l, kBlockNorms[i].file_name) + ".weight", c.hidden_size, "norm");
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto [n_out, n_in] = linear_shape(c, i);
-      *slots[i] = load_linear(gguf_linear_prefix(l, i), n_out, n_in, i < 4 ? "attention" : "mlp");
+      const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
+      const std::string kind(kBlockLinears[i].kind);
+      layer.linear[i] = load_linear(prefix, n_out, n_in, kind);
+      if (linear_has_bias(c, i)) layer.bias[i] = load_f32(prefix + ".bias", n_out, kind);
     }
     w.layers.push_back(std::move(layer));
   }
-  w.final_norm = get_f32(*file, "output_norm.weight", c.hidden_size);
-  bundle.inventory.push_back({"output_norm.weight", "norm", "F32", c.hidden_size, c.hidden_size * 4, ""});
-  w.lm_head = c.tie_word_embeddings ? std::make_unique<DenseLinear>(w.embedding)
-                                    : load_linear("output", c.vocab_size, c.hidden_size, "lm_head");
+  w.final_norm = load_f32(std::string(kFinalNorm.file_name), c.hidden_size, "norm");
+  w.lm_head = c.tie_word_embeddings
+                  ? std::make_unique<DenseLinear>(w.embedding)
+                  : load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size, "lm_head");
   w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));
   w.storage.emplace_back(file);
   bundle.model = std::make_unique<LlamaModel>(c, std::move(w));

@@ -24,7 +24,4 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& confi
 
 ModelBundle load_model_file(const std::filesystem::path& file);
 
-// GGUF tensor-name prefix of a linear layer: blk.L.attn_q, ..., blk.L.ffn_down.
-std::string gguf_linear_prefix(int64_t layer, int index);
-
 }  // namespace subbit

@@ -19,20 +19,20 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
                                      const std::function<void(int64_t, int64_t)>& progress) {
   const LlamaConfig& c = model.config();
   if (ctx < 2) fail("--ctx must be at least 2, got {}", ctx);
-  if (ctx > c.max_position_embeddings)
-    fail("--ctx {} exceeds the model's maximum context of {}", ctx, c.max_position_embeddings);
+  if (ctx > max_context(c))
+    fail("--ctx {} exceeds the model's maximum context of {}", ctx, max_context(c));
   int64_t windows = int64_t(tokens.size()) / ctx;
   if (windows == 0)
     fail("the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), ctx);
   if (max_windows > 0) windows = std::min(windows, max_windows);
 
-  KVCache cache(c, ctx);
+  RunState state(c, ctx);
   std::vector<float> logits(ctx * c.vocab_size);  // (ctx, vocab)
   double sum = 0, sum_sq = 0;
   int64_t scored = 0;
   for (int64_t w = 0; w < windows; ++w) {
     const auto window = tokens.subspan(w * ctx, ctx);
-    model.forward(window, 0, cache, logits.data(), /*all_logits=*/true);
+    model.forward(window, 0, state, logits.data(), /*all_logits=*/true);
     for (int64_t p = 1; p < ctx; ++p) {
       const double nll = token_nll(logits.data() + (p - 1) * c.vocab_size, c.vocab_size, window[p]);
       sum += nll;

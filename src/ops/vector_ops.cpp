@@ -74,27 +74,21 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-RopeTable::RopeTable(int64_t head_dim_, double theta, int64_t max_positions_)
-    : head_dim(head_dim_), max_positions(max_positions_), cos_sin(max_positions_ * head_dim_) {
-  const int64_t half = head_dim / 2;
-  for (int64_t p = 0; p < max_positions; ++p) {
-    for (int64_t i = 0; i < half; ++i) {
-      // transformers computes inv_freq and the angle in fp32; do the same to match its logits.
-      const float inv_freq = float(1.0 / std::pow(theta, double(2 * i) / double(head_dim)));
-      const float angle = float(p) * inv_freq;
-      cos_sin[(p * half + i) * 2] = std::cos(angle);
-      cos_sin[(p * half + i) * 2 + 1] = std::sin(angle);
-    }
-  }
-}
+Rope::Rope(std::vector<float> inverse_frequencies) : inv_freq_(std::move(inverse_frequencies)) {}
 
-void RopeTable::apply(float* x, int64_t heads, int64_t position) const {
-  const int64_t half = head_dim / 2;
-  const float* cs = cos_sin.data() + position * half * 2;
+void Rope::apply(float* x, int64_t heads, int64_t position) const {
+  const int64_t half = int64_t(inv_freq_.size()), head_dim = 2 * half;
+  constexpr int64_t kMaxHalf = 512;  // head_dim <= 1024 (checked when the config is read)
+  float cos_table[kMaxHalf], sin_table[kMaxHalf];
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = float(position) * inv_freq_[i];
+    cos_table[i] = std::cos(angle);
+    sin_table[i] = std::sin(angle);
+  }
   for (int64_t h = 0; h < heads; ++h) {
     float* v = x + h * head_dim;
     for (int64_t i = 0; i < half; ++i) {
-      const float c = cs[2 * i], s = cs[2 * i + 1];
+      const float c = cos_table[i], s = sin_table[i];
       const float a = v[i], b = v[i + half];
       v[i] = a * c - b * s;
       v[i + half] = b * c + a * s;

@@ -20,12 +20,16 @@ void softmax(float* x, int64_t n);
 
 // Rotary position embedding in the Hugging Face "rotate_half" layout: element i pairs with
 // i + head_dim/2. x is (heads, head_dim) for one token at `position`.
-struct RopeTable {
-  RopeTable(int64_t head_dim, double theta, int64_t max_positions);
+// Rotary position embedding (rotate-half layout) from precomputed inverse frequencies. The angles
+// are computed per call, in fp32 as transformers does, so long contexts cost no table memory.
+class Rope {
+ public:
+  explicit Rope(std::vector<float> inverse_frequencies);  // (head_dim / 2)
+  // x: (heads, head_dim), rotated in place for `position`.
   void apply(float* x, int64_t heads, int64_t position) const;
-  int64_t head_dim;
-  int64_t max_positions;
-  std::vector<float> cos_sin;  // (max_positions, head_dim/2, 2)
+
+ private:
+  std::vector<float> inv_freq_;
 };
 
 }  // namespace subbit

@@ -105,7 +105,7 @@ TEST(Qat, ShortRunLowersDistillationLoss) {
   ModelBundle bundle = load_model(sb8m());
   TorchLlama teacher(*bundle.model), student(*bundle.model);
   for (int64_t l = 0; l < student.config().num_layers; ++l)
-    for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
       student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, 16, true, SignSurrogate::Tanh, 100));
     }

@@ -1,0 +1,48 @@
+#include "compress/truncated_svd.h"
+
+#include <algorithm>
+#include <random>
+
+namespace subbit::compress {
+
+namespace {
+
+// An orthonormal basis of y's columns.
+torch::Tensor orthonormal(const torch::Tensor& y) { return std::get<0>(at::linalg_qr(y, "reduced")); }
+
+// (rows, cols) standard normal from a seeded std::mt19937_64, identical on every libtorch version
+// and device.
+torch::Tensor gaussian(int64_t rows, int64_t cols, uint64_t seed, const torch::TensorOptions& options) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  torch::Tensor t = torch::empty({rows, cols}, torch::kFloat32);
+  float* p = t.data_ptr<float>();
+  for (int64_t i = 0; i < rows * cols; ++i) p[i] = normal(rng);
+  return t.to(options);
+}
+
+}  // namespace
+
+TruncatedSvd exact_truncated_svd(const torch::Tensor& w, int64_t rank) {
+  auto [u, s, vh] = torch::linalg::svd(w, false, c10::nullopt);
+  return {u.slice(1, 0, rank), s.slice(0, 0, rank), vh.slice(0, 0, rank)};
+}
+
+TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& o) {
+  torch::NoGradGuard no_grad;
+  const int64_t d_out = w.size(0), d_in = w.size(1);
+  const int64_t k = std::min(rank + o.oversample, std::min(d_out, d_in));
+  if (double(k) >= o.exact_above * double(std::min(d_out, d_in))) return exact_truncated_svd(w, rank);
+  // Range of w: Q spans w·Ω, sharpened by subspace iterations (re-orthonormalised each half step,
+  // since the powers of w's spectrum would otherwise drown the smaller directions in rounding).
+  torch::Tensor q = orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)
+  for (int i = 0; i < o.power_iterations; ++i) {
+    const torch::Tensor z = orthonormal(torch::matmul(w.t(), q));  // (d_in, k)
+    q = orthonormal(torch::matmul(w, z));
+  }
+  const torch::Tensor b = torch::matmul(q.t(), w);  // (k, d_in): w ≈ q b
+  auto [ub, s, vh] = torch::linalg::svd(b, false, c10::nullopt);
+  return {torch::matmul(q, ub.slice(1, 0, rank)), s.slice(0, 0, rank), vh.slice(0, 0, rank)};
+}
+
+}  // namespace subbit::compress
