@@ -14,6 +14,10 @@ KVCache::KVCache(const LlamaConfig& config, int64_t capacity)
       k_(config.num_layers * capacity * row_),
       v_(config.num_layers * capacity * row_) {}
 
+int64_t KVCache::bytes_for(const LlamaConfig& config, int64_t capacity) {
+  return 2 * config.num_layers * capacity * config.num_kv_heads * config.head_dim * int64_t(sizeof(float));
+}
+
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
     : config_(config),
       weights_(std::move(weights)),
