@@ -45,6 +45,7 @@ Action add_info_command(CLI::App& app) {
   return [o] {
     ModelBundle bundle = load_model(o->model);
     const LlamaConfig& c = bundle.model->config();
+    if (o->ctx > 0) check_context(bundle, o->ctx, "--ctx");
     fmt::print("model:        {} ({})\n", bundle.path.string(), bundle.container);
     fmt::print("architecture: LlamaForCausalLM, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
                "ffn {}, vocab {}, max ctx {}\n",
@@ -53,7 +54,6 @@ Action add_info_command(CLI::App& app) {
     fmt::print("              rope_theta {}, rms_norm_eps {}, tied embeddings: {}\n", c.rope_theta,
                c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no");
     fmt::print("tokenizer:    {} tokens\n", bundle.tokenizer->vocab_size());
-    if (o->ctx > 0) check_context(bundle, o->ctx, "--ctx");
     // The cache holds f32 keys and values for every layer and position; it is allocated per run
     // for the context used, so the model's maximum is the worst case.
     fmt::print("kv cache:     {} at max ctx {} (f32 keys + values, {} per token)",
