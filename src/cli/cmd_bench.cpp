@@ -67,9 +67,8 @@ Action add_bench_command(CLI::App& app) {
     ModelBundle bundle = load_model(o->model);
     const LlamaModel& model = *bundle.model;
     const LlamaConfig& c = model.config();
-    for (int64_t n : {o->prompt, o->generate})
-      if (n > max_context(c))
-        fail("test length {} exceeds the model's maximum context of {}", n, max_context(c));
+    check_context(bundle, o->prompt, "-p");
+    check_context(bundle, o->generate, "-n");
     if (o->threads.empty()) o->threads = {num_threads()};
 
     int64_t params = 0, bytes = 0;
@@ -87,6 +86,10 @@ Action add_bench_command(CLI::App& app) {
       return t;
     };
 
+    // Each test allocates a cache for its own length (f32 keys and values).
+    fmt::print("kv cache: {:.2f} MiB for pp{}, {:.2f} MiB for tg{}\n",
+               RunState::bytes_for(c, o->prompt) / (1024.0 * 1024.0), o->prompt,
+               RunState::bytes_for(c, o->generate) / (1024.0 * 1024.0), o->generate);
     fmt::print("| {:<28} | {:>10} | {:>9} | {:>7} | {:>7} | {:>16} |\n", "model", "size", "params",
                "threads", "test", "t/s");
     fmt::print("| {:-<28} | {:->10} | {:->9} | {:->7} | {:->7} | {:->16} |\n", "", "", "", "", "", "");

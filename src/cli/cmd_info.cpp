@@ -34,15 +34,19 @@ Action add_info_command(CLI::App& app) {
   struct Options {
     std::string model;
     bool tensors = false;
+    int64_t ctx = 0;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("info", "architecture, parameters, sizes and bits per weight");
   cmd->add_option("model", o->model, "model directory or .subbit file")->required();
   cmd->add_flag("--tensors", o->tensors, "list every tensor");
+  cmd->add_option("-c,--ctx", o->ctx, "also report the KV cache for this context")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
 
   return [o] {
     ModelBundle bundle = load_model(o->model);
     const LlamaConfig& c = bundle.model->config();
+    if (o->ctx > 0) check_context(bundle, o->ctx, "--ctx");
     fmt::print("model:        {} ({})\n", bundle.path.string(), bundle.container);
     const nlohmann::json hf_config = llama_config_to_json(c);
     fmt::print("architecture: {}, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
@@ -66,6 +70,14 @@ Action add_info_command(CLI::App& app) {
                biases.empty() ? "none" : fmt::format("{}", fmt::join(biases, ", ")),
                c.sliding_window ? fmt::format(", sliding window {}", *c.sliding_window) : "");
     fmt::print("tokenizer:    {} tokens\n", bundle.tokenizer->vocab_size());
+    // The cache holds f32 keys and values for every layer and position; it is allocated per run
+    // for the context used, so the model's maximum is the worst case.
+    fmt::print("kv cache:     {} at max ctx {} (f32 keys + values, {} per token)",
+               human_bytes(double(RunState::bytes_for(c, c.max_position_embeddings))),
+               c.max_position_embeddings, human_bytes(double(RunState::bytes_for(c, 1))));
+    if (o->ctx > 0)
+      fmt::print("; {} at --ctx {}", human_bytes(double(RunState::bytes_for(c, o->ctx))), o->ctx);
+    fmt::print("\n");
     double target_bpw = 0;
     if (!bundle.compression_json.empty()) {
       fmt::print("compression:  {}\n", bundle.compression_json);

@@ -34,6 +34,7 @@ Action add_run_command(CLI::App& app) {
   struct Options {
     std::string model, prompt;
     int64_t n = 128;
+    int64_t ctx = 0;
     float temperature = 0.0f;
     float top_p = 0.95f;
     uint64_t seed = 0;
@@ -46,6 +47,9 @@ Action add_run_command(CLI::App& app) {
   cmd->add_option("-p,--prompt", o->prompt, "prompt text")->required();
   cmd->add_option("-n,--n-predict", o->n, "tokens to generate")->capture_default_str()
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  cmd->add_option("-c,--ctx", o->ctx,
+                  "context (KV cache) size; prompt + -n must fit (default: prompt + -n)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("--temp", o->temperature, "temperature; 0 is greedy")->capture_default_str()
       ->check(CLI::Range(0.0f, 100.0f));
   cmd->add_option("--top-p", o->top_p, "nucleus sampling mass")->capture_default_str()
@@ -59,6 +63,14 @@ Action add_run_command(CLI::App& app) {
     ModelBundle bundle = load_model(o->model);
     const Tokenizer& tok = *bundle.tokenizer;
     const std::vector<int32_t> prompt = tok.encode(o->prompt, /*add_special_tokens=*/true);
+    const int64_t needed = int64_t(prompt.size()) + o->n;
+    if (o->ctx > 0) {
+      check_context(bundle, o->ctx, "--ctx");
+      if (needed > o->ctx)
+        fail("{}: the prompt ({} tokens) + -n {} exceed --ctx {}", o->model, prompt.size(), o->n, o->ctx);
+    } else {
+      check_context(bundle, needed, "prompt + -n");
+    }
     fmt::print("{}", o->prompt);
     std::fflush(stdout);
 

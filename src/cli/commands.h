@@ -5,6 +5,10 @@
 #include <functional>
 #include <string>
 
+namespace subbit {
+struct ModelBundle;
+}
+
 namespace subbit::cli {
 
 using Action = std::function<int()>;
@@ -14,9 +18,14 @@ Action add_run_command(CLI::App& app);
 Action add_info_command(CLI::App& app);
 Action add_bench_command(CLI::App& app);
 Action add_export_command(CLI::App& app);
+Action add_random_model_command(CLI::App& app);
 
 // Shared option: worker threads (default: all cores).
 void add_threads_option(CLI::App& command, int& threads);
 void apply_threads(int threads);
+
+// Refuses a context beyond the model's max_position_embeddings, naming the model, the option
+// and the config field.
+void check_context(const ModelBundle& bundle, int64_t ctx, const char* option);
 
 }  // namespace subbit::cli

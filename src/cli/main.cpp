@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/omp_policy.h"
 #include "common/error.h"
+#include "model/loader.h"
 #include "ops/parallel.h"
 
 namespace subbit::cli {
@@ -21,6 +22,16 @@ void add_threads_option(CLI::App& command, int& threads) {
 }
 
 void apply_threads(int threads) { set_num_threads(threads); }
+
+void check_context(const ModelBundle& bundle, int64_t ctx, const char* option) {
+  const LlamaConfig& c = bundle.model->config();
+  if (ctx > c.max_position_embeddings)
+    fail("{}: {} {} exceeds the model's maximum context (max_position_embeddings = {} in its config)",
+         bundle.path.string(), option, ctx, c.max_position_embeddings);
+  if (ctx > max_context(c))
+    fail("{}: {} {} exceeds the sliding window ({} in its config); sliding-window attention is not "
+         "implemented", bundle.path.string(), option, ctx, max_context(c));
+}
 
 }  // namespace subbit::cli
 
@@ -54,7 +65,7 @@ int main(int argc, char** argv) {
   std::map<const CLI::App*, subbit::cli::Action> actions;
   for (auto add : {subbit::cli::add_ppl_command, subbit::cli::add_run_command,
                    subbit::cli::add_info_command, subbit::cli::add_bench_command,
-                   subbit::cli::add_export_command}) {
+                   subbit::cli::add_export_command, subbit::cli::add_random_model_command}) {
     auto action = add(app);
     actions[app.get_subcommands({}).back()] = action;
   }

@@ -297,26 +297,46 @@ const TensorView& SafetensorsArchive::get(const std::string& name) const {
 
 void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorSpec> specs;
+  for (const TensorToWrite& t : tensors) {
+    // Checked before the output is created; the streamed writer checks again as it writes.
+    const bool valid_shape = std::none_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; });
+    const std::optional<uint64_t> expected = valid_shape ? checked_nbytes(t.shape, t.dtype) : std::nullopt;
+    if (valid_shape && (!expected || *expected != t.bytes.size()))
+      fail("{}: tensor '{}': {} bytes given, but shape {} of {} needs {}", file.string(), t.name,
+           t.bytes.size(), shape_string(t.shape), dtype_name(t.dtype),
+           expected ? fmt::to_string(*expected) : "more than 2^64");
+    specs.push_back({t.name, t.dtype, t.shape});
+  }
+  write_safetensors_streamed(
+      file, specs, [&](size_t index, const ByteSink& write) {
+        write(tensors[index].bytes.data(), tensors[index].bytes.size());
+      },
+      metadata);
+}
+
+void write_safetensors_streamed(const fs::path& file, const std::vector<TensorSpec>& tensors,
+                                const std::function<void(size_t index, const ByteSink& write)>& produce,
+                                const std::map<std::string, std::string>& metadata) {
   const std::string where = file.string();
   // ordered_json keeps the header entries in data order, like the reference writer.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<uint64_t> sizes;
   uint64_t offset = 0;
-  for (const TensorToWrite& t : tensors) {
+  for (const TensorSpec& t : tensors) {
     if (t.name == "__metadata__") fail("{}: '__metadata__' is not a valid tensor name", where);
     if (header.contains(t.name)) fail("{}: tensor '{}' given twice", where, t.name);
     if (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; }))
       fail("{}: tensor '{}': negative dimension in shape {}", where, t.name, shape_string(t.shape));
-    const std::optional<uint64_t> expected = checked_nbytes(t.shape, t.dtype);
-    if (!expected || *expected != t.bytes.size())
-      fail("{}: tensor '{}': {} bytes given, but shape {} of {} needs {}", where, t.name,
-           t.bytes.size(), shape_string(t.shape), dtype_name(t.dtype),
-           expected ? fmt::to_string(*expected) : "more than 2^64");
+    const std::optional<uint64_t> size = checked_nbytes(t.shape, t.dtype);
+    if (!size) fail("{}: tensor '{}': shape {} needs more than 2^64 bytes", where, t.name, shape_string(t.shape));
     nlohmann::ordered_json& entry = header[t.name];
     entry["dtype"] = std::string(dtype_name(t.dtype));
     entry["shape"] = t.shape;
-    entry["data_offsets"] = {offset, offset + t.bytes.size()};
-    offset += t.bytes.size();
+    entry["data_offsets"] = {offset, offset + *size};
+    offset += *size;
+    sizes.push_back(*size);
   }
 
   std::string header_text;
@@ -334,7 +354,18 @@ void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& t
   AtomicFile out(file);
   out.write(length_field, sizeof length_field);
   out.write(header_text.data(), header_text.size());
-  for (const TensorToWrite& t : tensors) out.write(t.bytes.data(), t.bytes.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t written = 0;
+    produce(i, [&](const void* data, size_t size) {
+      if (written + size > sizes[i])
+        fail("{}: tensor '{}': more than its {} bytes given", where, tensors[i].name, sizes[i]);
+      out.write(data, size);
+      written += size;
+    });
+    if (written != sizes[i])
+      fail("{}: tensor '{}': {} bytes given, but shape {} of {} needs {}", where, tensors[i].name,
+           written, shape_string(tensors[i].shape), dtype_name(tensors[i].dtype), sizes[i]);
+  }
   out.commit();
 }
 

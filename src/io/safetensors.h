@@ -3,6 +3,7 @@
 // Files are memory-mapped and every header is validated before any tensor data is touched.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -55,5 +56,18 @@ struct TensorToWrite {
 };
 void write_safetensors(const std::filesystem::path& file, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// The same file written tensor by tensor, for files larger than memory: the header comes from
+// the specs, then produce(index, write) must pass exactly that tensor's bytes to write(), in
+// pieces of any size. Atomic like write_safetensors.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+using ByteSink = std::function<void(const void* data, size_t size)>;
+void write_safetensors_streamed(const std::filesystem::path& file, const std::vector<TensorSpec>& tensors,
+                                const std::function<void(size_t index, const ByteSink& write)>& produce,
+                                const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace subbit

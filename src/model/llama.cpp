@@ -29,6 +29,10 @@ void RunState::reserve_activations(const LlamaConfig& c, int64_t tokens) {
   activation_tokens_ = tokens;
 }
 
+int64_t RunState::bytes_for(const LlamaConfig& config, int64_t capacity) {
+  return 2 * config.num_layers * capacity * config.num_kv_heads * config.head_dim * int64_t(sizeof(float));
+}
+
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
     : config_(config), weights_(std::move(weights)), rope_(rope_inverse_frequencies(config)) {}
 

@@ -36,6 +36,8 @@ struct LlamaWeights {
 class RunState {
  public:
   RunState(const LlamaConfig& config, int64_t capacity);
+  // Bytes of keys and values (f32) for `capacity` positions, before allocating them.
+  static int64_t bytes_for(const LlamaConfig& config, int64_t capacity);
   int64_t capacity() const { return capacity_; }
   float* keys(int64_t layer, int64_t position) { return at(k_, layer, position); }
   float* values(int64_t layer, int64_t position) { return at(v_, layer, position); }
