@@ -32,7 +32,8 @@ TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const Truncated
   torch::NoGradGuard no_grad;
   const int64_t d_out = w.size(0), d_in = w.size(1);
   const int64_t k = std::min(rank + o.oversample, std::min(d_out, d_in));
-  if (double(k) >= o.exact_above * double(std::min(d_out, d_in))) return exact_truncated_svd(w, rank);
+  if (!o.randomized || double(k) >= o.exact_above * double(std::min(d_out, d_in)))
+    return exact_truncated_svd(w, rank);
   // Range of w: Q spans w·Ω, sharpened by subspace iterations (re-orthonormalised each half step,
   // since the powers of w's spectrum would otherwise drown the smaller directions in rounding).
   torch::Tensor q = orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)
