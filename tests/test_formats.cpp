@@ -190,7 +190,7 @@ TEST(RtnFile, CodesAreALittleEndianBitstreamPerRow) {
 
 TEST(RtnFile, RoundTripIsBitIdentical) {
   for (int bits : {2, 3, 4}) {
-    std::mt19937 rng(uint32_t(bits));
+    std::mt19937 rng{uint32_t(bits)};
     const auto w = random_vector(7 * 300, rng);
     const auto layer = RtnLinear::encode(w.data(), 7, 300, bits);
     const auto path = write_layer(*layer, "rtn");
