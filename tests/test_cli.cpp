@@ -2,8 +2,13 @@
 // exit (never a crash) on bad input.
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
+#include <regex>
 
+#include "io/text_file.h"
+#include "model/loader.h"
+#include "model/perplexity.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -51,18 +56,43 @@ TEST(Cli, PplJsonLastLine) {
   for (const char* key : {"ppl", "nll_mean", "scored_tokens", "text_tokens", "ctx", "windows", "seconds"})
     EXPECT_TRUE(j.contains(key)) << key;
   EXPECT_EQ(j["windows"], 3);
+  EXPECT_EQ(j["ctx"], 256);
   EXPECT_EQ(j["scored_tokens"], 3 * 255);
+  // The values, against the library computing the same evaluation in this process.
+  const ModelBundle bundle = load_model(model_dir("stories260K"));
+  const auto tokens = bundle.tokenizer->encode(read_text_file(text), true);
+  const PerplexityResult expected = evaluate_perplexity(*bundle.model, tokens, 256, 3);
+  EXPECT_EQ(j["text_tokens"].get<int64_t>(), int64_t(tokens.size()));
+  EXPECT_NEAR(j["nll_mean"].get<double>(), expected.nll_mean, 1e-12 * expected.nll_mean);
+  EXPECT_NEAR(j["ppl"].get<double>(), expected.ppl, 1e-12 * expected.ppl);
+  EXPECT_NEAR(j["ppl"].get<double>(), std::exp(j["nll_mean"].get<double>()), 1e-12 * expected.ppl);
+  EXPECT_GT(j["seconds"].get<double>(), 0.0);
 }
 
 TEST(Cli, InfoAndBenchRun) {
   SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
   auto r = run_command(cli() + " info " + model_dir("stories260K").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("linear layers"), std::string::npos);
+  // stories260K's config.json, and its 5 x 7 fp32 linear layers: 5 · (2·64·64 + 2·32·64 + 3·172·64)
+  // = 226,560 weights of 32 bits.
+  EXPECT_NE(r.out.find("5 layers, hidden 64, heads 8 / kv 4 (head_dim 8), ffn 172, vocab 512, max ctx 512"),
+            std::string::npos) << r.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("linear layers +([0-9]+) +([0-9.]+ K) +[0-9.]+ KiB +([0-9.]+)  F32")))
+      << r.out;
+  EXPECT_EQ(m[1], "35");
+  EXPECT_EQ(m[2], "226.56 K");
+  EXPECT_EQ(m[3], "32.000");
   r = run_command(cli() + " bench " + model_dir("stories260K").string() + " -p 32 -n 8 -r 2 -t 1,2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("pp32"), std::string::npos);
-  EXPECT_NE(r.out.find("tg8"), std::string::npos);
+  // One row per test and thread count, each with a positive speed.
+  for (const std::string test : {"pp32", "tg8"}) {
+    const std::regex row("\\| +([12]) \\| +" + test + " \\| +([0-9.]+) ± +([0-9.]+) \\|");
+    int rows = 0;
+    for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator(); ++it, ++rows)
+      EXPECT_GT(std::stod((*it)[2]), 0.0) << it->str();
+    EXPECT_EQ(rows, 2) << test << "\n" << r.out;
+  }
 }
 
 TEST(Cli, MissingTokenizer) {

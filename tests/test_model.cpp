@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cctype>
 #include <fstream>
+#include <iomanip>
+#include <iostream>
 
 #include "model/generate.h"
 #include "model/loader.h"
@@ -15,6 +18,9 @@ namespace subbit {
 namespace {
 
 using nlohmann::json;
+
+// Largest logit deviation from the references allowed, as a fraction of max |logit|.
+constexpr float kLogitTolerance = 1e-5f;
 
 class GoldenModel : public ::testing::TestWithParam<std::string> {
  protected:
@@ -48,8 +54,12 @@ TEST_P(GoldenModel, LogitsMatchTransformers) {
     max_diff_batched = std::max(max_diff_batched, std::fabs(expected[i] - batched[i]));
     max_diff_stepped = std::max(max_diff_stepped, std::fabs(expected[i] - stepped[i]));
   }
-  EXPECT_LT(max_diff_batched, 1e-3f * max_abs);
-  EXPECT_LT(max_diff_stepped, 1e-3f * max_abs);
+  std::cout << GetParam() << ": max |logit| " << max_abs << ", max deviation batched " << max_diff_batched
+            << " (" << max_diff_batched / max_abs << " of max), token by token " << max_diff_stepped << " ("
+            << max_diff_stepped / max_abs << " of max)\n";
+  // fp32 sums in another order than PyTorch's: docs/results.md measured below 1e-6 of max |logit|.
+  EXPECT_LT(max_diff_batched, kLogitTolerance * max_abs);
+  EXPECT_LT(max_diff_stepped, kLogitTolerance * max_abs);
 }
 
 TEST_P(GoldenModel, GreedyContinuationMatches) {
@@ -72,6 +82,51 @@ INSTANTIATE_TEST_SUITE_P(Models, GoldenModel, ::testing::Values("sb-8m", "sb-30m
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// Whole texts against golden.json's "ppl/<text>/ctx<N>" entries at 1e-6 relative: the engine
+// sums the NLL in double, so only fp32 logit rounding separates it from transformers. The rows
+// are the cheap ones: stories260K's (~2 s each) and sb-8m's cheapest whose text is in shared/
+// (frankenstein.txt is not); the others are measured in docs/results.md.
+struct GoldenPplCase {
+  std::string model;
+  std::string golden_text;  // the text's name in golden.json
+  std::string text_file;    // under shared/text
+  int64_t ctx;
+};
+
+class GoldenPerplexity : public ::testing::TestWithParam<GoldenPplCase> {};
+
+TEST_P(GoldenPerplexity, WholeTextMatchesTransformers) {
+  const GoldenPplCase& p = GetParam();
+  const auto dir = testing::shared_dir() / "models" / p.model;
+  const auto text_path = testing::shared_dir() / "text" / p.text_file;
+  SKIP_UNLESS_EXISTS(dir / "golden.json");
+  SKIP_UNLESS_EXISTS(text_path);
+  const json g = json::parse(std::ifstream(dir / "golden.json"))["ppl/" + p.golden_text + "/ctx" + std::to_string(p.ctx)];
+  ASSERT_TRUE(g.is_object()) << "golden.json has no ppl/" << p.golden_text << "/ctx" << p.ctx;
+  ModelBundle bundle = load_model(dir);
+  const auto tokens = bundle.tokenizer->encode(read_text_file(text_path), true);
+  const PerplexityResult r = evaluate_perplexity(*bundle.model, tokens, p.ctx, 0);
+  EXPECT_EQ(int64_t(tokens.size()), g["text_tokens"].get<int64_t>());
+  EXPECT_EQ(r.scored_tokens, g["scored_tokens"].get<int64_t>());
+  const double expected = g["ppl"].get<double>();
+  std::cout << p.model << " " << p.golden_text << " ctx " << p.ctx << ": ppl " << std::setprecision(10) << r.ppl
+            << ", golden " << expected << ", relative difference " << std::fabs(r.ppl - expected) / expected << "\n";
+  EXPECT_NEAR(r.ppl, expected, 1e-6 * expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    WholeText, GoldenPerplexity,
+    ::testing::Values(GoldenPplCase{"stories260K", "tinystories_validation_100.txt", "tinystories_validation_100.txt", 256},
+                      GoldenPplCase{"stories260K", "tinystories_validation_100.txt", "tinystories_validation_100.txt", 512},
+                      GoldenPplCase{"stories260K", "wiki.test.raw", "wiki.test.raw", 512},
+                      GoldenPplCase{"sb-8m", "wiki.test.raw", "wiki.test.raw", 512}),
+    [](const ::testing::TestParamInfo<GoldenPplCase>& info) {
+      std::string name = info.param.model + "_" + info.param.golden_text + "_ctx" + std::to_string(info.param.ctx);
+      for (char& ch : name)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+      return name;
+    });
 
 // The first windows of wiki.test.raw. Expected values come from our full-text runs, which match
 // golden.json within 0.01% (docs/results.md); a few windows keep the test fast on CI.

@@ -15,6 +15,7 @@ namespace subbit {
 namespace {
 
 using testing::random_vector;
+using testing::ScopedTarget;
 
 std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng) {
   const auto values = random_vector(rows * cols, rng);
@@ -22,14 +23,6 @@ std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng
   pack_signs(values.data(), rows, cols, words.data());
   return words;
 }
-
-// Restricts Highway's dynamic dispatch to one target for the lifetime of the object, so the
-// AVX2 / SSE4 / scalar code paths are exercised on an AVX-512 machine too.
-class ScopedTarget {
- public:
-  explicit ScopedTarget(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
-  ~ScopedTarget() { hwy::SetSupportedTargetsForTest(0); }
-};
 
 TEST(SignPacking, LayoutAndRoundTrip) {
   EXPECT_EQ(sign_words_per_row(1), 1);

@@ -2,6 +2,7 @@
 // Locating shared test material. Tests call skip_unless_exists() so a missing file becomes a
 // clean GTEST_SKIP with a message, never an obscure failure.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <filesystem>
 #include <random>
@@ -27,6 +28,17 @@ std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per ca
 
 // n samples of a standard normal, for kernel tests against their references.
 std::vector<float> random_vector(size_t n, std::mt19937& rng);
+
+// Restricts Highway's dynamic dispatch to one target for the lifetime of the object, so the
+// AVX2 / SSE4 / scalar code paths are exercised on an AVX-512 machine too. Iterate over
+// hwy::SupportedAndGeneratedTargets() to test every target compiled in that the CPU runs.
+class ScopedTarget {
+ public:
+  explicit ScopedTarget(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+  ~ScopedTarget() { hwy::SetSupportedTargetsForTest(0); }
+  ScopedTarget(const ScopedTarget&) = delete;
+  ScopedTarget& operator=(const ScopedTarget&) = delete;
+};
 
 }  // namespace subbit::testing
 

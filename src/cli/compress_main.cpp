@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   std::string model, out, surrogate = "tanh", device = "cpu", checkpoint, calib_text;
   std::vector<std::string> train_texts;
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  bool no_residual = false, no_checkpoint = false;
+  bool no_residual = false, no_checkpoint = false, freeze_norms = false;
 
   CLI::App app{"subbit compress: compress a Hugging Face Llama model into one subbit file"};
   app.name("subbit compress");
@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.qat.batch, "sequences per step")->capture_default_str()->check(CLI::Range(1, 1 << 16));
   app.add_option("--hidden-weight", o.qat.hidden_weight, "weight of the hidden-state MSE term")->capture_default_str();
   app.add_option("--seed", o.qat.seed, "data-order seed")->capture_default_str();
+  app.add_flag("--freeze-norms", freeze_norms, "QAT: keep the RMSNorm weights as stored (default: they train)");
   app.add_option("--checkpoint", checkpoint, "checkpoint file (default: OUTPUT.ckpt)");
   app.add_option("--checkpoint-every", o.qat.checkpoint_every, "steps between checkpoints")
       ->capture_default_str()->check(CLI::Range(1, 1 << 30));
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
 
   try {
     o.residual = !no_residual;
+    o.qat.train_norms = !freeze_norms;
     if (surrogate == "tanh") o.surrogate = compress::SignSurrogate::Tanh;
     else if (surrogate == "ste") o.surrogate = compress::SignSurrogate::ClippedSte;
     else fail("--surrogate must be tanh or ste, got \"{}\"", surrogate);

@@ -4,6 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cinttypes>
+#include <cstdio>
+#include <map>
+
 #include "common/error.h"
 #include "compress/sketch.h"
 #include "formats/littlebit.h"
@@ -25,6 +29,28 @@ std::unique_ptr<Linear> encode_baseline(const CompressOptions& o, const Linear& 
   original.dequantize(w.data());
   if (o.method == "sign") return SignLinear::encode(w.data(), original.n_out(), original.n_in());
   return RtnLinear::encode(w.data(), original.n_out(), original.n_in(), o.rtn_bits);
+}
+
+// One line per linear layer ("linear_L_I" in TorchLlama): how much sign learning QAT did.
+void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
+                    const std::function<void(const std::string&)>& log) {
+  std::map<std::pair<int64_t, int64_t>, QatResult::SignFlips> by_linear;
+  QatResult::SignFlips all;
+  for (const QatResult::SignFlips& t : tensors) {
+    int64_t layer = -1, index = -1;
+    if (std::sscanf(t.name.c_str(), "linear_%" SCNd64 "_%" SCNd64 ".", &layer, &index) != 2) continue;
+    for (QatResult::SignFlips* sum : {&by_linear[{layer, index}], &all}) {
+      sum->entries += t.entries;
+      sum->flips += t.flips;
+      sum->changed += t.changed;
+    }
+  }
+  if (all.entries == 0) return;
+  for (const auto& [key, f] : by_linear)
+    log(fmt::format("sign flips, block {} {}: {} over training, {} of {} signs changed ({:.3f}%)", key.first,
+                    linear_names().at(key.second), f.flips, f.changed, f.entries, 100.0 * f.changed / f.entries));
+  log(fmt::format("sign flips, all layers: {} over training, {} of {} signs changed ({:.3f}%)", all.flips, all.changed,
+                  all.entries, 100.0 * all.changed / all.entries));
 }
 
 }  // namespace
@@ -102,11 +128,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       log(fmt::format("training on {} tokens of text", tokens.size()));
       report.qat = train_qat(teacher, student, tokens, o.qat, cb.qat_progress);
       report.trained = true;
+      log_sign_flips(report.qat.sign_flips, log);
       std::vector<std::string> names;
       for (const auto& f : o.train_texts) names.push_back(f.filename().string());
       details["qat"] = {{"tokens", report.qat.tokens}, {"steps", report.qat.steps},
                         {"lr", o.qat.lr},           {"seq", o.qat.seq},
-                        {"batch", o.qat.batch},     {"first_loss", report.qat.first_loss},
+                        {"batch", o.qat.batch},     {"train_norms", o.qat.train_norms},
+                        {"first_loss", report.qat.first_loss},
                         {"last_loss", report.qat.last_loss},
                         {"device", o.qat.device.is_cuda() ? "cuda" : "cpu"},
                         {"texts", names}};

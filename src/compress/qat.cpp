@@ -119,8 +119,12 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   teacher.eval();
   student.train();
   std::vector<torch::Tensor> params;
-  for (auto& p : student.parameters())
-    if (p.requires_grad()) params.push_back(p);
+  for (auto& p : student.named_parameters()) {
+    // TorchLlama's own parameters are its norms (final_norm, attn_norm_L, mlp_norm_L); the
+    // linears' parameters are named inside their modules ("linear_L_I.…").
+    const bool norm = p.key().find('.') == std::string::npos;
+    if (p.value().requires_grad() && (o.train_norms || !norm)) params.push_back(p.value());
+  }
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
 
   QatResult result;
@@ -142,6 +146,17 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     result.resumed_from_step = step;
   }
 
+  struct SignTracker {
+    std::string name;
+    torch::Tensor latent, start, last, flips;
+  };
+  std::vector<SignTracker> signs;
+  for (auto& p : student.named_parameters())
+    if (p.key().ends_with("_u") || p.key().ends_with("_v")) {
+      const torch::Tensor now = p.value().detach() >= 0;
+      signs.push_back({p.key(), p.value(), now, now, torch::zeros({}, torch::dtype(torch::kInt64).device(o.device))});
+    }
+
   const auto start = std::chrono::steady_clock::now();
   for (; step < total_steps; ++step) {
     std::vector<int64_t> batch_ids(tokens_per_step);
@@ -157,6 +172,11 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     loss.backward();
     torch::nn::utils::clip_grad_norm_(params, 1.0);
     optimizer.step();
+    for (SignTracker& t : signs) {
+      const torch::Tensor now = t.latent.detach() >= 0;
+      t.flips += (now != t.last).sum();
+      t.last = now;
+    }
 
     losses.push_back(loss.item<double>());
     if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, losses.back()});
@@ -171,6 +191,8 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   result.first_loss = losses.empty() ? NAN : losses.front();
   result.last_loss = last == 0 ? NAN : std::accumulate(losses.end() - last, losses.end(), 0.0) / double(last);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const SignTracker& t : signs)
+    result.sign_flips.push_back({t.name, t.latent.numel(), t.flips.item<int64_t>(), (t.last != t.start).sum().item<int64_t>()});
   return result;
 }
 

@@ -24,6 +24,9 @@ struct QatOptions {
   // The paper's 10 lets the hidden-state term swamp the KL on these small models once training
   // runs longer than a few dozen steps (docs/results.md, "Longer QAT"); 1 was the best we measured.
   double hidden_weight = 1.0;
+  // Whether the RMSNorm weights train along with the compressed linears (docs/results.md,
+  // "Should norms train?"). Embeddings and the LM head never train.
+  bool train_norms = true;
   int64_t seq = 256;
   int64_t batch = 4;
   uint64_t seed = 0;
@@ -44,6 +47,14 @@ struct QatResult {
   double first_loss = 0;  // the first step's loss
   double last_loss = 0;   // mean over the last 10 steps
   double seconds = 0;
+  // Sign learning: for every trained latent whose sign is what the layer stores (LittleBit's
+  // parameters named *_u, *_v), how often an entry's sign changed between consecutive steps of
+  // this run, and how many entries end with another sign than they started this run with.
+  struct SignFlips {
+    std::string name;
+    int64_t entries = 0, flips = 0, changed = 0;
+  };
+  std::vector<SignFlips> sign_flips;
 };
 
 // Tokens of the training texts, at most max_tokens. `.xz` files are read through `xz -dc`.

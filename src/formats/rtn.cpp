@@ -36,7 +36,9 @@ std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int6
       const int64_t begin = g * kGroup, end = std::min(d_in, begin + kGroup);
       const auto [lo, hi] = std::minmax_element(row + begin, row + end);
       const float minimum = round_f16(*lo);
-      const float scale = round_f16(std::max((*hi - minimum) / float(levels), 1e-8f));
+      // Floor at fp16's smallest subnormal: a smaller floor rounds to a zero scale, and a
+      // constant group would then divide 0 by 0.
+      const float scale = round_f16(std::max((*hi - minimum) / float(levels), 0x1p-24f));
       layer->scales_[r * groups + g] = scale;
       layer->minimums_[r * groups + g] = minimum;
       for (int64_t i = begin; i < end; ++i) {

@@ -1,10 +1,9 @@
 // UltraSketch through the whole pipeline on sb-8m: calibration, the file, export, determinism,
 // bit accounting and QAT.
-#include <nlohmann/json.hpp>
-
 #include <fstream>
 #include <regex>
 
+#include "export_check.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -20,11 +19,6 @@ std::string run(const std::string& args) {
   const auto r = testing::run_command(testing::cli_path().string() + " " + args);
   EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
   return r.out;
-}
-
-double ppl_of(const std::string& model) {
-  const std::string out = run("ppl " + model + " --text " + dev_text().string() + " --ctx 256 --max-windows 6 --json");
-  return nlohmann::json::parse(out.substr(out.rfind('\n', out.size() - 2) + 1))["ppl"].get<double>();
 }
 
 std::string slurp(const fs::path& p) {
@@ -53,8 +47,7 @@ class SketchFile : public ::testing::Test {
 TEST_F(SketchFile, PerplexityEqualsDenseExportAndBitsMeetTarget) {
   const std::string file = compress("s.gguf", "--salient-frac 0.05");
   run("export " + file + " -o " + (dir_ / "exported").string());
-  const double file_ppl = ppl_of(file), export_ppl = ppl_of((dir_ / "exported").string());
-  EXPECT_NEAR(file_ppl, export_ppl, 0.005 * export_ppl);
+  testing::expect_export_holds_the_files_model(file, dir_ / "exported", dev_text(), 256, 6);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << last_output_;
   EXPECT_NEAR(std::stod(m[1]), 0.5, 0.005) << "bits per weight of the linear layers, all stored bits counted";

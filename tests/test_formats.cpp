@@ -1,0 +1,301 @@
+// The RTN and sign baselines against scalar references written here: the codes and their bit
+// layout, the decoded weights, the product, and the round trip through a model file.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "formats/rtn.h"
+#include "formats/sign.h"
+#include "formats/tensor_io.h"
+#include "io/gguf.h"
+#include "ops/dense_matmul.h"
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+using testing::random_vector;
+
+float to_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+std::vector<float> dequantized(const Linear& layer) {
+  std::vector<float> w(layer.n_out() * layer.n_in());
+  layer.dequantize(w.data());
+  return w;
+}
+
+// x · Ŵᵀ in double, from the decoded weights.
+std::vector<double> product(const std::vector<float>& w, const std::vector<float>& x, int64_t d_out, int64_t d_in,
+                            int64_t tokens) {
+  std::vector<double> y(tokens * d_out, 0.0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t o = 0; o < d_out; ++o)
+      for (int64_t i = 0; i < d_in; ++i) y[t * d_out + o] += double(w[o * d_in + i]) * x[t * d_in + i];
+  return y;
+}
+
+void expect_forward_matches_product(const Linear& layer, const std::vector<float>& w_hat, uint32_t seed,
+                                    const std::string& what) {
+  const int64_t d_out = layer.n_out(), d_in = layer.n_in();
+  std::mt19937 rng(seed);
+  for (int64_t tokens : {1, 3}) {
+    const auto x = random_vector(tokens * d_in, rng);
+    std::vector<float> y(tokens * d_out);
+    layer.forward(x.data(), y.data(), tokens);
+    const auto expected = product(w_hat, x, d_out, d_in, tokens);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t o = 0; o < d_out; ++o) {
+        double magnitude = 0;  // Σ|ŵ·x|: fp32 sums in any order stay within a few ulps of it
+        for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(double(w_hat[o * d_in + i]) * x[t * d_in + i]);
+        ASSERT_NEAR(y[t * d_out + o], expected[t * d_out + o], 1e-5 * magnitude + 1e-6)
+            << what << " token " << t << " output " << o;
+      }
+  }
+}
+
+std::filesystem::path write_layer(const Linear& layer, const std::string& tag) {
+  const auto path = testing::temp_dir(tag) / "layer.gguf";
+  GgufWriter out;
+  layer.save(out, "blk.0.attn_q");
+  out.write(path);
+  return path;
+}
+
+void expect_identical_outputs(const Linear& a, const Linear& b, const std::string& what) {
+  std::mt19937 rng(11);
+  for (int64_t tokens : {1, 4}) {
+    const auto x = random_vector(tokens * a.n_in(), rng);
+    std::vector<float> ya(tokens * a.n_out()), yb(tokens * b.n_out());
+    a.forward(x.data(), ya.data(), tokens);
+    b.forward(x.data(), yb.data(), tokens);
+    EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)), 0) << what << " tokens " << tokens;
+  }
+  EXPECT_EQ(dequantized(a), dequantized(b)) << what;
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTN: per group of 128 weights of a row, min and scale in fp16, codes q = round((w - min) / scale)
+// clamped to 0..2^bits-1, packed LSB first into a bitstream per row that starts on a new word.
+
+struct RtnReference {
+  std::vector<int64_t> codes;           // (d_out, d_in)
+  std::vector<float> minimum, scale;    // (d_out, groups)
+  std::vector<float> weights;           // (d_out, d_in) decoded
+};
+
+RtnReference rtn_reference(const std::vector<float>& w, int64_t d_out, int64_t d_in, int bits) {
+  const int64_t group = 128, groups = (d_in + group - 1) / group, levels = (int64_t{1} << bits) - 1;
+  RtnReference r;
+  r.codes.resize(d_out * d_in);
+  r.weights.resize(d_out * d_in);
+  for (int64_t o = 0; o < d_out; ++o)
+    for (int64_t g = 0; g < groups; ++g) {
+      float lo = w[o * d_in + g * group], hi = lo;
+      for (int64_t i = g * group; i < std::min(d_in, (g + 1) * group); ++i) {
+        lo = std::min(lo, w[o * d_in + i]);
+        hi = std::max(hi, w[o * d_in + i]);
+      }
+      const float minimum = to_f16(lo);
+      const float scale = to_f16(std::max((hi - minimum) / float(levels), 0x1p-24f));
+      r.minimum.push_back(minimum);
+      r.scale.push_back(scale);
+      for (int64_t i = g * group; i < std::min(d_in, (g + 1) * group); ++i) {
+        const double q = std::nearbyint((double(w[o * d_in + i]) - minimum) / scale);
+        r.codes[o * d_in + i] = std::clamp<int64_t>(int64_t(q), 0, levels);
+        r.weights[o * d_in + i] = minimum + float(r.codes[o * d_in + i]) * scale;
+      }
+    }
+  return r;
+}
+
+class RtnShapes : public ::testing::TestWithParam<std::tuple<int, int64_t>> {};
+
+TEST_P(RtnShapes, EncodeDecodeAndProductMatchTheReference) {
+  const auto [bits, d_in] = GetParam();
+  const int64_t d_out = 5;
+  std::mt19937 rng(uint32_t(100 * bits + d_in));
+  auto w = random_vector(d_out * d_in, rng);
+  // A constant group (zero range) decodes to its value exactly.
+  for (int64_t i = 0; i < std::min<int64_t>(d_in, 128); ++i) w[2 * d_in + i] = 0.375f;
+  const auto layer = RtnLinear::encode(w.data(), d_out, d_in, bits);
+  const RtnReference ref = rtn_reference(w, d_out, d_in, bits);
+  const auto w_hat = dequantized(*layer);
+  const std::string what = std::to_string(bits) + "-bit, d_in " + std::to_string(d_in);
+  const int64_t groups = (d_in + 127) / 128;
+  const double levels = double((1 << bits) - 1);
+  for (int64_t o = 0; o < d_out; ++o)
+    for (int64_t i = 0; i < d_in; ++i) {
+      const int64_t at = o * d_in + i, g = o * groups + i / 128;
+      const double scale = ref.scale[g], minimum = ref.minimum[g];
+      // The codes may differ from the reference only where (w - min) / scale sits on a rounding
+      // tie within float error (the encoder divides in float).
+      const double quotient = (double(w[at]) - minimum) / scale;
+      const bool near_tie = std::fabs(quotient - std::floor(quotient) - 0.5) < 1e-4;
+      if (!near_tie) {
+        ASSERT_NEAR(w_hat[at], ref.weights[at], 2e-7 * (std::fabs(minimum) + levels * scale))
+            << what << " row " << o << " column " << i << " code " << ref.codes[at];
+      }
+      // Rounding error: half a step inside the range; at its ends, what rounding min down or
+      // the scale to fp16 (2^-11 relative) leaves uncovered.
+      const double bound = 0.5 * scale + levels * scale * 0x1p-10 + std::fabs(minimum) * 0x1p-11 + 1e-7;
+      ASSERT_LE(std::fabs(double(w_hat[at]) - w[at]), bound) << what << " row " << o << " column " << i;
+    }
+  for (int64_t i = 0; i < std::min<int64_t>(d_in, 128); ++i) EXPECT_EQ(w_hat[2 * d_in + i], 0.375f);
+  expect_forward_matches_product(*layer, w_hat, 7, what);
+  const int64_t words = (d_in * bits + 63) / 64;
+  EXPECT_EQ(layer->storage_bits(), d_out * (words * 64 + groups * 32)) << what;
+}
+
+// 3-bit codes cross 64-bit words (code 21 occupies bits 63..65); 127/129/300 columns leave a
+// partial last group; 1 and 64 columns are the smallest row and an exact word of 4-bit codes.
+INSTANTIATE_TEST_SUITE_P(Awkward, RtnShapes,
+                         ::testing::Combine(::testing::Values(2, 3, 4),
+                                            ::testing::Values(1, 5, 22, 64, 127, 128, 129, 300)));
+
+TEST(RtnFile, CodesAreALittleEndianBitstreamPerRow) {
+  // The stored words against codes packed here: code i at bits [i·bits, (i+1)·bits) of the
+  // row's stream, rows padded to whole words with zero bits.
+  for (int bits : {2, 3, 4})
+    for (int64_t d_in : {22, 129}) {
+      const int64_t d_out = 3;
+      std::mt19937 rng(uint32_t(bits * 1000 + d_in));
+      const auto w = random_vector(d_out * d_in, rng);
+      const auto layer = RtnLinear::encode(w.data(), d_out, d_in, bits);
+      const RtnReference ref = rtn_reference(w, d_out, d_in, bits);
+      const int64_t words = (d_in * bits + 63) / 64;
+      std::vector<uint64_t> expected(d_out * words, 0);
+      for (int64_t o = 0; o < d_out; ++o)
+        for (int64_t i = 0; i < d_in; ++i)
+          for (int b = 0; b < bits; ++b)
+            if ((ref.codes[o * d_in + i] >> b) & 1) {
+              const int64_t bit = i * bits + b;
+              expected[o * words + bit / 64] |= uint64_t{1} << (bit % 64);
+            }
+      const auto path = write_layer(*layer, "rtn-bits");
+      const GgufFile file = GgufFile::open(path);
+      const GgufTensor& codes = file.tensor("blk.0.attn_q.codes");
+      ASSERT_EQ(codes.nbytes, expected.size() * sizeof(uint64_t));
+      std::vector<uint64_t> stored(expected.size());
+      std::memcpy(stored.data(), codes.data, codes.nbytes);
+      EXPECT_EQ(stored, expected) << bits << "-bit, d_in " << d_in;
+      EXPECT_EQ(get_f16(file, "blk.0.attn_q.scale", d_out * ((d_in + 127) / 128)), ref.scale);
+      EXPECT_EQ(get_f16(file, "blk.0.attn_q.min", d_out * ((d_in + 127) / 128)), ref.minimum);
+      std::filesystem::remove_all(path.parent_path());
+    }
+}
+
+TEST(RtnFile, RoundTripIsBitIdentical) {
+  for (int bits : {2, 3, 4}) {
+    std::mt19937 rng{uint32_t(bits)};
+    const auto w = random_vector(7 * 300, rng);
+    const auto layer = RtnLinear::encode(w.data(), 7, 300, bits);
+    const auto path = write_layer(*layer, "rtn");
+    const auto loaded = RtnLinear::load(GgufFile::open(path), "blk.0.attn_q", 7, 300);
+    EXPECT_EQ(loaded->format_name(), "rtn");
+    EXPECT_EQ(loaded->describe(), layer->describe());
+    EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
+    expect_identical_outputs(*layer, *loaded, std::to_string(bits) + "-bit");
+    std::filesystem::remove_all(path.parent_path());
+  }
+}
+
+TEST(RtnFile, UnsupportedBitsAreRefused) {
+  std::mt19937 rng(1);
+  const auto w = random_vector(2 * 10, rng);
+  const auto path = write_layer(*RtnLinear::encode(w.data(), 2, 10, 4), "rtn-bad");
+  for (int64_t bits : {0, 9}) {
+    GgufWriter out;
+    {
+      const GgufFile file = GgufFile::open(path);
+      for (const auto& [key, value] : file.metadata())
+        if (key != "general.alignment") out.set(key, value);
+      for (const GgufTensor& t : file.tensors())
+        out.add_tensor(t.name, t.type, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+    }
+    out.set("subbit.rtn.blk.0.attn_q.bits", bits);
+    out.write(path);
+    EXPECT_THROW(RtnLinear::load(GgufFile::open(path), "blk.0.attn_q", 2, 10), Error) << bits;
+  }
+  std::filesystem::remove_all(path.parent_path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign: Ŵ = diag(a) sign(W) diag(b) with a bᵀ the best rank-1 approximation of |W| (its top
+// singular pair, σ split evenly), a and b stored in fp16, sign(0) = +1.
+
+// Top singular pair of a non-negative matrix by power iteration in double, run to convergence.
+void top_singular_pair(const std::vector<float>& m, int64_t rows, int64_t cols, std::vector<double>& u,
+                       std::vector<double>& v, double& sigma) {
+  u.assign(rows, 1.0 / std::sqrt(double(rows)));
+  v.assign(cols, 0.0);
+  for (int iteration = 0; iteration < 500; ++iteration) {
+    std::fill(v.begin(), v.end(), 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) v[c] += m[r * cols + c] * u[r];
+    double norm = 0;
+    for (double x : v) norm += x * x;
+    for (double& x : v) x /= std::sqrt(norm);
+    sigma = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      u[r] = 0;
+      for (int64_t c = 0; c < cols; ++c) u[r] += m[r * cols + c] * v[c];
+      sigma += u[r] * u[r];
+    }
+    sigma = std::sqrt(sigma);
+    for (double& x : u) x /= sigma;
+  }
+}
+
+class SignShapes : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(SignShapes, EncodeDecodeAndProductMatchTheReference) {
+  const auto [d_out, d_in] = GetParam();
+  std::mt19937 rng(uint32_t(d_out * 1000 + d_in));
+  auto w = random_vector(d_out * d_in, rng);
+  // Magnitudes with a dominant rank-1 part, like trained weights, so the power iteration of the
+  // encoder converges well within its iterations.
+  for (int64_t o = 0; o < d_out; ++o)
+    for (int64_t i = 0; i < d_in; ++i) w[o * d_in + i] *= float(1 + o % 3) * float(1 + i % 5);
+  if (w.size() > 1) w[0] = 0.0f;  // sign(0) = +1 (a 1x1 zero matrix has no scales to check)
+  const auto layer = SignLinear::encode(w.data(), d_out, d_in);
+  std::vector<float> magnitude(w.size());
+  for (size_t i = 0; i < w.size(); ++i) magnitude[i] = std::fabs(w[i]);
+  std::vector<double> u, v;
+  double sigma = 0;
+  top_singular_pair(magnitude, d_out, d_in, u, v, sigma);
+  const auto w_hat = dequantized(*layer);
+  const std::string what = std::to_string(d_out) + "x" + std::to_string(d_in);
+  for (int64_t o = 0; o < d_out; ++o)
+    for (int64_t i = 0; i < d_in; ++i) {
+      const double expected = (w[o * d_in + i] < 0 ? -1.0 : 1.0) * sigma * u[o] * v[i];
+      // Two fp16 roundings (2 · 2^-11 relative) and the encoder's 30 power iterations.
+      ASSERT_NEAR(w_hat[o * d_in + i], expected, 2e-3 * std::fabs(expected) + 1e-7) << what << " at " << o << "," << i;
+      ASSERT_EQ(std::signbit(w_hat[o * d_in + i]), w[o * d_in + i] < 0) << what << " at " << o << "," << i;
+    }
+  expect_forward_matches_product(*layer, w_hat, 9, what);
+  EXPECT_EQ(layer->storage_bits(), d_out * d_in + 16 * (d_out + d_in));
+}
+
+INSTANTIATE_TEST_SUITE_P(Awkward, SignShapes,
+                         ::testing::Combine(::testing::Values(1, 3, 17), ::testing::Values(1, 5, 63, 64, 65, 129)));
+
+TEST(SignFile, RoundTripIsBitIdentical) {
+  std::mt19937 rng(5);
+  const auto w = random_vector(9 * 130, rng);
+  const auto layer = SignLinear::encode(w.data(), 9, 130);
+  const auto path = write_layer(*layer, "sign");
+  const auto loaded = SignLinear::load(GgufFile::open(path), "blk.0.attn_q", 9, 130);
+  EXPECT_EQ(loaded->format_name(), "sign");
+  EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
+  expect_identical_outputs(*layer, *loaded, "sign 9x130");
+  // A file whose shapes disagree with the model's is refused, not read past its end.
+  EXPECT_THROW(SignLinear::load(GgufFile::open(path), "blk.0.attn_q", 9, 200), Error);
+  std::filesystem::remove_all(path.parent_path());
+}
+
+}  // namespace
+}  // namespace subbit
