@@ -48,7 +48,7 @@ void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
   if (all.entries == 0) return;
   for (const auto& [key, f] : by_linear)
     log(fmt::format("sign flips, block {} {}: {} over training, {} of {} signs changed ({:.3f}%)", key.first,
-                    linear_names().at(key.second), f.flips, f.changed, f.entries, 100.0 * f.changed / f.entries));
+                    kBlockLinears.at(key.second).file_name, f.flips, f.changed, f.entries, 100.0 * f.changed / f.entries));
   log(fmt::format("sign flips, all layers: {} over training, {} of {} signs changed ({:.3f}%)", all.flips, all.changed,
                   all.entries, 100.0 * all.changed / all.entries));
 }

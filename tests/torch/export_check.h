@@ -37,11 +37,11 @@ inline void expect_export_holds_the_files_model(const std::filesystem::path& fil
   const LlamaWeights &wa = a.model->weights(), &wb = b.model->weights();
   ASSERT_EQ(wa.layers.size(), wb.layers.size());
   for (size_t l = 0; l < wa.layers.size(); ++l) {
-    const auto la = wa.layers[l].linears(), lb = wb.layers[l].linears();
-    for (size_t i = 0; i < la.size(); ++i)
-      expect_within_bf16_rounding(weights_of(*la[i]), weights_of(*lb[i]), "layer " + std::to_string(l) + " linear " + std::to_string(i));
-    expect_within_bf16_rounding(wa.layers[l].attn_norm, wb.layers[l].attn_norm, "attn_norm");
-    expect_within_bf16_rounding(wa.layers[l].mlp_norm, wb.layers[l].mlp_norm, "mlp_norm");
+    const LlamaLayer &la = wa.layers[l], &lb = wb.layers[l];
+    for (int i = 0; i < kLinearsPerBlock; ++i)
+      expect_within_bf16_rounding(weights_of(*la.linear[i]), weights_of(*lb.linear[i]), "layer " + std::to_string(l) + " linear " + std::to_string(i));
+    expect_within_bf16_rounding(la.norm[kAttnNorm], lb.norm[kAttnNorm], "attn_norm");
+    expect_within_bf16_rounding(la.norm[kMlpNorm], lb.norm[kMlpNorm], "mlp_norm");
   }
   expect_within_bf16_rounding(wa.final_norm, wb.final_norm, "final_norm");
   expect_within_bf16_rounding(weights_of(*wa.lm_head), weights_of(*wb.lm_head), "lm_head");
@@ -53,7 +53,7 @@ inline void expect_export_holds_the_files_model(const std::filesystem::path& fil
   std::vector<float> za(ctx * vocab), zb(ctx * vocab);
   for (int64_t w = 0; w < windows; ++w) {
     const std::span<const int32_t> window(tokens.data() + w * ctx, size_t(ctx));
-    KVCache ca(a.model->config(), ctx), cb(b.model->config(), ctx);
+    RunState ca(a.model->config(), ctx), cb(b.model->config(), ctx);
     a.model->forward(window, 0, ca, za.data(), true);
     b.model->forward(window, 0, cb, zb.data(), true);
     for (int64_t i = 0; i < ctx * vocab; ++i) max_dz = std::max(max_dz, std::fabs(za[i] - zb[i]));

@@ -134,7 +134,7 @@ TEST(Qat, ShortRunLowersDistillationLoss) {
   EXPECT_EQ(r.steps, 12);
   EXPECT_LT(after, before * 0.9) << "held-out loss " << before << " -> " << after;
   // Sign learning is alive: u and v of both paths of every linear are tracked, and some flip.
-  ASSERT_EQ(r.sign_flips.size(), size_t(student.config().num_layers * TorchLlama::kLinearsPerLayer * 2 * 2));
+  ASSERT_EQ(r.sign_flips.size(), size_t(student.config().num_layers * kLinearsPerBlock * 2 * 2));
   int64_t changed = 0, flips = 0;
   for (const auto& f : r.sign_flips) {
     EXPECT_LE(f.changed, f.flips) << f.name;
@@ -155,7 +155,7 @@ TEST(Qat, NormsTrainOnlyWhenAsked) {
     torch::manual_seed(0);
     TorchLlama teacher(*bundle.model), student(*bundle.model);
     for (int64_t l = 0; l < student.config().num_layers; ++l)
-      for (int i = 0; i < TorchLlama::kLinearsPerLayer; ++i) {
+      for (int i = 0; i < kLinearsPerBlock; ++i) {
         const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
         student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, 8, true, SignSurrogate::Tanh, 100));
       }

@@ -69,7 +69,7 @@ TEST_P(TrainingGraph, LogitsMatchTheRuntimeAndTheGoldenReference) {
   ASSERT_EQ(logits.size(1), vocab);
   const float* trained = logits.data_ptr<float>();
 
-  KVCache cache(config, n);
+  RunState cache(config, n);
   std::vector<float> runtime(n * vocab);
   bundle.model->forward(golden.ids, 0, cache, runtime.data(), true);
 
@@ -92,7 +92,7 @@ TEST_P(TrainingGraph, LogitsMatchTheRuntimeAndTheGoldenReference) {
 
 // One line per model directory the runtime loads. sb-8m-llama3 (Llama-3 RoPE scaling) and
 // sb-8m-qwen2 (q/k/v biases) join once the runtime and the training graph support them.
-INSTANTIATE_TEST_SUITE_P(Models, TrainingGraph, ::testing::Values("sb-8m", "sb-30m", "stories260K"),
+INSTANTIATE_TEST_SUITE_P(Models, TrainingGraph, ::testing::Values("sb-8m", "sb-30m", "stories260K", "sb-8m-llama3", "sb-8m-qwen2"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
