@@ -41,7 +41,6 @@ class RunState {
   int64_t capacity() const { return capacity_; }
   float* keys(int64_t layer, int64_t position) { return at(k_, layer, position); }
   float* values(int64_t layer, int64_t position) { return at(v_, layer, position); }
-  int64_t kv_bytes() const { return int64_t(k_.size() + v_.size()) * int64_t(sizeof(float)); }
 
  private:
   friend class LlamaModel;
