@@ -8,6 +8,7 @@
 #include <set>
 
 #include "cli/commands.h"
+#include "formats/format_table.h"
 #include "model/loader.h"
 
 namespace subbit::cli {
@@ -119,18 +120,20 @@ Action add_info_command(CLI::App& app) {
 
     if (o->tensors || bundle.container != "huggingface") {
       fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w", "detail");
-      int64_t over_target = 0;
+      // Formats sized by a target can overshoot it on small layers (formats/format_table.cpp says
+      // why): mark those layers.
+      std::map<std::string_view, int64_t> over_target;  // by reason
       for (const StoredTensor& t : bundle.inventory) {
         const double bpw = t.params ? 8.0 * t.bytes / t.params : 0.0;
-        // The minimum rank can overshoot a low target on small layers: say so.
-        const bool over = target_bpw > 0 && !t.detail.empty() && bpw > target_bpw * 1.001;
-        over_target += over;
+        const LinearFormat* format = t.detail.empty() ? nullptr : find_linear_format(t.type);
+        const bool over = target_bpw > 0 && format && !format->over_target_reason.empty() &&
+                          bpw > target_bpw * format->over_target_slack;
+        if (over) over_target[format->over_target_reason]++;
         fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}{}\n", t.name, t.type, human_count(t.params), bpw,
-                   t.detail, over ? "  [over target: minimum rank]" : "");
+                   t.detail, over ? fmt::format("  [over target: {}]", format->over_target_reason) : "");
       }
-      if (over_target > 0)
-        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the minimum rank\n", over_target,
-                   target_bpw);
+      for (const auto& [reason, layers] : over_target)
+        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the {}\n", layers, target_bpw, reason);
     }
     return 0;
   };

@@ -4,49 +4,41 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <map>
 #include <thread>
 
 #include "cli/omp_policy.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "compress/pipeline.h"
+#include "formats/format_table.h"
 #include "ops/parallel.h"
 
 int main(int argc, char** argv) {
   using namespace subbit;
   cli::use_passive_omp_wait(argv);
   compress::CompressOptions o;
-  std::string model, out, surrogate = "tanh", device = "cpu", checkpoint, calib_text;
+  std::string model, out, device = "cpu", checkpoint;
   std::vector<std::string> train_texts;
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  bool no_residual = false, no_checkpoint = false, freeze_norms = false;
+  bool no_checkpoint = false, freeze_norms = false;
 
   CLI::App app{"subbit compress: compress a Hugging Face Llama model into one subbit file"};
   app.name("subbit compress");
   app.add_option("model", model, "Hugging Face model directory")->required();
   app.add_option("-o,--output", out, "output model file (.gguf)")->required();
-  app.add_option("--method", o.method, "littlebit | sketch | sign | rtn")->capture_default_str();
-  app.add_option("--bpw", o.bpw, "littlebit, sketch: target bits per weight of linear layers")->capture_default_str();
-  app.add_option("--bits", o.rtn_bits, "rtn: bits per code (2, 3, 4)")->capture_default_str();
-  app.add_flag("--no-residual", no_residual, "littlebit: primary path only");
-  app.add_option("--rank-granularity", o.rank_granularity, "littlebit: ranks are multiples of this")
-      ->capture_default_str()->check(CLI::Range(1, 1024));
-  app.add_option("--rows", o.sketch_rows, "sketch: hash rows")->capture_default_str()->check(CLI::Range(1, 4));
-  app.add_option("--block", o.sketch_block, "sketch: weights per hashed block")->capture_default_str()
-      ->check(CLI::Range(1, 64));
-  app.add_option("--value-bits", o.sketch_value_bits, "sketch: bits per table value (2..8, or 16 = fp16)")
+  app.add_option("--method", o.method, compress::compress_method_names(" | "))->capture_default_str();
+  std::vector<std::string_view> sized_by_bpw;
+  for (const compress::CompressMethodRow& row : compress::compress_methods())
+    if (row.targets_bpw) sized_by_bpw.push_back(row.name);
+  app.add_option("--bpw", o.bpw, fmt::format("{}: target bits per weight of linear layers", fmt::join(sized_by_bpw, ", ")))
       ->capture_default_str();
-  app.add_option("--rule", o.sketch_rule, "sketch: absmaxmin | absminmax (the paper's) | mean")->capture_default_str();
-  app.add_option("--salient-frac", o.salient_fraction, "sketch: fraction of blocks given more table space")
-      ->capture_default_str()->check(CLI::Range(0.0, 0.5));
-  app.add_option("--band-buckets", o.sketch_band_buckets,
-                 "sketch: buckets per row band and table (0: one band, plain hashing)")
-      ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
-  app.add_option("--sketch-seed", o.sketch_seed, "sketch: hash seed")->capture_default_str();
-  app.add_option("--calib-text", calib_text, "sketch: text for saliency statistics (never wiki.test.raw)");
-  app.add_option("--calib-tokens", o.calib_tokens, "sketch: calibration tokens")->capture_default_str();
-  app.add_option("--surrogate", surrogate, "sign gradient: tanh (alpha) | ste (clipped)")->capture_default_str();
-  app.add_option("--alpha", o.alpha, "tanh surrogate sharpness")->capture_default_str();
+  // Every method declares its own options (with their defaults) in a group of its own.
+  std::map<std::string_view, std::unique_ptr<compress::CompressMethod>> methods;
+  for (const compress::CompressMethodRow& row : compress::compress_methods()) {
+    methods[row.name] = row.make();
+    methods[row.name]->add_options(*app.add_option_group(std::string(row.name), std::string(row.summary)));
+  }
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
   app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
       ->capture_default_str()->needs(texts);
@@ -66,11 +58,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    o.residual = !no_residual;
+    compress::CompressMethod& method = *methods.at(compress::find_compress_method(o.method).name);
     o.qat.train_norms = !freeze_norms;
-    if (surrogate == "tanh") o.surrogate = compress::SignSurrogate::Tanh;
-    else if (surrogate == "ste") o.surrogate = compress::SignSurrogate::ClippedSte;
-    else fail("--surrogate must be tanh or ste, got \"{}\"", surrogate);
     if (device == "cuda") {
       if (!torch::cuda::is_available()) fail("--device cuda: this libtorch has no usable CUDA device");
       o.qat.device = torch::Device(torch::kCUDA);
@@ -78,7 +67,6 @@ int main(int argc, char** argv) {
       fail("--device must be cpu or cuda, got \"{}\"", device);
     }
     for (const auto& t : train_texts) o.train_texts.emplace_back(t);
-    o.calib_text = calib_text;
     if (o.qat.train_tokens > 0 && !no_checkpoint)
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
@@ -91,15 +79,16 @@ int main(int argc, char** argv) {
       if (p.step == 1 || p.total_steps == 1) bar = ProgressBar("qat", p.total_steps, "tok");
       bar.update(p.step, p.tokens_done, fmt::format("loss {:.4f}", p.loss));
     };
-    const compress::CompressReport report = compress_model(model, out, o, callbacks);
+    const compress::CompressReport report = compress_model(model, out, o, method, callbacks);
     bar.finish();
 
+    const LinearFormat* format = find_linear_format(o.method);
     fmt::print("{:<24} {:>12} {:>28} {:>8}\n", "layer", "shape", "detail", "bpw");
-    for (const auto& l : report.layers)
+    for (const auto& l : report.layers) {
+      const bool over = format && !format->over_target_reason.empty() && l.bpw > o.bpw * format->over_target_slack;
       fmt::print("{:<24} {:>12} {:>28} {:>8.3f}{}\n", l.name, fmt::format("{}x{}", l.n_out, l.n_in),
-                 l.detail, l.bpw,
-                 o.method == "littlebit" && l.bpw > o.bpw * 1.001 ? "  (over target: minimum rank)"
-                 : o.method == "sketch" && l.bpw > o.bpw * 1.01 ? "  (over target: fixed costs)" : "");
+                 l.detail, l.bpw, over ? fmt::format("  (over target: {})", format->over_target_reason) : "");
+    }
     fmt::print("linear layers: {:.4f} bits/weight over {} weights\n",
                double(report.linear_bits) / double(report.linear_params), report.linear_params);
     if (report.trained)

@@ -7,14 +7,9 @@
 #include <cinttypes>
 #include <cstdio>
 #include <map>
+#include <typeinfo>
 
 #include "common/error.h"
-#include "compress/sketch.h"
-#include "formats/littlebit.h"
-#include "formats/sketch.h"
-#include "formats/rtn.h"
-#include "formats/sign.h"
-#include "model/calibration.h"
 #include "model/loader.h"
 #include "model/model_file.h"
 #include "model/tensors.h"
@@ -22,14 +17,6 @@
 namespace subbit::compress {
 
 namespace {
-
-// The reference baselines are post-training encoders of the original weights.
-std::unique_ptr<Linear> encode_baseline(const CompressOptions& o, const Linear& original) {
-  std::vector<float> w(original.n_out() * original.n_in());
-  original.dequantize(w.data());
-  if (o.method == "sign") return SignLinear::encode(w.data(), original.n_out(), original.n_in());
-  return RtnLinear::encode(w.data(), original.n_out(), original.n_in(), o.rtn_bits);
-}
 
 // One line per linear layer ("linear_L_I" in TorchLlama): how much sign learning QAT did.
 void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
@@ -56,13 +43,16 @@ void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
 }  // namespace
 
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                              const CompressOptions& o, const CompressCallbacks& cb) {
-  if (o.method != "littlebit" && o.method != "sketch" && o.method != "sign" && o.method != "rtn")
-    fail("unknown --method \"{}\" (littlebit, sketch, sign, rtn)", o.method);
-  if ((o.method == "littlebit" || o.method == "sketch") && !(o.bpw > 0 && o.bpw <= 16))
-    fail("--bpw must be in (0, 16], got {}", o.bpw);
-  if (o.method == "rtn" && (o.rtn_bits < 2 || o.rtn_bits > 8))
-    fail("--bits must be 2..8 for rtn, got {}", o.rtn_bits);
+                              const CompressOptions& o, CompressMethod& method, const CompressCallbacks& cb) {
+  const CompressMethodRow& row = find_compress_method(o.method);
+  const std::unique_ptr<CompressMethod> fresh = row.make();
+  if (typeid(method) != typeid(*fresh))
+    fail("compress_model: the method object was not made by the \"{}\" row", o.method);
+  if (row.targets_bpw && !(o.bpw > 0 && o.bpw <= 16)) fail("--bpw must be in (0, 16], got {}", o.bpw);
+  method.validate();
+  auto* trainable = dynamic_cast<TrainableMethod*>(&method);
+  if (!trainable && o.qat.train_tokens > 0)
+    fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
   if (!std::filesystem::is_directory(model_dir))
     fail("{}: compress reads a Hugging Face model directory", model_dir.string());
   ModelBundle bundle = load_hf_model(model_dir);
@@ -75,51 +65,18 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   const std::string model_name =
       (model_dir.filename().empty() ? model_dir.parent_path() : model_dir).filename().string();
   nlohmann::json details = {{"method", o.method}, {"source", model_name}};
-  if (o.method == "littlebit" || o.method == "sketch") {
+  method.prepare(bundle, log, details);
+  method.record(details);
+  if (row.targets_bpw) details["target_bpw"] = o.bpw;
+  if (trainable) {
     TorchLlama teacher(model), student(model);
-    if (o.method == "littlebit") {
-      const int paths = o.residual ? 2 : 1;
-      for (int64_t l = 0; l < c.num_layers; ++l) {
-        for (int i = 0; i < kLinearsPerBlock; ++i) {
-          const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-          const int64_t n_out = w.size(0), n_in = w.size(1);
-          const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, o.bpw, paths, o.rank_granularity);
-          student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, rank, o.residual, o.surrogate, o.alpha));
-        }
-        log(fmt::format("Dual-SVID initialised block {}/{}", l + 1, c.num_layers));
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      for (int i = 0; i < kLinearsPerBlock; ++i) {
+        const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+        student.set_linear(l, i, trainable->make_trainable(w, {l, i, o.bpw}));
       }
-      details["residual"] = o.residual;
-      details["rank_granularity"] = o.rank_granularity;
-    } else {
-      ColumnRms rms;
-      if (!o.calib_text.empty()) {
-        const std::vector<int32_t> calib = load_training_tokens({o.calib_text}, *bundle.tokenizer, o.calib_tokens);
-        rms = collect_column_rms(*bundle.model, calib, 512);
-        log(fmt::format("calibrated on {} tokens of {}", calib.size(), o.calib_text.filename().string()));
-        details["calibration"] = {{"text", o.calib_text.filename().string()}, {"tokens", calib.size()}};
-      }
-      for (int64_t l = 0; l < c.num_layers; ++l) {
-        for (int i = 0; i < kLinearsPerBlock; ++i) {
-          const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-          const int64_t n_out = w.size(0), n_in = w.size(1);
-          SketchParams params = sketch_params_for_bpw(n_out, n_in, o.bpw, o.sketch_rows, o.sketch_block,
-                                                      o.sketch_value_bits, o.salient_fraction, o.sketch_band_buckets);
-          params.rule = parse_sketch_rule(o.sketch_rule);
-          params.seed = o.sketch_seed + uint64_t(l * kLinearsPerBlock + i);
-          const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
-                                                    rms.empty() ? nullptr : rms[l][i].data());
-          student.set_linear(l, i, std::make_shared<SketchTrainable>(*encoded));
-        }
-        log(fmt::format("sketched block {}/{}", l + 1, c.num_layers));
-      }
-      details["rule"] = o.sketch_rule;
-      details["rows"] = o.sketch_rows;
-      details["block"] = o.sketch_block;
-      details["value_bits"] = o.sketch_value_bits;
-      details["salient_fraction"] = o.salient_fraction;
-      details["band_buckets"] = o.sketch_band_buckets;
+      log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
     }
-    details["target_bpw"] = o.bpw;
     if (o.qat.train_tokens > 0) {
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
       // Enough text for every step to see fresh windows.
@@ -141,6 +98,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
     weights = student.to_runtime(model);
   } else {
+    const auto& encoder = dynamic_cast<const EncodingMethod&>(method);
     const LlamaWeights& src = model.weights();
     weights.embedding = src.embedding;
     weights.storage = src.storage;
@@ -152,11 +110,15 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       LlamaLayer layer;
       layer.norm = s.norm;
       layer.bias = s.bias;
-      for (int i = 0; i < kLinearsPerBlock; ++i) layer.linear[i] = encode_baseline(o, *s.linear[i]);
+      for (int i = 0; i < kLinearsPerBlock; ++i) {
+        const Linear& original = *s.linear[i];
+        std::vector<float> w(original.n_out() * original.n_in());
+        original.dequantize(w.data());
+        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, o.bpw});
+      }
       weights.layers.push_back(std::move(layer));
-      log(fmt::format("encoded block {}/{}", l + 1, c.num_layers));
+      log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
     }
-    if (o.method == "rtn") details["bits"] = o.rtn_bits;
   }
 
   for (int64_t l = 0; l < c.num_layers; ++l) {

@@ -1,43 +1,48 @@
 #include "formats/format_table.h"
 
+#include <fmt/format.h>
+
 #include "common/error.h"
 #include "formats/littlebit.h"
 #include "formats/rtn.h"
 #include "formats/sign.h"
 #include "formats/sketch.h"
-#include "formats/tensor_io.h"
 
 namespace subbit {
 
 namespace {
 
-std::unique_ptr<Linear> load_dense(const GgufFile& file, const std::string& prefix, int64_t n_out,
-                                   int64_t n_in) {
-  const GgufTensor& t = file.tensor(prefix + ".weight");
-  if ((t.type != GgmlType::F32 && t.type != GgmlType::BF16 && t.type != GgmlType::F16) ||
-      t.shape != std::vector<int64_t>{n_out, n_in})
-    fail("{}: tensor {}.weight must be F32/F16/BF16 [{}, {}]", file.path().string(), prefix, n_out, n_in);
-  const DType dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
-  return DenseLinear::from_stored(dtype, t.data, n_out, n_in);
-}
-
 constexpr LinearFormat kFormats[] = {
-    {"dense", load_dense},
-    {"littlebit", LittleBitLinear::load},
+    {"dense", DenseLinear::load},
+    // littlebit_rank_for_bpw never goes below one rank step, which small layers cannot afford.
+    {"littlebit", LittleBitLinear::load, "minimum rank", 1.001},
     {"sign", SignLinear::load},
     {"rtn", RtnLinear::load},
-    {"sketch", SketchLinear::load},
+    // sketch_params_for_bpw keeps one bucket per hash row even where seeds, scales and the
+    // header alone exceed the target.
+    {"sketch", SketchLinear::load, "fixed costs", 1.01},
 };
 
 }  // namespace
 
 std::span<const LinearFormat> linear_formats() { return kFormats; }
 
-const LinearFormat& find_linear_format(std::string_view name, const GgufFile& file) {
+const LinearFormat* find_linear_format(std::string_view name) {
   for (const LinearFormat& f : kFormats)
-    if (f.name == name) return f;
-  fail("{}: unknown weight format \"{}\" (this subbit knows: dense, littlebit, sign, rtn, sketch)",
-       file.path().string(), name);
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+const LinearFormat& find_linear_format(std::string_view name, const GgufFile& file) {
+  if (const LinearFormat* f = find_linear_format(name)) return *f;
+  fail("{}: unknown weight format \"{}\" (this subbit knows: {})", file.path().string(), name,
+       linear_format_names());
+}
+
+std::string linear_format_names() {
+  std::vector<std::string_view> names;
+  for (const LinearFormat& f : kFormats) names.push_back(f.name);
+  return fmt::format("{}", fmt::join(names, ", "));
 }
 
 }  // namespace subbit

@@ -1,0 +1,166 @@
+#include "compress/methods.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "compress/littlebit.h"
+#include "compress/qat.h"
+#include "compress/sketch.h"
+#include "formats/littlebit.h"
+#include "formats/rtn.h"
+#include "formats/sign.h"
+#include "formats/sketch.h"
+#include "model/calibration.h"
+
+namespace subbit::compress {
+
+namespace {
+
+class LittleBitMethod final : public TrainableMethod {
+ public:
+  void add_options(CLI::App& group) override {
+    group.add_flag_callback("--no-residual", [this] { residual_ = false; }, "primary path only");
+    group.add_option("--rank-granularity", rank_granularity_, "ranks are multiples of this")
+        ->capture_default_str()->check(CLI::Range(1, 1024));
+    group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped)")->capture_default_str();
+    group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
+  }
+  void validate() const override { surrogate(); }
+  void record(nlohmann::json& details) const override {
+    details["residual"] = residual_;
+    details["rank_granularity"] = rank_granularity_;
+  }
+  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
+    const int64_t n_out = w.size(0), n_in = w.size(1);
+    const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, layer.target_bpw, residual_ ? 2 : 1, rank_granularity_);
+    return std::make_shared<LittleBitTrainable>(w, rank, residual_, surrogate(), alpha_);
+  }
+
+ private:
+  SignSurrogate surrogate() const {
+    if (surrogate_ == "tanh") return SignSurrogate::Tanh;
+    if (surrogate_ == "ste") return SignSurrogate::ClippedSte;
+    fail("--surrogate must be tanh or ste, got \"{}\"", surrogate_);
+  }
+
+  bool residual_ = true;
+  int64_t rank_granularity_ = 8;
+  std::string surrogate_ = "tanh";
+  double alpha_ = 100.0;
+};
+
+class SketchMethod final : public TrainableMethod {
+ public:
+  void add_options(CLI::App& group) override {
+    group.add_option("--rows", rows_, "hash rows")->capture_default_str()->check(CLI::Range(1, 4));
+    group.add_option("--block", block_, "weights per hashed block")->capture_default_str()->check(CLI::Range(1, 64));
+    group.add_option("--value-bits", value_bits_, "bits per table value (2..8, or 16 = fp16)")->capture_default_str();
+    group.add_option("--rule", rule_, "absmaxmin | absminmax (the paper's) | mean")->capture_default_str();
+    group.add_option("--salient-frac", salient_fraction_, "fraction of blocks given more table space")
+        ->capture_default_str()->check(CLI::Range(0.0, 0.5));
+    group.add_option("--band-buckets", band_buckets_, "buckets per row band and table (0: one band, plain hashing)")
+        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
+    group.add_option("--sketch-seed", seed_, "hash seed")->capture_default_str();
+    group.add_option("--calib-text", calib_text_, "text for saliency statistics (never wiki.test.raw)");
+    group.add_option("--calib-tokens", calib_tokens_, "calibration tokens")->capture_default_str();
+  }
+  void validate() const override { parse_sketch_rule(rule_); }
+  void prepare(ModelBundle& original, const std::function<void(const std::string&)>& log,
+               nlohmann::json& details) override {
+    if (calib_text_.empty()) return;  // saliency from weight magnitude only
+    const std::filesystem::path text = calib_text_;
+    const std::vector<int32_t> calib = load_training_tokens({text}, *original.tokenizer, calib_tokens_);
+    column_rms_ = collect_column_rms(*original.model, calib, 512);
+    log(fmt::format("calibrated on {} tokens of {}", calib.size(), text.filename().string()));
+    details["calibration"] = {{"text", text.filename().string()}, {"tokens", calib.size()}};
+  }
+  void record(nlohmann::json& details) const override {
+    details["rule"] = rule_;
+    details["rows"] = rows_;
+    details["block"] = block_;
+    details["value_bits"] = value_bits_;
+    details["salient_fraction"] = salient_fraction_;
+    details["band_buckets"] = band_buckets_;
+  }
+  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
+    const int64_t n_out = w.size(0), n_in = w.size(1);
+    SketchParams params = sketch_params_for_bpw(n_out, n_in, layer.target_bpw, rows_, block_, value_bits_,
+                                                salient_fraction_, band_buckets_);
+    params.rule = parse_sketch_rule(rule_);
+    // Every layer hashes with its own seeds.
+    params.seed = seed_ + uint64_t(layer.block * kLinearsPerBlock + layer.index);
+    const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
+                                              column_rms_.empty() ? nullptr : column_rms_[layer.block][layer.index].data());
+    return std::make_shared<SketchTrainable>(*encoded);
+  }
+
+ private:
+  int rows_ = 2;
+  int block_ = 16;
+  int value_bits_ = 4;
+  std::string rule_ = "absmaxmin";
+  double salient_fraction_ = 0.0;
+  int64_t band_buckets_ = kSketchBandBuckets;  // 0: one band (plain hashing)
+  uint64_t seed_ = 0x5EED;
+  std::string calib_text_;  // empty: no calibration
+  int64_t calib_tokens_ = 32768;
+  ColumnRms column_rms_;  // from prepare(); empty without calibration
+};
+
+class SignMethod final : public EncodingMethod {
+ public:
+  void add_options(CLI::App&) override {}
+  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in, const LayerToCompress&) const override {
+    return SignLinear::encode(w, n_out, n_in);
+  }
+};
+
+class RtnMethod final : public EncodingMethod {
+ public:
+  void add_options(CLI::App& group) override {
+    group.add_option("--bits", bits_, "bits per code (2, 3, 4)")->capture_default_str();
+  }
+  void validate() const override {
+    if (bits_ < 2 || bits_ > 8) fail("--bits must be 2..8 for rtn, got {}", bits_);
+  }
+  void record(nlohmann::json& details) const override { details["bits"] = bits_; }
+  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in, const LayerToCompress&) const override {
+    return RtnLinear::encode(w, n_out, n_in, bits_);
+  }
+
+ private:
+  int bits_ = 4;
+};
+
+template <class Method>
+std::unique_ptr<CompressMethod> make() {
+  return std::make_unique<Method>();
+}
+
+constexpr CompressMethodRow kMethods[] = {
+    {"littlebit", "LittleBit: binary factors with a residual path (Dual-SVID, QAT)", true, "Dual-SVID initialised",
+     make<LittleBitMethod>},
+    {"sketch", "UltraSketch: hashed value tables (docs/ultrasketch.md, QAT)", true, "sketched", make<SketchMethod>},
+    {"sign", "1 bit per weight, fp16 row and column scales (post-training)", false, "encoded", make<SignMethod>},
+    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded", make<RtnMethod>},
+};
+
+}  // namespace
+
+std::span<const CompressMethodRow> compress_methods() { return kMethods; }
+
+const CompressMethodRow& find_compress_method(std::string_view name) {
+  for (const CompressMethodRow& row : kMethods)
+    if (row.name == name) return row;
+  fail("unknown --method \"{}\" ({})", name, compress_method_names());
+}
+
+std::string compress_method_names(std::string_view separator) {
+  std::vector<std::string_view> names;
+  for (const CompressMethodRow& row : kMethods) names.push_back(row.name);
+  return fmt::format("{}", fmt::join(names, separator));
+}
+
+}  // namespace subbit::compress

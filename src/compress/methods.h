@@ -1,0 +1,76 @@
+#pragma once
+// How `subbit compress` builds each weight format: one row per method, keyed by the name of the
+// format it writes (formats/format_table.cpp). A row's method object owns the method's options:
+// it declares them on the command line with their defaults, validates them, records them in the
+// file, and builds every linear layer, either by encoding the original weights once
+// (EncodingMethod: post-training only) or as a trainable module that QAT can refine
+// (TrainableMethod). Adding a method = one class and one row in methods.cpp (docs/formats.md).
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "compress/torch_llama.h"
+#include "formats/linear.h"
+#include "model/loader.h"
+
+namespace subbit::compress {
+
+// One linear layer of the model being compressed.
+struct LayerToCompress {
+  int64_t block;      // 0 .. num_layers − 1
+  int index;          // in LlamaLayer order: q, k, v, o, gate, up, down
+  double target_bpw;  // --bpw (read only by methods whose row says targets_bpw)
+};
+
+class CompressMethod {
+ public:
+  virtual ~CompressMethod() = default;
+  // Adds this method's options to `group`, bound to this object; their defaults are shown.
+  virtual void add_options(CLI::App& group) = 0;
+  // Throws Error naming the option whose value is unusable. Runs before the model is loaded.
+  virtual void validate() const {}
+  // Runs once on the loaded original model before any layer is built (e.g. calibration), and
+  // adds what it did to the file's compression details.
+  virtual void prepare(ModelBundle& original, const std::function<void(const std::string&)>& log,
+                       nlohmann::json& details) {}
+  // Adds the options that shaped the layers to the file's compression details.
+  virtual void record(nlohmann::json& details) const {}
+};
+
+// Post-training only: each layer is encoded from its original fp32 weights.
+class EncodingMethod : public CompressMethod {
+ public:
+  virtual std::unique_ptr<Linear> encode(const float* w /* (n_out, n_in) */, int64_t n_out,
+                                         int64_t n_in, const LayerToCompress& layer) const = 0;
+};
+
+// Each layer becomes a trainable module (initialised from the original weights) that deploys as
+// the format's runtime layer; QAT trains it when --train-tokens is given.
+class TrainableMethod : public CompressMethod {
+ public:
+  virtual std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w /* (n_out, n_in) */,
+                                                          const LayerToCompress& layer) const = 0;
+};
+
+struct CompressMethodRow {
+  std::string_view name;  // --method, and the weight format written (a formats/format_table.cpp row)
+  std::string_view summary;  // one line for `subbit compress --help`
+  bool targets_bpw;          // sized by --bpw (validated, and recorded as target_bpw)
+  std::string_view built;    // the log line after each block: "<built> block 3/6"
+  std::unique_ptr<CompressMethod> (*make)();  // the method with its default options
+};
+
+std::span<const CompressMethodRow> compress_methods();
+// Throws Error listing every method when no row has this name.
+const CompressMethodRow& find_compress_method(std::string_view name);
+// "littlebit, sketch, ...": every row's name, for help and error messages.
+std::string compress_method_names(std::string_view separator = ", ");
+
+}  // namespace subbit::compress
