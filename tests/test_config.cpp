@@ -76,5 +76,37 @@ TEST(LlamaConfig, NanInConfigIsAClearError) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(LlamaConfig, FieldsOfTheWrongJsonTypeAreRefusedNamingTheFile) {
+  // nlohmann's own type errors used to escape without the file name.
+  for (const char* key : {"model_type", "hidden_act", "tie_word_embeddings"}) {
+    json bad = base_config();
+    bad[key] = json::array({1});
+    expect_refused(bad, "malformed config");
+  }
+  json bad_rope = base_config();
+  bad_rope["rope_parameters"] = 5;
+  expect_refused(bad_rope, "malformed config");
+}
+
+TEST(LlamaConfig, ImplausibleSizesAreRefusedBeforeAnythingIsAllocated) {
+  // Products of such sizes (weight shapes, the RoPE table) overflow int64 or exhaust memory.
+  json huge = base_config();
+  huge["num_attention_heads"] = int64_t(1) << 40;
+  expect_refused(huge, "implausibly large");
+  json long_context = base_config();
+  long_context["max_position_embeddings"] = int64_t(1) << 24;  // x head_dim 8 = 2^27: accepted
+  EXPECT_NO_THROW(parse_llama_config(long_context, "cfg.json"));
+  long_context["head_dim"] = 64;  // 2^30 RoPE entries
+  expect_refused(long_context, "RoPE table");
+}
+
+TEST(LlamaConfig, TokenIdsBeyondInt32AreRefused) {
+  json bad = base_config();
+  bad["eos_token_id"] = int64_t(1) << 32;  // used to wrap around to 0
+  expect_refused(bad, "eos_token_id");
+  bad["eos_token_id"] = json::array({int64_t(1) << 31, 2});
+  expect_refused(bad, "eos_token_id");
+}
+
 }  // namespace
 }  // namespace subbit
