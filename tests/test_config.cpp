@@ -181,5 +181,42 @@ TEST(LlamaConfig, NanInConfigIsAClearError) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(LlamaConfig, FieldsOfTheWrongJsonTypeAreRefusedNamingTheFile) {
+  // nlohmann's own type errors used to escape without the file name.
+  for (const char* key : {"hidden_act", "tie_word_embeddings"}) {
+    json bad = base_config();
+    bad[key] = json::array({1});
+    expect_refused(bad, "malformed config");
+  }
+  json bad_type = base_config();
+  bad_type["model_type"] = json::array({1});
+  expect_refused(bad_type, "model_type");
+  json bad_rope = base_config();
+  bad_rope["rope_parameters"] = 5;
+  expect_refused(bad_rope, "rope_parameters");
+}
+
+TEST(LlamaConfig, ImplausibleSizesAreRefusedBeforeAnythingIsAllocated) {
+  // Products of such sizes (weight shapes, caches) would overflow int64 or exhaust memory. A long
+  // max_position_embeddings alone allocates nothing (RoPE angles are computed per position and the
+  // KV cache is sized by the context a command uses).
+  json huge = base_config();
+  huge["num_attention_heads"] = int64_t(1) << 40;
+  expect_refused(huge, "implausibly large");
+  json long_context = base_config();
+  long_context["max_position_embeddings"] = int64_t(1) << 24;
+  EXPECT_NO_THROW(parse_llama_config(long_context, "cfg.json"));
+  long_context["max_position_embeddings"] = (int64_t(1) << 24) + 1;
+  expect_refused(long_context, "implausibly large");
+}
+
+TEST(LlamaConfig, TokenIdsBeyondInt32AreRefused) {
+  json bad = base_config();
+  bad["eos_token_id"] = int64_t(1) << 32;  // used to wrap around to 0
+  expect_refused(bad, "eos_token_id");
+  bad["eos_token_id"] = json::array({int64_t(1) << 31, 2});
+  expect_refused(bad, "eos_token_id");
+}
+
 }  // namespace
 }  // namespace subbit

@@ -26,6 +26,12 @@ CommandResult run_command(const std::string& command);
 
 std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per call
 
+// Starts `command` (a shell command line, output discarded), sends it SIGKILL after `seconds`
+// unless it has finished by then, and reaps it. Returns true when the kill ended it.
+bool run_and_kill_after(const std::string& command, double seconds);
+// A whole file's bytes ("" when absent), for byte-for-byte comparisons.
+std::string file_bytes(const std::filesystem::path& file);
+
 // n samples of a standard normal, for kernel tests against their references.
 std::vector<float> random_vector(size_t n, std::mt19937& rng);
 

@@ -193,7 +193,7 @@ std::map<std::string, TensorView> SafetensorsArchive::load_file(const fs::path& 
   json header;
   try {
     header = json::parse(header_begin, header_begin + header_size);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: header is not valid JSON: {}", where, e.what());
   }
   if (!header.is_object()) fail("{}: header is not a JSON object", where);
@@ -241,7 +241,7 @@ SafetensorsArchive SafetensorsArchive::open_model_dir(const fs::path& dir) {
   json index;
   try {
     index = json::parse(index_stream);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: not valid JSON: {}", index_where, e.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

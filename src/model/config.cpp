@@ -12,11 +12,18 @@ namespace {
 
 using nlohmann::json;
 
+// Any size beyond this is a corrupt or hostile file, not a model (the largest Llama-family
+// configs have hidden 16384, 126 layers, vocabularies of 256k and contexts of 128k): refusing it
+// here keeps the products of sizes that shape weights and caches far from overflowing int64.
+constexpr int64_t kMaxSize = int64_t(1) << 24;
+
 int64_t positive_int(const json& j, const char* key, const std::string& source) {
   if (!j.contains(key)) fail("{}: missing \"{}\"", source, key);
   const json& v = j.at(key);
   if (!v.is_number_integer() || v.get<int64_t>() <= 0)
     fail("{}: \"{}\" must be a positive integer, got {}", source, key, v.dump());
+  if (v.get<int64_t>() > kMaxSize)
+    fail("{}: \"{}\" = {} is implausibly large (limit {})", source, key, v.dump(), kMaxSize);
   return v.get<int64_t>();
 }
 
@@ -26,17 +33,21 @@ double positive_number(const json& v, const char* key, const std::string& source
   return v.get<double>();
 }
 
+int32_t token_id(const json& v, const char* key, const std::string& source) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+    fail("{}: \"{}\" must be a token id (0 to 2^31 - 1), got {}", source, key, v.dump());
+  return v.get<int32_t>();
+}
+
 std::optional<int32_t> optional_token_id(const json& j, const char* key, const std::string& source) {
   if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
   const json& v = j.at(key);
   if (v.is_array()) {
     // Several end-of-sequence ids (Llama 3): the first is the canonical one.
-    if (v.empty() || !v.front().is_number_integer()) fail("{}: bad \"{}\": {}", source, key, v.dump());
-    return v.front().get<int32_t>();
+    if (v.empty()) fail("{}: bad \"{}\": {}", source, key, v.dump());
+    return token_id(v.front(), key, source);
   }
-  if (!v.is_number_integer() || v.get<int64_t>() < 0)
-    fail("{}: \"{}\" must be a token id, got {}", source, key, v.dump());
-  return v.get<int32_t>();
+  return token_id(v, key, source);
 }
 
 // The families the engine runs: each is the Llama block with a few switches.
@@ -94,9 +105,7 @@ RopeScaling parse_rope_scaling(const json& rope, const char* field, const std::s
   return s;
 }
 
-}  // namespace
-
-LlamaConfig parse_llama_config(const json& j, const std::string& source) {
+LlamaConfig parse_config_fields(const json& j, const std::string& source) {
   if (!j.is_object()) fail("{}: config must be a JSON object", source);
   if (!j.contains("model_type") || !j.at("model_type").is_string())
     fail("{}: \"model_type\" is missing or not a string", source);
@@ -166,6 +175,17 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   c.bos_token_id = optional_token_id(j, "bos_token_id", source);
   c.eos_token_id = optional_token_id(j, "eos_token_id", source);
   return c;
+}
+
+}  // namespace
+
+LlamaConfig parse_llama_config(const json& j, const std::string& source) {
+  try {
+    return parse_config_fields(j, source);
+  } catch (const json::exception& e) {
+    // A field of an unexpected JSON type (j.value("model_type", "") on a number, ...).
+    fail("{}: malformed config: {}", source, e.what());
+  }
 }
 
 LlamaConfig load_llama_config(const std::filesystem::path& config_json) {

@@ -187,7 +187,7 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text, const std::strin
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: invalid JSON: {}", source, e.what());
   }
   try {

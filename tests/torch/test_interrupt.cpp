@@ -1,0 +1,87 @@
+// Interrupted and failing writes of the compressor: `subbit compress` (post-training and QAT
+// with checkpoints) killed with SIGKILL at random moments never leaves a partial output under
+// the output name, a rerun (resuming from the last checkpoint) writes the same bytes as an
+// uninterrupted run, and a full disk gives a clear error and no output.
+#include <chrono>
+#include <random>
+
+#include "test_support.h"
+
+namespace subbit {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
+fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
+
+std::string compress_command(const std::string& args, const fs::path& out) {
+  return testing::cli_path().string() + " compress " + sb8m().string() + " " + args + " -t 1 -o " +
+         out.string();
+}
+
+// Runs the command to completion and returns how long it took.
+double timed_run(const std::string& command) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = testing::run_command(command);
+  EXPECT_EQ(r.exit_code, 0) << command << "\n" << r.err;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Kills `args` at random moments, `kills` times in a row (each run resuming from what the last
+// left), then lets it finish: the output is absent after every kill and finally equals an
+// uninterrupted run's, byte for byte.
+void expect_kills_leave_no_output_and_rerun_identical(const std::string& args, int kills,
+                                                      const std::string& tag) {
+  const fs::path dir = testing::temp_dir(tag);
+  const fs::path reference = dir / "reference.gguf", out = dir / "out.gguf";
+  const double seconds = timed_run(compress_command(args, reference));
+  ASSERT_TRUE(fs::exists(reference));
+
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> moment(0.05 * seconds, 0.9 * seconds);
+  int killed = 0;
+  for (int i = 0; i < kills; ++i) {
+    const double delay = moment(rng);
+    if (!testing::run_and_kill_after(compress_command(args, out), delay)) break;  // it finished
+    ++killed;
+    EXPECT_FALSE(fs::exists(out)) << "a run killed at " << delay << " s left " << out;
+  }
+  EXPECT_GE(killed, 1) << "no run was killed before finishing (" << seconds << " s)";
+  timed_run(compress_command(args, out));
+  EXPECT_TRUE(testing::file_bytes(out) == testing::file_bytes(reference))
+      << "the rerun after " << killed << " kills wrote a different file";
+  EXPECT_FALSE(fs::exists(out.string() + ".ckpt")) << "the checkpoint outlived the finished run";
+  fs::remove_all(dir);
+}
+
+TEST(Interrupted, PostTrainingCompressKilledAtRandomMoments) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  expect_kills_leave_no_output_and_rerun_identical("--method sign", 4, "kill-sign");
+}
+
+TEST(Interrupted, QatWithCheckpointsKilledAtRandomMomentsResumesToTheSameFile) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(calib_text());
+  expect_kills_leave_no_output_and_rerun_identical(
+      "--method littlebit --bpw 0.3 --train-text " + calib_text().string() +
+          " --train-tokens 2048 --seq 128 --batch 2 --lr 2e-3 --checkpoint-every 2",
+      3, "kill-qat");
+}
+
+TEST(DiskFull, CompressFailsCleanlyAndLeavesNothing) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  const fs::path dir = testing::temp_dir("compress-full");
+  // RLIMIT_FSIZE of 1 MiB (the file is over 4 MiB) stands in for a full disk; SIGXFSZ ignored,
+  // writes past the limit fail with EFBIG.
+  const auto r = testing::run_command("trap '' XFSZ; ulimit -f 1024; " +
+                                      compress_command("--method sign", dir / "out.gguf"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(dir)) << "a failed compress left files behind";
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace subbit
