@@ -14,6 +14,7 @@ Action add_run_command(CLI::App& app);
 Action add_info_command(CLI::App& app);
 Action add_bench_command(CLI::App& app);
 Action add_export_command(CLI::App& app);
+Action add_serve_command(CLI::App& app);
 
 // Shared option: worker threads (default: all cores).
 void add_threads_option(CLI::App& command, int& threads);

@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   std::map<const CLI::App*, subbit::cli::Action> actions;
   for (auto add : {subbit::cli::add_ppl_command, subbit::cli::add_run_command,
                    subbit::cli::add_info_command, subbit::cli::add_bench_command,
-                   subbit::cli::add_export_command}) {
+                   subbit::cli::add_export_command, subbit::cli::add_serve_command}) {
     auto action = add(app);
     actions[app.get_subcommands({}).back()] = action;
   }
