@@ -1,31 +1,63 @@
 // subbit run MODEL -p PROMPT: streaming generation. stdout carries only the prompt and the
 // generated text so it can be piped; statistics go to stderr.
+// subbit run MODEL --chat: an interactive conversation through the model's chat template and
+// the server's engine (the same path as `subbit serve`'s /v1/chat/completions).
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <iostream>
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "io/text_file.h"
+#include "model/chat_prompt.h"
 #include "model/generate.h"
 #include "model/loader.h"
+#include "server/engine.h"
 
 namespace subbit::cli {
 
 namespace {
 
-// Length of the longest prefix of `s` that does not end inside a UTF-8 sequence, so a
-// character split across tokens is printed whole.
-size_t complete_utf8_prefix(const std::string& s) {
-  size_t lead = s.size();
-  int continuation_bytes = 0;
-  while (lead > 0 && continuation_bytes < 4 && (static_cast<unsigned char>(s[lead - 1]) & 0xC0) == 0x80) {
-    --lead;
-    ++continuation_bytes;
+// Reads user turns from stdin until an empty line or end of input; streams each answer to
+// stdout. The prompt marker and notes go to stderr so stdout holds only the answers.
+int chat(const ModelBundle& bundle, const std::string& system, int64_t context, int64_t max_tokens,
+         SamplingParams sampling) {
+  const chat::ChatFormat format = chat_format_for(bundle);
+  server::Engine engine(*bundle.model, *bundle.tokenizer, /*slots=*/1, context, /*max_queue=*/0);
+  jinja::Json messages = jinja::Json::array();
+  if (!system.empty()) messages.push_back({{"role", "system"}, {"content", system}});
+  fmt::print(stderr, "chat with {} ({}); an empty line or end of input ends it\n", bundle.path.string(),
+             format.has_template() ? "its chat template" : "no chat template: plain User:/Assistant: turns");
+  std::string line;
+  while (true) {
+    fmt::print(stderr, "> ");
+    std::fflush(stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    messages.push_back({{"role", "user"}, {"content", line}});
+    server::CompletionRequest request;
+    request.prompt = bundle.tokenizer->encode(format.apply(messages, true), !format.has_template());
+    if (int64_t(request.prompt.size()) >= context)
+      fail("the conversation ({} tokens) no longer fits the model's context of {}", request.prompt.size(), context);
+    request.max_tokens = max_tokens;
+    request.sampling = sampling;
+    request.stop_strings = format.stop_strings();
+    request.stop_tokens = end_of_turn_tokens(bundle);
+    auto job = engine.submit(std::move(request));
+    std::string answer;
+    while (true) {
+      const server::Job::Update u = job->wait(std::chrono::milliseconds(100));
+      fmt::print("{}", u.text);
+      std::fflush(stdout);
+      answer += u.text;
+      if (u.finish == server::FinishReason::Failed) fail("generation failed: {}", u.error);
+      if (u.finish != server::FinishReason::None) break;
+    }
+    fmt::print("\n");
+    std::fflush(stdout);
+    messages.push_back({{"role", "assistant"}, {"content", answer}});
   }
-  if (lead == 0) return s.size();
-  const unsigned char c = s[lead - 1];
-  const int sequence_length = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-  return continuation_bytes + 1 >= sequence_length ? s.size() : lead - 1;
+  return 0;
 }
 
 }  // namespace
@@ -40,11 +72,16 @@ Action add_run_command(CLI::App& app) {
     uint64_t seed = 0;
     int threads = 1;
     bool ignore_eos = false;
+    bool chat = false;
+    std::string system;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (streams to stdout)");
   cmd->add_option("model", o->model, "model directory or .subbit file")->required();
-  cmd->add_option("-p,--prompt", o->prompt, "prompt text")->required();
+  cmd->add_option("-p,--prompt", o->prompt, "prompt text (required unless --chat)");
+  cmd->add_flag("--chat", o->chat, "interactive conversation through the model's chat template "
+                "(user turns from stdin, one per line; -n limits each answer)");
+  cmd->add_option("--system", o->system, "system message for --chat");
   cmd->add_option("-n,--n-predict", o->n, "tokens to generate")->capture_default_str()
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   cmd->add_option("-c,--ctx", o->ctx,
@@ -59,8 +96,12 @@ Action add_run_command(CLI::App& app) {
   add_threads_option(*cmd, o->threads);
 
   return [o] {
+    if (!o->chat && o->prompt.empty()) fail("-p/--prompt is required (or --chat for a conversation)");
     apply_threads(o->threads);
     ModelBundle bundle = load_model(o->model);
+    if (o->chat)
+      return chat(bundle, o->system, conversation_context(bundle, o->ctx), std::max<int64_t>(o->n, 1),
+                  {o->temperature, o->top_p, o->seed});
     const Tokenizer& tok = *bundle.tokenizer;
     const std::vector<int32_t> prompt = tok.encode(o->prompt, /*add_special_tokens=*/true);
     const int64_t needed = int64_t(prompt.size()) + o->n;

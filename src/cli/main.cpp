@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -31,6 +32,14 @@ void check_context(const ModelBundle& bundle, int64_t ctx, const char* option) {
   if (ctx > max_context(c))
     fail("{}: {} {} exceeds the sliding window ({} in its config); sliding-window attention is not "
          "implemented", bundle.path.string(), option, ctx, max_context(c));
+}
+
+int64_t conversation_context(const ModelBundle& bundle, int64_t requested_ctx) {
+  if (requested_ctx > 0) {
+    check_context(bundle, requested_ctx, "--ctx");
+    return requested_ctx;
+  }
+  return std::min<int64_t>(max_context(bundle.model->config()), 4096);
 }
 
 }  // namespace subbit::cli
@@ -65,7 +74,8 @@ int main(int argc, char** argv) {
   std::map<const CLI::App*, subbit::cli::Action> actions;
   for (auto add : {subbit::cli::add_ppl_command, subbit::cli::add_run_command,
                    subbit::cli::add_info_command, subbit::cli::add_bench_command,
-                   subbit::cli::add_export_command, subbit::cli::add_random_model_command}) {
+                   subbit::cli::add_export_command, subbit::cli::add_random_model_command,
+                   subbit::cli::add_serve_command}) {
     auto action = add(app);
     actions[app.get_subcommands({}).back()] = action;
   }

@@ -135,7 +135,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
   }
   details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);
-  save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump()});
+  save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump(), bundle.chat_template});
   if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
   return report;
 }

@@ -47,4 +47,17 @@ std::string read_text_file(const std::filesystem::path& path) {
   return text;
 }
 
+size_t complete_utf8_prefix(std::string_view s) {
+  size_t lead = s.size();
+  int continuation_bytes = 0;
+  while (lead > 0 && continuation_bytes < 4 && (static_cast<unsigned char>(s[lead - 1]) & 0xC0) == 0x80) {
+    --lead;
+    ++continuation_bytes;
+  }
+  if (lead == 0) return s.size();
+  const unsigned char c = s[lead - 1];
+  const int sequence_length = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  return continuation_bytes + 1 >= sequence_length ? s.size() : lead - 1;
+}
+
 }  // namespace subbit

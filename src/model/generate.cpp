@@ -13,19 +13,22 @@ Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {}
 
 int32_t Sampler::sample(const float* logits, int64_t vocab) {
   if (params_.temperature <= 0.0f) return int32_t(std::max_element(logits, logits + vocab) - logits);
+  const int64_t candidates = params_.top_k > 0 ? std::min(params_.top_k, vocab) : vocab;
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  std::vector<double> probs(vocab);
+  const auto more_likely = [&](int32_t a, int32_t b) { return logits[a] > logits[b]; };
+  if (candidates == vocab) std::sort(order.begin(), order.end(), more_likely);
+  else std::partial_sort(order.begin(), order.begin() + candidates, order.end(), more_likely);
+  std::vector<double> probs(candidates);
   double total = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
+  for (int64_t i = 0; i < candidates; ++i) {
     probs[i] = std::exp(double(logits[order[i]] - logits[order[0]]) / params_.temperature);
     total += probs[i];
   }
   // Keep the smallest prefix of the sorted distribution whose mass reaches top_p.
   int64_t keep = 0;
   double mass = 0;
-  while (keep < vocab && (keep == 0 || mass < params_.top_p * total)) mass += probs[keep++];
+  while (keep < candidates && (keep == 0 || mass < params_.top_p * total)) mass += probs[keep++];
   std::uniform_real_distribution<double> uniform(0.0, mass);
   double r = uniform(rng_);
   for (int64_t i = 0; i < keep; ++i) {

@@ -1,5 +1,6 @@
 #pragma once
-// Autoregressive generation: greedy when temperature is 0, else temperature + nucleus sampling.
+// Autoregressive generation: greedy when temperature is 0, else temperature + top-k + nucleus
+// sampling.
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -15,6 +16,7 @@ struct SamplingParams {
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = 0;
+  int64_t top_k = 0;  // keep only the k most likely tokens; 0 keeps all
 };
 
 class Sampler {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "io/safetensors.h"
 #include "io/text_file.h"
@@ -40,6 +42,27 @@ std::vector<float> to_f32(const TensorView& t) {
 
 }  // namespace
 
+std::string read_hf_chat_template(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) return "";
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(read_text_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", path.string(), e.what());
+  }
+  if (!config.is_object() || !config.contains("chat_template") || config["chat_template"].is_null()) return "";
+  const nlohmann::json& t = config["chat_template"];
+  if (t.is_string()) return t.get<std::string>();
+  if (t.is_array()) {
+    for (const auto& named : t)
+      if (named.is_object() && named.value("name", "") == "default" && named.contains("template") &&
+          named["template"].is_string())
+        return named["template"].get<std::string>();
+  }
+  fail("{}: chat_template must be a string or a list with a {{\"name\": \"default\", \"template\": ...}} entry",
+       path.string());
+}
+
 ModelBundle load_hf_model(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir)) fail("{}: not a model directory", dir.string());
   const auto config_path = dir / "config.json";
@@ -54,6 +77,7 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
   bundle.path = dir;
   bundle.container = "huggingface";
   bundle.tokenizer_json = read_text_file(tokenizer_path);
+  bundle.chat_template = read_hf_chat_template(dir / "tokenizer_config.json");
   bundle.tokenizer = std::make_unique<Tokenizer>(
       Tokenizer::from_json_text(bundle.tokenizer_json, tokenizer_path.string()));
   if (bundle.tokenizer->vocab_size() > c.vocab_size)

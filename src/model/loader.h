@@ -28,10 +28,14 @@ struct ModelBundle {
   std::unique_ptr<Tokenizer> tokenizer;
   std::string tokenizer_json;  // the tokenizer.json text, for embedding and export
   std::string compression_json;  // subbit files: how the model was compressed (JSON)
+  std::string chat_template;     // Jinja chat template; empty when the model has none
   std::vector<StoredTensor> inventory;
 };
 
 ModelBundle load_model(const std::filesystem::path& path);
 ModelBundle load_hf_model(const std::filesystem::path& dir);
+// The chat_template of a Hugging Face tokenizer_config.json ("" when absent; for a list of named
+// templates, the one named "default"). Throws Error naming the file when it is malformed.
+std::string read_hf_chat_template(const std::filesystem::path& tokenizer_config_json);
 
 }  // namespace subbit

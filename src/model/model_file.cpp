@@ -46,6 +46,7 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
   out.set("subbit.tokenizer", tokenizer_json);
   out.set("subbit.method", info.method);
   out.set("subbit.compression", info.compression_json);
+  if (!info.chat_template.empty()) out.set("tokenizer.chat_template", info.chat_template);
 
   const DenseMatrix& e = w.embedding;
   const uint8_t* data = static_cast<const uint8_t*>(e.data);
@@ -92,6 +93,7 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
   bundle.container = "subbit";
   bundle.tokenizer_json = file->get_string("subbit.tokenizer");
   bundle.compression_json = file->get_string("subbit.compression");
+  if (file->has("tokenizer.chat_template")) bundle.chat_template = file->get_string("tokenizer.chat_template");
   bundle.tokenizer = std::make_unique<Tokenizer>(
       Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
 

@@ -15,6 +15,7 @@ struct ModelFileInfo {
   std::string name;              // general.name: the source model's name
   std::string method;            // littlebit, sketch, sign, rtn, none
   std::string compression_json;  // free-form details: target bpw, training summary, ...
+  std::string chat_template;     // stored as tokenizer.chat_template when not empty
 };
 
 // Writes atomically; tokenizer_json is the tokenizer.json text to embed.
