@@ -288,8 +288,9 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
   auto& layer = one_band ? d.sketch_one_band[bpw_index] : d.sketch[bpw_index];
   if (!layer)
     layer = random_sketch(d.shape, kSketchBpw[bpw_index], one_band ? 0 : kSketchBandBuckets, 0x5ce7c4 + uint64_t(bpw_index));
+  Scratch scratch;
   for (auto _ : state) {
-    layer->forward(d.x.data(), d.y.data(), 1);
+    layer->forward(d.x.data(), d.y.data(), 1, scratch);
     benchmark::DoNotOptimize(d.y.data());
     benchmark::ClobberMemory();
   }

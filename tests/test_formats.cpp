@@ -42,10 +42,17 @@ void expect_forward_matches_product(const Linear& layer, const std::vector<float
                                     const std::string& what) {
   const int64_t d_out = layer.n_out(), d_in = layer.n_in();
   std::mt19937 rng(seed);
+  // A format must not read its temporaries before writing them: start from NaN-filled scratch,
+  // reused across calls as a RunState reuses it.
+  Scratch scratch;
+  for (int i = 0; i < Scratch::kBuffers; ++i) {
+    float* buffer = scratch.floats(i, 3 * (d_in + d_out) * 4);
+    std::fill(buffer, buffer + 3 * (d_in + d_out) * 4, std::nanf(""));
+  }
   for (int64_t tokens : {1, 3}) {
     const auto x = random_vector(tokens * d_in, rng);
     std::vector<float> y(tokens * d_out);
-    layer.forward(x.data(), y.data(), tokens);
+    layer.forward(x.data(), y.data(), tokens, scratch);
     const auto expected = product(w_hat, x, d_out, d_in, tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t o = 0; o < d_out; ++o) {
@@ -70,8 +77,9 @@ void expect_identical_outputs(const Linear& a, const Linear& b, const std::strin
   for (int64_t tokens : {1, 4}) {
     const auto x = random_vector(tokens * a.n_in(), rng);
     std::vector<float> ya(tokens * a.n_out()), yb(tokens * b.n_out());
-    a.forward(x.data(), ya.data(), tokens);
-    b.forward(x.data(), yb.data(), tokens);
+    Scratch scratch;
+    a.forward(x.data(), ya.data(), tokens, scratch);
+    b.forward(x.data(), yb.data(), tokens, scratch);
     EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)), 0) << what << " tokens " << tokens;
   }
   EXPECT_EQ(dequantized(a), dequantized(b)) << what;

@@ -482,7 +482,8 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
         std::vector<float> x(tokens * d_in);
         for (float& v : x) v = dist(rng);
         std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
-        layer->forward(x.data(), fast.data(), tokens);
+        Scratch scratch;
+        layer->forward(x.data(), fast.data(), tokens, scratch);
         sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
         for (int64_t t = 0; t < tokens; ++t)
           for (int64_t o = 0; o < d_out; ++o) {
@@ -515,7 +516,8 @@ TEST(SketchKernel, LargeBlocksAndFourRows) {
     std::vector<float> x(3 * 150);
     for (float& v : x) v = dist(rng);
     std::vector<float> fast(3 * 9), reference(3 * 9);
-    layer->forward(x.data(), fast.data(), 3);
+    Scratch scratch;
+    layer->forward(x.data(), fast.data(), 3, scratch);
     sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), 3);
     for (size_t i = 0; i < fast.size(); ++i) EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
   }
@@ -532,7 +534,8 @@ TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
     std::vector<float> x(tokens * d_in);
     for (float& v : x) v = dist(rng);
     std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
-    layer->forward(x.data(), fast.data(), tokens);
+    Scratch scratch;
+    layer->forward(x.data(), fast.data(), tokens, scratch);
     sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
     for (size_t i = 0; i < fast.size(); ++i)
       ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i]))) << "tokens " << tokens << " output " << i;
@@ -549,7 +552,8 @@ void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, 
   for (float& v : x) v = dist(rng);
   const auto dense = dequantized(layer);
   std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
-  layer.forward(x.data(), fast.data(), tokens);
+  Scratch scratch;
+  layer.forward(x.data(), fast.data(), tokens, scratch);
   sketch_matmul_reference(layer.matrix(), x.data(), reference.data(), tokens);
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t o = 0; o < d_out; ++o) {
@@ -737,8 +741,9 @@ TEST_F(SketchFile, RoundTripGivesBitIdenticalOutputs) {
       for (int64_t tokens : {1, 5}) {
         std::vector<float> x(tokens * 100), before(tokens * 24), after(tokens * 24);
         for (float& v : x) v = dist(rng);
-        layer->forward(x.data(), before.data(), tokens);
-        loaded->forward(x.data(), after.data(), tokens);
+        Scratch scratch;
+        layer->forward(x.data(), before.data(), tokens, scratch);
+        loaded->forward(x.data(), after.data(), tokens, scratch);
         EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0)
             << value_bits << "-bit, salient " << salient << ", tokens " << tokens;
       }

@@ -19,7 +19,7 @@ std::unique_ptr<DenseLinear> DenseLinear::from_stored(DType dtype, const void* d
   return std::make_unique<DenseLinear>(DenseMatrix{DType::F32, nullptr, n_out, n_in}, std::move(owned));
 }
 
-void DenseLinear::forward(const float* x, float* y, int64_t tokens) const {
+void DenseLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
   dense_matmul(matrix_, x, y, tokens);
 }
 

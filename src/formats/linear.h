@@ -2,6 +2,7 @@
 // A linear layer in any weight format. The model only calls forward(); each compression format
 // (dense, littlebit, sketch, rtn, ...) is one implementation, so adding a format never touches
 // model code.
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,13 +16,30 @@ namespace subbit {
 class GgufFile;
 class GgufWriter;
 
+// Working memory for Linear::forward, owned by the caller and reused from call to call (each
+// RunState holds one), so that a forward pass stops allocating once it has run at its largest
+// batch. A format uses up to kBuffers buffers in one product.
+class Scratch {
+ public:
+  static constexpr int kBuffers = 3;
+  // At least `count` floats, contents undefined, valid until the next call with this index.
+  float* floats(int index, int64_t count) {
+    std::vector<float>& b = buffers_.at(index);
+    if (int64_t(b.size()) < count) b.resize(count);
+    return b.data();
+  }
+
+ private:
+  std::array<std::vector<float>, kBuffers> buffers_;
+};
+
 class Linear {
  public:
   virtual ~Linear() = default;
   virtual int64_t n_in() const = 0;
   virtual int64_t n_out() const = 0;
-  // y (tokens, n_out) = x (tokens, n_in) · Wᵀ
-  virtual void forward(const float* x, float* y, int64_t tokens) const = 0;
+  // y (tokens, n_out) = x (tokens, n_in) · Wᵀ; temporaries come from `scratch`.
+  virtual void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const = 0;
   // The dense matrix this layer computes with, (n_out, n_in) row-major, for export and tests.
   virtual void dequantize(float* w) const = 0;
   // The format's key in formats/format_table.cpp and in model files.
@@ -48,7 +66,7 @@ class DenseLinear final : public Linear {
 
   int64_t n_in() const override { return matrix_.n_in; }
   int64_t n_out() const override { return matrix_.n_out; }
-  void forward(const float* x, float* y, int64_t tokens) const override;
+  void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
   void dequantize(float* w) const override;
   std::string format_name() const override { return "dense"; }
   std::string describe() const override { return std::string(dtype_name(matrix_.dtype)); }

@@ -35,19 +35,18 @@ LittleBitLinear::LittleBitLinear(int64_t d_out, int64_t d_in, std::vector<Little
   }
 }
 
-void LittleBitLinear::forward(const float* x, float* y, int64_t tokens) const {
-  std::vector<float> scaled(tokens * d_in_);  // (tokens, d_in): g ⊙ x
-  std::vector<float> latent;                  // (tokens, rank)
-  std::vector<float> path_out(tokens * d_out_);  // (tokens, d_out)
+void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
+  float* scaled = scratch.floats(0, tokens * d_in_);     // (tokens, d_in): g ⊙ x
+  float* path_out = scratch.floats(1, tokens * d_out_);  // (tokens, d_out)
   std::fill(y, y + tokens * d_out_, 0.0f);
   for (const LittleBitPath& p : paths_) {
+    float* latent = scratch.floats(2, tokens * p.rank);  // (tokens, rank)
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t i = 0; i < d_in_; ++i) scaled[t * d_in_ + i] = x[t * d_in_ + i] * p.g[i];
-    latent.resize(tokens * p.rank);
-    sign_matmul({p.vt_signs.data(), p.rank, d_in_}, scaled.data(), latent.data(), tokens);
+    sign_matmul({p.vt_signs.data(), p.rank, d_in_}, scaled, latent, tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t j = 0; j < p.rank; ++j) latent[t * p.rank + j] *= p.l[j];
-    sign_matmul({p.u_signs.data(), d_out_, p.rank}, latent.data(), path_out.data(), tokens);
+    sign_matmul({p.u_signs.data(), d_out_, p.rank}, latent, path_out, tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t o = 0; o < d_out_; ++o) y[t * d_out_ + o] += p.h[o] * path_out[t * d_out_ + o];
   }

@@ -34,7 +34,7 @@ class LittleBitLinear final : public Linear {
   LittleBitLinear(int64_t d_out, int64_t d_in, std::vector<LittleBitPath> paths);
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }
-  void forward(const float* x, float* y, int64_t tokens) const override;
+  void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
   void dequantize(float* w) const override;
   std::string format_name() const override { return "littlebit"; }
   int64_t storage_bits() const override;

@@ -66,12 +66,16 @@ void RtnLinear::decode_row(int64_t r, float* out) const {
   }
 }
 
-void RtnLinear::forward(const float* x, float* y, int64_t tokens) const {
-  parallel_for(d_out_, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(d_in_);
+void RtnLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
+  // About four chunks per thread, each decoding its rows into its own slice of the scratch.
+  const int64_t rows_per_chunk = std::max<int64_t>(16, (d_out_ + 4 * num_threads() - 1) / (4 * num_threads()));
+  const int64_t chunks = (d_out_ + rows_per_chunk - 1) / rows_per_chunk;
+  float* decoded = scratch.floats(0, chunks * d_in_);  // (chunks, d_in)
+  parallel_for(d_out_, rows_per_chunk, [&](int64_t begin, int64_t end) {
+    float* row = decoded + begin / rows_per_chunk * d_in_;
     for (int64_t r = begin; r < end; ++r) {
-      decode_row(r, row.data());
-      for (int64_t t = 0; t < tokens; ++t) y[t * d_out_ + r] = dot(row.data(), x + t * d_in_, d_in_);
+      decode_row(r, row);
+      for (int64_t t = 0; t < tokens; ++t) y[t * d_out_ + r] = dot(row, x + t * d_in_, d_in_);
     }
   });
 }

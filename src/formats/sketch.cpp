@@ -376,7 +376,7 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
                                         std::move(mask));
 }
 
-void SketchLinear::forward(const float* x, float* y, int64_t tokens) const {
+void SketchLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
   sketch_matmul(matrix_, x, y, tokens);
 }
 

@@ -44,8 +44,12 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
   const float scale = 1.0f / std::sqrt(float(head_dim));
   // Chunks of several (token, head) items amortise scheduling; one scores buffer per chunk.
   const int64_t items = tokens * heads;
-  parallel_for(items, std::max<int64_t>(1, items / (num_threads() * 8)), [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(start_pos + tokens);
+  const int64_t grain = std::max<int64_t>(1, items / (num_threads() * 8));
+  const int64_t positions = start_pos + tokens;
+  const int64_t chunks = (items + grain - 1) / grain;
+  if (int64_t(state.scores_.size()) < chunks * positions) state.scores_.resize(chunks * positions);
+  parallel_for(items, grain, [&](int64_t begin, int64_t end) {
+    float* scores = state.scores_.data() + begin / grain * positions;  // this chunk's row
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / heads, h = item % heads;
       const int64_t kv_head = h / group;
@@ -53,7 +57,7 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
       const float* query = q + (t * heads + h) * head_dim;
       for (int64_t p = 0; p < visible; ++p)
         scores[p] = dot(query, state.keys(layer, p) + kv_head * head_dim, head_dim) * scale;
-      softmax(scores.data(), visible);
+      softmax(scores, visible);
       float* o = out + (t * heads + h) * head_dim;
       std::fill(o, o + head_dim, 0.0f);
       for (int64_t p = 0; p < visible; ++p)
@@ -63,10 +67,10 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
 }
 
 void LlamaModel::project(const LlamaLayer& layer, int64_t layer_index, int index, const float* x,
-                         float* y, int64_t tokens, LinearInputObserver* observer) const {
+                         float* y, int64_t tokens, RunState& state, LinearInputObserver* observer) const {
   const Linear& linear = *layer.linear[index];
   if (observer) observer->observe(layer_index, index, x, tokens, linear.n_in());
-  linear.forward(x, y, tokens);
+  linear.forward(x, y, tokens, state.scratch_);
   const std::vector<float>& bias = layer.bias[index];
   if (bias.empty()) return;
   for (int64_t t = 0; t < tokens; ++t) axpy(1.0f, bias.data(), y + t * linear.n_out(), linear.n_out());
@@ -103,9 +107,9 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, Run
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = weights_.layers[l];
     rms_norm(x, layer.norm[kAttnNorm].data(), normed, n, hidden, float(c.rms_norm_eps));
-    project(layer, l, kQ, normed, q, n, observer);
-    project(layer, l, kK, normed, k, n, observer);
-    project(layer, l, kV, normed, v, n, observer);
+    project(layer, l, kQ, normed, q, n, state, observer);
+    project(layer, l, kK, normed, k, n, state, observer);
+    project(layer, l, kV, normed, v, n, state, observer);
     for (int64_t t = 0; t < n; ++t) {
       rope_.apply(q + t * q_dim, c.num_heads, start_pos + t);
       rope_.apply(k + t * kv_dim, c.num_kv_heads, start_pos + t);
@@ -113,14 +117,14 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, Run
       std::copy_n(v + t * kv_dim, kv_dim, state.values(l, start_pos + t));
     }
     attention(q, n, start_pos, l, state, attn);
-    project(layer, l, kO, attn, delta, n, observer);
+    project(layer, l, kO, attn, delta, n, state, observer);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += delta[i];
 
     rms_norm(x, layer.norm[kMlpNorm].data(), normed, n, hidden, float(c.rms_norm_eps));
-    project(layer, l, kGate, normed, gate, n, observer);
-    project(layer, l, kUp, normed, up, n, observer);
+    project(layer, l, kGate, normed, gate, n, state, observer);
+    project(layer, l, kUp, normed, up, n, state, observer);
     silu_mul(gate, up, n * ffn);
-    project(layer, l, kDown, gate, delta, n, observer);
+    project(layer, l, kDown, gate, delta, n, state, observer);
     for (int64_t i = 0; i < n * hidden; ++i) x[i] += delta[i];
   }
 
@@ -128,7 +132,7 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, Run
   const int64_t count = n - first;
   rms_norm(x + first * hidden, weights_.final_norm.data(), normed, count, hidden,
            float(c.rms_norm_eps));
-  weights_.lm_head->forward(normed, logits, count);
+  weights_.lm_head->forward(normed, logits, count, state.scratch_);
 }
 
 }  // namespace subbit

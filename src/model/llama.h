@@ -31,8 +31,9 @@ struct LlamaWeights {
 };
 
 // Everything one sequence needs between and during forward calls, owned by the caller (one per
-// sequence, like llama2.c's RunState): its keys and values, and activation buffers that grow to
-// the largest batch of tokens seen so that decoding allocates nothing.
+// sequence, like llama2.c's RunState): its keys and values, and activation, attention and
+// weight-format buffers that grow to the largest batch of tokens seen, so that decoding
+// allocates nothing.
 class RunState {
  public:
   RunState(const LlamaConfig& config, int64_t capacity);
@@ -62,6 +63,8 @@ class RunState {
   std::vector<float> gate_;    // (tokens, ffn)
   std::vector<float> up_;      // (tokens, ffn)
   std::vector<float> delta_;   // (tokens, hidden) block output
+  std::vector<float> scores_;  // (attention chunks, positions) softmax rows
+  Scratch scratch_;            // temporaries of the linear layers' products
 };
 
 // Sees the input of every linear layer during a forward pass (calibration statistics,
@@ -90,7 +93,7 @@ class LlamaModel {
                  float* out) const;
   // y (tokens, n_out) = x · Wᵀ + b for block `layer`'s linear `index`.
   void project(const LlamaLayer& layer, int64_t layer_index, int index, const float* x, float* y,
-               int64_t tokens, LinearInputObserver* observer) const;
+               int64_t tokens, RunState& state, LinearInputObserver* observer) const;
   LlamaConfig config_;
   LlamaWeights weights_;
   Rope rope_;
