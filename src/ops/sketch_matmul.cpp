@@ -22,59 +22,8 @@
 // extra hash row (TieBits says how ties keep going to the lowest row). Only the summation order
 // of the products differs from the reference.
 //
-// Measurements (development VM: AMD EPYC, Zen 5, AVX-512; 2 vCPUs shared with other jobs, so
-// +-10% from run to run). One thread, Release -O3, 0.5 bpw with the defaults (absminmax, 2 rows,
-// block 16, 4-bit codes), microseconds, minimum over runs alternating with the dense product
-// ("cold": the sketch right after dense BF16 streamed its matrix through the caches):
-//
-//   tokens 1        dense BF16   before (fp32 tables)     now: warm   cold   dense/now
-//   4096x4096          1371          2291 (cold 4118)          1504    1958      0.91
-//   11008x4096         4528         19967                      4591    5972      0.99
-//   4096x11008         5014         17959                      5993    9208      0.84
-//   28672x8192        19214        154979                     62420   62897      0.31
-//   4096x4096, 5% salient blocks 1404 / 2213 (the Lut4S lookups come from memory); 2 threads
-//   742 / 793.
-//
-//   4096x4096, tokens  2: 2148 / 1794,  4: 2194 / 2180,  8: 3133 / 3195 (before 4504),
-//   16: 4973 / 4733,  64: 14932 / 19640 (before 27899)    (dense BF16 / now)
-//
-// subbit_bench (gemv/<shape>/dense_bf16 / sketch_bpw0.50, one run on a quieter machine): 1592 /
-// 1570, 4055 / 4727, 3511 / 4618, 20338 / 62917 (before: 4096x4096 1463 / 2346).
-//
-// Row bands (ops/sketch_matmul.h) then removed the random loads: same benchmark, one run,
-// banded / plain hashing / dense BF16: 1100 / 1717 / 1353, 3623 / 4799 / 4015, 3262 / 4807 /
-// 3675, 20428 / 62170 / 18977. Within a band the first touch of each table line was still a
-// random load from memory, which cost 1.0 bpw (tables 1/8 of the BF16 bytes) 20-50% over 0.1
-// bpw; requesting the next band's lines a few per block pair (TableStream) took 1.0 bpw from
-// 4172 / 4295 / 24745 to 3181 / 3174 / 19108 at the three larger shapes (dense BF16 4422 / 3942 /
-// 20634 and 4148 / 3961 / 20163 in those two runs). The rest of this comment describes the
-// kernel before bands.
-//
-// Where the time goes (4096x4096): hashing ~0.35 ms (two 64-bit multiplies per hash row and
-// block are the floor of the pinned hash), the products ~0.75 ms with the tables in L2 (0.1 bpw),
-// the rest waiting on bucket loads that miss L2 (tables of 2.1 MB at 0.5 bpw). Large layers are
-// bound by random loads: a 28672x8192 layer's tables are 29 MB (15 MB as stored), and on this
-// machine a random load from a region that size costs ~2 ns even with all the parallelism the
-// core has (1.2 ns at 16 MB, 0.7-0.9 ns up to 8 MB), against 1.4 ns per 16 weights for dense
-// BF16 streaming: two such loads per block cannot keep up, whatever the arithmetic.
-//
-// What paid, in order: int8 codes instead of fp32 tables (4x smaller: -10% warm, -40% cold at
-// 4096x4096; the kernel was bound by instructions); a 16-float VPERMPS table and VRANGEPS instead
-// of widen/convert/multiply and abs/compare/blend; entries holding offsets and operands as plain
-// 32-bit words (no shifts in the loop); 4-bit codes with the sign chosen by address; one 64-bit
-// load for both rows' offsets; two output rows per pass sharing the x loads (12%) and x copied to
-// 64-byte alignment (12%: unaligned 64-byte loads straddle lines); a non-inlined product loop
-// (inlined, GCC spilled its indices); prefetching 48 blocks ahead for tables over 8 MB (2x at
-// 28672x8192; it cost a few percent on smaller ones). What did not: prefetching small tables;
-// hashing the next rows between the current rows' blocks (hashing is arithmetic and the product
-// waits on loads, but interleaved both got slower, 1.75 vs 1.46 ms); four output rows per pass
-// (1.70 vs 1.54 ms); huge pages for the tables;
-// prefetching the next row band's table slices all at once when a band starts (no gain at 0.5
-// bpw, 5-10% slower at 1.0 bpw: a burst of a few hundred prefetches stalls the loads behind
-// it; spread over the band's blocks, as TableStream does, they pay);
-// one copy of the 4-bit codes with the sign applied by an xor (halves the tables, +30% product
-// time when they are cached). Precomputing the entries at load time would take 4 bits per weight
-// (8 MiB for 4096x4096, 8x the layer) and streaming them costs about what hashing does.
+// How the kernels got here, with the measurements behind each choice:
+// dev/sketch-kernel-notes.md.
 
 #include <algorithm>
 #include <bit>
@@ -110,6 +59,14 @@ inline uint64_t mask_bits(const uint64_t* mask, int64_t total, int64_t first, in
 // The first step of mix64, z ^ (z >> 30), is linear over xor. For z = seed ^ r·R ^ b·B it is
 // the xor of a per-(seed, row) and a per-block part, each computed once instead of per hash.
 constexpr uint64_t xorshift30(uint64_t z) { return z ^ (z >> 30); }
+
+// Which layers the SIMD kernels cover. Every (rule, hash rows, decoder, stride) is another copy of
+// every kernel to compile for every target, so only what is used has one: one and two hash rows
+// under every rule, three and four under the default absmaxmin (more rows measured worse,
+// docs/results.md). Other layers decode each row and take dot products.
+constexpr bool has_simd_kernel(SketchRule rule, int rows) {
+  return rows <= 2 || rule == SketchRule::AbsMaxMin;
+}
 
 enum class Decoder : uint8_t { F32, Scale8, Lut4, Lut4S, Scale4 };
 
@@ -814,12 +771,9 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
 template <Decoder kDec, SketchRule kRule, int kRows>
 void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
                          int64_t row_end) {
-  using D8 = hn::CappedTag<float, 8>;
   using D16 = hn::CappedTag<float, 16>;
-  // The Nibble layout only exists for strides that are multiples of 16.
-  if constexpr (kDec == Decoder::F32 || kDec == Decoder::Scale8) {
-    if (m.stride() == 8) return MatmulRows<kDec, kRule, kRows, D8, 8>(m, x, y, tokens, row_begin, row_end);
-  }
+  // Block 16 (the default) has its own instantiation; every other stride shares the generic one
+  // (each instantiation is another copy of every kernel to compile, docs/building.md).
   if (m.stride() == 16) return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
   return MatmulRows<kDec, kRule, kRows, D16, 0>(m, x, y, tokens, row_begin, row_end);
 }
@@ -843,28 +797,20 @@ void MatmulRowsForDecoder(const SketchMatrix& m, const float* x, float* y, int64
   }
 }
 
-template <SketchRule kRule>
-void MatmulRowsForRule(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
-                       int64_t row_end) {
-  switch (m.rows) {
-    case 1: return MatmulRowsForDecoder<kRule, 1>(m, x, y, tokens, row_begin, row_end);
-    case 2: return MatmulRowsForDecoder<kRule, 2>(m, x, y, tokens, row_begin, row_end);
-    case 3: return MatmulRowsForDecoder<kRule, 3>(m, x, y, tokens, row_begin, row_end);
-    default: return MatmulRowsForDecoder<kRule, 4>(m, x, y, tokens, row_begin, row_end);
-  }
-}
-
 void SketchMatmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens) {
   // Waking the OpenMP team costs more than a small product: those run on the calling thread.
   const bool small = m.n_out * m.n_in * tokens < (int64_t{1} << 18);
   const int64_t grain =
       small ? m.n_out : std::max<int64_t>(8, std::min<int64_t>(128, m.n_out / (num_threads() * 4)));
+  using enum SketchRule;
   parallel_for(m.n_out, grain, [&](int64_t begin, int64_t end) {
-    switch (m.rule) {
-      case SketchRule::AbsMinMax: return MatmulRowsForRule<SketchRule::AbsMinMax>(m, x, y, tokens, begin, end);
-      case SketchRule::AbsMaxMin: return MatmulRowsForRule<SketchRule::AbsMaxMin>(m, x, y, tokens, begin, end);
-      case SketchRule::Mean: return MatmulRowsForRule<SketchRule::Mean>(m, x, y, tokens, begin, end);
-    }
+    // The pairs sketch_detail::has_simd_kernel lists; one hash row is the same under every rule.
+    if (m.rows == 1) return MatmulRowsForDecoder<AbsMaxMin, 1>(m, x, y, tokens, begin, end);
+    if (m.rule == AbsMinMax) return MatmulRowsForDecoder<AbsMinMax, 2>(m, x, y, tokens, begin, end);
+    if (m.rule == Mean) return MatmulRowsForDecoder<Mean, 2>(m, x, y, tokens, begin, end);
+    if (m.rows == 2) return MatmulRowsForDecoder<AbsMaxMin, 2>(m, x, y, tokens, begin, end);
+    if (m.rows == 3) return MatmulRowsForDecoder<AbsMaxMin, 3>(m, x, y, tokens, begin, end);
+    return MatmulRowsForDecoder<AbsMaxMin, 4>(m, x, y, tokens, begin, end);
   });
 }
 
@@ -876,31 +822,38 @@ HWY_AFTER_NAMESPACE();
 
 #include "common/error.h"
 #include "ops/reference.h"
+#include "ops/vector_ops.h"
 
 namespace subbit {
 
 HWY_EXPORT(SketchMatmul);
+
+namespace {
+
+// Every row decoded by the scalar decoder, then multiplied with each token.
+void matmul_decoding_rows(const SketchMatrix& m, const float* x, float* y, int64_t tokens) {
+  parallel_for(m.n_out, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(m.n_in);
+    for (int64_t o = begin; o < end; ++o) {
+      sketch_decode_row(m, o, row.data());
+      for (int64_t t = 0; t < tokens; ++t) y[t * m.n_out + o] = dot(row.data(), x + t * m.n_in, m.n_in);
+    }
+  });
+}
+
+}  // namespace
 
 void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens) {
   if (m.rows < 1 || m.rows > kSketchMaxRows || m.block < 1 || m.block > kSketchMaxBlock)
     fail("sketch_matmul: {} hash rows, block {} (supported: 1..{} rows, block 1..{})", m.rows, m.block,
          kSketchMaxRows, kSketchMaxBlock);
   if (tokens == 0) return;
-  // The kernels keep byte offsets into the tables in 32 bits; a table of 4 GiB or more takes the
-  // scalar path.
+  // The kernels keep byte offsets into the tables in 32 bits: a table of 4 GiB or more takes the
+  // row-decoding path, as do the (rule, rows) pairs without a SIMD kernel.
+  bool simd = sketch_detail::has_simd_kernel(m.rule, m.rows);
   for (int k = 0; k < m.rows; ++k)
-    if ((m.hash_rows[k].buckets + m.hash_rows[k].salient_buckets) * uint64_t(m.bucket_bytes()) > 0xFFFFFFFFull) {
-      std::vector<float> row(m.n_in);
-      for (int64_t o = 0; o < m.n_out; ++o) {
-        sketch_decode_row(m, o, row.data());
-        for (int64_t t = 0; t < tokens; ++t) {
-          float sum = 0;
-          for (int64_t i = 0; i < m.n_in; ++i) sum += row[i] * x[t * m.n_in + i];
-          y[t * m.n_out + o] = sum;
-        }
-      }
-      return;
-    }
+    simd = simd && (m.hash_rows[k].buckets + m.hash_rows[k].salient_buckets) * uint64_t(m.bucket_bytes()) <= 0xFFFFFFFFull;
+  if (!simd) return matmul_decoding_rows(m, x, y, tokens);
   const int64_t blocks = m.blocks_per_row(), stride = m.stride();
   // The kernels read whole buckets, so x must be laid out with the same zero-padded stride per
   // block, and 64-byte aligned (loads that straddle cache lines cost the one-token product about
