@@ -64,4 +64,7 @@ inline float f16_to_f32(uint16_t h) { return f16_to_f32_portable(h); }
 inline uint16_t f32_to_f16(float f) { return f32_to_f16_portable(f); }
 #endif
 
+// The fp16 number nearest to f (ties to even), as a float: what a stored fp16 scale holds.
+inline float round_f16(float f) { return f16_to_f32(f32_to_f16(f)); }
+
 }  // namespace subbit

@@ -37,17 +37,15 @@ namespace subbit {
 std::unique_ptr<Linear> DenseLinear::load(const GgufFile& file, const std::string& prefix, int64_t n_out,
                                           int64_t n_in) {
   const GgufTensor& t = file.tensor(prefix + ".weight");
-  if ((t.type != GgmlType::F32 && t.type != GgmlType::BF16 && t.type != GgmlType::F16) ||
-      t.shape != std::vector<int64_t>{n_out, n_in})
+  if (!is_float_type(t.type) || t.shape != std::vector<int64_t>{n_out, n_in})
     fail("{}: tensor {}.weight must be F32/F16/BF16 [{}, {}]", file.path().string(), prefix, n_out, n_in);
-  const DType dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
-  return from_stored(dtype, t.data, n_out, n_in);
+  return from_stored(dtype_of(t.type), t.data, n_out, n_in);
 }
 
 void DenseLinear::save(GgufWriter& out, const std::string& prefix) const {
   const size_t bytes = size_t(matrix_.n_out * matrix_.n_in) * dtype_size(matrix_.dtype);
   const uint8_t* data = static_cast<const uint8_t*>(matrix_.data);
-  out.add_tensor(prefix + ".weight", matrix_.dtype == DType::F32 ? GgmlType::F32 : GgmlType::BF16,
+  out.add_tensor(prefix + ".weight", ggml_type_of(matrix_.dtype),
                  {matrix_.n_out, matrix_.n_in}, std::vector<uint8_t>(data, data + bytes));
 }
 

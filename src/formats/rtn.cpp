@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/bit_stream.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "formats/tensor_io.h"
@@ -10,10 +11,6 @@
 #include "ops/vector_ops.h"
 
 namespace subbit {
-
-namespace {
-float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
-}  // namespace
 
 RtnLinear::RtnLinear(int64_t d_out, int64_t d_in, int bits, std::vector<uint64_t> codes,
                      std::vector<float> scales, std::vector<float> minimums)
@@ -43,10 +40,7 @@ std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int6
       layer->minimums_[r * groups + g] = minimum;
       for (int64_t i = begin; i < end; ++i) {
         const uint64_t q = uint64_t(std::clamp<int64_t>(std::lround((row[i] - minimum) / scale), 0, levels));
-        const int64_t bit = i * bits;
-        uint64_t* word = &layer->codes_[r * words + bit / 64];
-        word[0] |= q << (bit % 64);
-        if (bit % 64 + bits > 64) word[1] |= q >> (64 - bit % 64);
+        put_bits(&layer->codes_[r * words], i, bits, q);
       }
     }
   }
@@ -55,14 +49,10 @@ std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int6
 
 void RtnLinear::decode_row(int64_t r, float* out) const {
   const int64_t groups = groups_per_row(), words = words_per_row();
-  const uint64_t mask = (uint64_t{1} << bits_) - 1;
   const uint64_t* row = codes_.data() + r * words;
   for (int64_t i = 0; i < d_in_; ++i) {
-    const int64_t bit = i * bits_;
-    uint64_t q = row[bit / 64] >> (bit % 64);
-    if (bit % 64 + bits_ > 64) q |= row[bit / 64 + 1] << (64 - bit % 64);
     const int64_t g = r * groups + i / kGroup;
-    out[i] = minimums_[g] + float(q & mask) * scales_[g];
+    out[i] = minimums_[g] + float(get_bits(row, i, bits_)) * scales_[g];
   }
 }
 

@@ -9,10 +9,6 @@
 
 namespace subbit {
 
-namespace {
-float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
-}  // namespace
-
 void rank1_nonnegative(const float* m, int64_t rows, int64_t cols, std::vector<float>& a,
                        std::vector<float>& b) {
   std::vector<double> u(rows, 1.0), v(cols, 0.0);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "common/bit_stream.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "formats/tensor_io.h"
@@ -21,7 +22,6 @@ constexpr int kHeaderNumbers = 5;  // rule, block, value bits, rows, band rows
 
 bool fp16_values(int value_bits) { return value_bits == 16; }
 int max_code(int value_bits) { return (1 << (value_bits - 1)) - 1; }
-float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
 
 void check_layout(int rows, int block, int value_bits) {
   if (rows < 1 || rows > kSketchMaxRows) fail("sketch: {} hash rows (supported: 1..{})", rows, kSketchMaxRows);
@@ -86,19 +86,8 @@ float choose_scale(const std::vector<float>& values, const std::vector<int32_t>&
 
 std::vector<uint64_t> pack_codes(const std::vector<uint32_t>& codes, int bits) {
   std::vector<uint64_t> words((int64_t(codes.size()) * bits + 63) / 64, 0);
-  for (size_t i = 0; i < codes.size(); ++i) {
-    const int64_t bit = int64_t(i) * bits;
-    words[bit / 64] |= uint64_t(codes[i]) << (bit % 64);
-    if (bit % 64 + bits > 64) words[bit / 64 + 1] |= uint64_t(codes[i]) >> (64 - bit % 64);
-  }
+  for (size_t i = 0; i < codes.size(); ++i) put_bits(words.data(), int64_t(i), bits, codes[i]);
   return words;
-}
-
-uint32_t unpack_code(const std::vector<uint64_t>& words, int64_t i, int bits) {
-  const int64_t bit = i * bits;
-  uint64_t code = words[bit / 64] >> (bit % 64);
-  if (bit % 64 + bits > 64) code |= words[bit / 64 + 1] << (64 - bit % 64);
-  return uint32_t(code & ((uint64_t{1} << bits) - 1));
 }
 
 std::string key(const std::string& prefix, const char* name) {
@@ -515,7 +504,7 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
       const int q_max = max_code(value_bits);
       std::vector<float> values(n);
       for (int64_t i = 0; i < n; ++i) {
-        const uint32_t code = unpack_code(words, i, value_bits);
+        const uint32_t code = get_bits(words.data(), i, value_bits);
         if (code > uint32_t(2 * q_max))
           fail("{}: tensor {}: code {} at element {} is out of range (0..{})", where, name, code, i, 2 * q_max);
         values[i] = float(int(code) - q_max) * set.scales[k];

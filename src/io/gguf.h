@@ -10,6 +10,7 @@
 #include <variant>
 #include <vector>
 
+#include "common/dtype.h"
 #include "io/mapped_file.h"
 
 namespace subbit {
@@ -18,6 +19,18 @@ enum class GgmlType : uint32_t { F32 = 0, F16 = 1, I8 = 24, I16 = 25, I32 = 26, 
 
 std::string ggml_type_name(GgmlType type);  // "F32", "BF16", ...
 size_t ggml_type_size(GgmlType type);       // bytes per element
+
+// F32, F16 and BF16 are both tensor types and DTypes.
+constexpr bool is_float_type(GgmlType type) {
+  return type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
+}
+constexpr GgmlType ggml_type_of(DType type) {
+  return type == DType::F32 ? GgmlType::F32 : type == DType::F16 ? GgmlType::F16 : GgmlType::BF16;
+}
+// The DType of a float tensor type (is_float_type).
+constexpr DType dtype_of(GgmlType type) {
+  return type == GgmlType::F32 ? DType::F32 : type == GgmlType::F16 ? DType::F16 : DType::BF16;
+}
 
 // Metadata value types as stored in the file.
 enum class GgufValueType : uint32_t {

@@ -16,9 +16,6 @@ namespace subbit {
 
 namespace {
 
-GgmlType ggml_type_of(DType t) {
-  return t == DType::F32 ? GgmlType::F32 : t == DType::F16 ? GgmlType::F16 : GgmlType::BF16;
-}
 
 void put_f32(GgufWriter& out, const std::string& name, const std::vector<float>& v) {
   std::vector<uint8_t> bytes(v.size() * 4);
@@ -99,12 +96,9 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
 
   LlamaWeights w;
   const GgufTensor& embed = file->tensor(std::string(kEmbedding.file_name));
-  if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} || embed.type == GgmlType::I8 ||
-      embed.type == GgmlType::I16 || embed.type == GgmlType::I32)
+  if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} || !is_float_type(embed.type))
     fail("{}: {} must be a float tensor [{}, {}]", source, kEmbedding.file_name, c.vocab_size, c.hidden_size);
-  auto embed_linear = DenseLinear::from_stored(
-      embed.type == GgmlType::F32 ? DType::F32 : embed.type == GgmlType::F16 ? DType::F16 : DType::BF16,
-      embed.data, c.vocab_size, c.hidden_size);
+  auto embed_linear = DenseLinear::from_stored(dtype_of(embed.type), embed.data, c.vocab_size, c.hidden_size);
   w.embedding = embed_linear->matrix();
   bundle.inventory.push_back({std::string(kEmbedding.file_name), "embedding", ggml_type_name(embed.type),
                               embed.numel(), int64_t(embed.nbytes), ""});
