@@ -110,7 +110,7 @@ TEST_P(Family, ModelFileAndExportKeepTheFamily) {
   const float direct = max_deviation(*bundle.model, golden);
   const fs::path tmp = testing::temp_dir("family");
   save_model_file(tmp / "m.gguf", bundle.model->config(), bundle.tokenizer_json, bundle.model->weights(),
-                  {GetParam(), "none", "{}"});
+                  {GetParam(), "none", "{}", ""});
   ModelBundle from_file = load_model(tmp / "m.gguf");
   EXPECT_EQ(llama_config_to_json(from_file.model->config()), llama_config_to_json(bundle.model->config()));
   EXPECT_EQ(max_deviation(*from_file.model, golden), direct);  // biases and norms stored as f32
