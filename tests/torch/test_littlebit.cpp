@@ -87,7 +87,8 @@ TEST(LittleBitTrainable, RuntimeLayerComputesTheSameAsTheModule) {
   const torch::Tensor expected = module.forward(x).detach();
   const auto runtime = module.to_runtime();
   torch::Tensor y = torch::empty({5, 70});
-  runtime->forward(x.data_ptr<float>(), y.data_ptr<float>(), 5);
+  Scratch scratch;
+  runtime->forward(x.data_ptr<float>(), y.data_ptr<float>(), 5, scratch);
   // The runtime stores scales in fp16: agreement to fp16 precision.
   EXPECT_LT((y - expected).abs().max().item<float>(), 2e-3 * (1 + expected.abs().max().item<float>()));
   EXPECT_EQ(runtime->storage_bits(), littlebit_bits(45, 70, 16, 2));

@@ -18,7 +18,8 @@ using compress::SketchTrainable;
 torch::Tensor runtime_forward(const Linear& layer, const torch::Tensor& x) {
   const torch::Tensor in = x.contiguous();
   torch::Tensor out = torch::empty({x.size(0), layer.n_out()});
-  layer.forward(in.data_ptr<float>(), out.data_ptr<float>(), x.size(0));
+  Scratch scratch;
+  layer.forward(in.data_ptr<float>(), out.data_ptr<float>(), x.size(0), scratch);
   return out;
 }
 
