@@ -243,6 +243,31 @@ TEST(ChatTemplate, UnsupportedConstructsNameThePosition) {
             "t:1:4: unsupported statement 'include' (this renderer implements if, for, set, break, continue)");
 }
 
+// A template comes with a downloaded model: one that nests without end, loops without end or
+// grows its strings without end is refused with an error, never a crash, a hang or all memory.
+TEST(ChatTemplate, HostileTemplatesHitBudgetsNotTheStack) {
+  auto contains = [](const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  };
+  EXPECT_TRUE(contains(render_error("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}"),
+                       "nested more than"));
+  EXPECT_TRUE(contains(render_error("{{ " + std::string(50000, '-') + "1 }}"), "nested more than"));
+  std::string chain = "{{ 1";
+  for (int i = 0; i < 50000; ++i) chain += " + 1";
+  EXPECT_TRUE(contains(render_error(chain + " }}"), "expression nested more than"));
+  std::string blocks;
+  for (int i = 0; i < 5000; ++i) blocks += "{% if true %}";
+  EXPECT_TRUE(contains(render_error(blocks), "nested more than"));
+  EXPECT_TRUE(contains(render_error("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
+                       "steps"));
+  EXPECT_TRUE(contains(render_error("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(100) %}"
+                                    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+                       "too long"));
+  EXPECT_TRUE(contains(render_error("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(100) %}"
+                                    "{% set ns.s = ns.s + ns.s %}{% endfor %}"),
+                       "too long"));
+}
+
 TEST(ChatTemplate, PlainFallbackWithoutTemplate) {
   const chat::ChatFormat plain("", "model", "<s>", "</s>");
   EXPECT_FALSE(plain.has_template());

@@ -367,6 +367,7 @@ struct Expr {
   std::vector<ExprPtr> args;  // operands (nullptr for absent slice bounds or ternary else)
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   bool negated = false;  // Test: "is not"
+  int height = 1;        // of this expression tree (Parser::deepen)
 };
 
 struct Node;
@@ -384,6 +385,11 @@ struct Node {
   ExprPtr filter;                                   // For ... if filter
 };
 
+// Templates nested deeper than this (blocks, brackets, operators, expression trees) are refused:
+// parsing, rendering and freeing recurse once per level, so unbounded nesting from a hostile
+// template would overflow the stack. Real chat templates nest a few levels.
+constexpr int kMaxNesting = 200;
+
 class Parser {
  public:
   Parser(const Source& src, std::vector<Token> tokens) : src_(src), t_(std::move(tokens)) {}
@@ -395,6 +401,27 @@ class Parser {
   }
 
  private:
+  // Counts one level of parser recursion while it lives.
+  class Nested {
+   public:
+    explicit Nested(Parser& p) : p_(p) {
+      if (++p_.nesting_ > kMaxNesting) p_.src_.error(p_.peek().pos, "nested more than {} levels deep", kMaxNesting);
+    }
+    ~Nested() { --p_.nesting_; }
+
+   private:
+    Parser& p_;
+  };
+  // Sets e's height from its operands'; refuses trees taller than kMaxNesting, which chains of
+  // operators, filters or attributes build without recursing while parsing.
+  ExprPtr deepen(ExprPtr e) {
+    auto height = [](const ExprPtr& child) { return child ? child->height : 0; };
+    for (const ExprPtr& a : e->args) e->height = std::max(e->height, 1 + height(a));
+    for (const auto& kv : e->kwargs) e->height = std::max(e->height, 1 + height(kv.second));
+    if (e->height > kMaxNesting) src_.error(e->pos, "expression nested more than {} levels deep", kMaxNesting);
+    return e;
+  }
+
   const Token& peek(size_t ahead = 0) const { return t_[std::min(i_ + ahead, t_.size() - 1)]; }
   const Token& next() { return t_[std::min(i_++, t_.size() - 1)]; }
   bool is_op(const char* op, size_t ahead = 0) const {
@@ -432,6 +459,7 @@ class Parser {
 
   // Parses nodes until a block tag whose keyword is in `stops` (left unconsumed) or the end.
   Body parse_body(const std::vector<std::string>& stops) {
+    const Nested nested(*this);
     Body body;
     while (true) {
       const Token& t = peek();
@@ -557,6 +585,7 @@ class Parser {
   }
 
   ExprPtr parse_expression(bool allow_ternary = true) {
+    const Nested nested(*this);
     ExprPtr value = parse_or();
     if (allow_ternary && is_name("if")) {
       const size_t pos = next().pos;
@@ -570,7 +599,7 @@ class Parser {
       e->args.push_back(std::move(value));
       e->args.push_back(std::move(condition));
       e->args.push_back(std::move(otherwise));
-      return e;
+      return deepen(std::move(e));
     }
     return value;
   }
@@ -579,7 +608,7 @@ class Parser {
     auto e = make(Expr::Kind::Binary, pos, op);
     e->args.push_back(std::move(a));
     e->args.push_back(std::move(b));
-    return e;
+    return deepen(std::move(e));
   }
 
   ExprPtr parse_or() {
@@ -600,10 +629,11 @@ class Parser {
   }
   ExprPtr parse_not() {
     if (is_name("not")) {
+      const Nested nested(*this);
       const size_t pos = next().pos;
       auto e = make(Expr::Kind::Unary, pos, "not");
       e->args.push_back(parse_not());
-      return e;
+      return deepen(std::move(e));
     }
     return parse_compare();
   }
@@ -665,9 +695,11 @@ class Parser {
   ExprPtr parse_unary(bool with_filters = true) {
     ExprPtr value;
     if (is_op("-") || is_op("+")) {
+      const Nested nested(*this);
       const Token& t = next();
       value = make(Expr::Kind::Unary, t.pos, t.text);
       value->args.push_back(parse_unary(false));
+      value = deepen(std::move(value));
     } else {
       value = parse_postfix(parse_primary());
     }
@@ -683,7 +715,7 @@ class Parser {
         auto e = make(Expr::Kind::Filter, name.pos, name.text);
         e->args.push_back(std::move(value));
         if (is_op("(")) parse_call_arguments(*e);
-        value = parse_postfix(std::move(e));
+        value = parse_postfix(deepen(std::move(e)));
       } else if (is_name("is")) {
         ++i_;
         bool negated = false;
@@ -705,7 +737,7 @@ class Parser {
                     !is_name("not"))) {
           e->args.push_back(parse_postfix(parse_primary()));  // "x is divisibleby 3"
         }
-        value = std::move(e);
+        value = deepen(std::move(e));
       } else {
         return value;
       }
@@ -737,7 +769,7 @@ class Parser {
         auto e = make(name.kind == Tok::Int ? Expr::Kind::Index : Expr::Kind::Attr, name.pos, name.text);
         e->args.push_back(std::move(value));
         if (name.kind == Tok::Int) e->args.push_back(literal(name.pos, Json(std::stoll(name.text))));
-        value = std::move(e);
+        value = deepen(std::move(e));
       } else if (is_op("[")) {
         const size_t pos = next().pos;
         ExprPtr start, stop, step;
@@ -760,12 +792,12 @@ class Parser {
           e->args.push_back(std::move(stop));
           e->args.push_back(std::move(step));
         }
-        value = std::move(e);
+        value = deepen(std::move(e));
       } else if (is_op("(")) {
         auto e = make(Expr::Kind::Call, value->pos);
         e->args.push_back(std::move(value));
         parse_call_arguments(*e);
-        value = std::move(e);
+        value = deepen(std::move(e));
       } else {
         return value;
       }
@@ -806,7 +838,7 @@ class Parser {
             ++i_;
           }
           expect_op("]");
-          return e;
+          return deepen(std::move(e));
         }
         if (t.text == "{") {
           auto e = make(Expr::Kind::Dict, t.pos);
@@ -818,7 +850,7 @@ class Parser {
             ++i_;
           }
           expect_op("}");
-          return e;
+          return deepen(std::move(e));
         }
         break;
       default: break;
@@ -829,6 +861,7 @@ class Parser {
   const Source& src_;
   std::vector<Token> t_;
   size_t i_ = 0;
+  int nesting_ = 0;  // parser recursion (Nested)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -856,7 +889,14 @@ class Renderer {
  private:
   [[noreturn]] void error(size_t pos, const std::string& message) const { src_.error(pos, "{}", message); }
 
+  // A chat template renders a few messages: budgets far above that bound what a hostile one
+  // (tokenizer_config.json comes with downloaded models) can make the server do per request.
+  static constexpr int64_t kMaxSteps = int64_t{1} << 22;   // statements and loop iterations
+  static constexpr size_t kMaxOutput = size_t{1} << 26;    // bytes of rendered text
+
   Flow run(const Node& node, std::string& out) {
+    if (++steps_ > kMaxSteps) error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
+    if (out.size() > kMaxOutput) error(node.pos, fmt::format("the template renders more than {} bytes", kMaxOutput));
     switch (node.kind) {
       case Node::Kind::Text: out += node.text; return Flow::Normal;
       case Node::Kind::Output: out += python_str(eval(*node.expr)); return Flow::Normal;
@@ -900,6 +940,7 @@ class Renderer {
     if (items.empty()) return run(node.else_body, out);
     const int64_t length = int64_t(items.size());
     for (int64_t i = 0; i < length; ++i) {
+      if (++steps_ > kMaxSteps) error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
       scopes_.emplace_back();
       bind_targets(node, items[i]);
       Json loop = {{"index", i + 1},          {"index0", i},
@@ -1407,7 +1448,11 @@ class Renderer {
     }
     const Value a = eval(*e.args[0]);
     const Value b = eval(*e.args[1]);
-    if (op == "~") return Value::of(python_str(a) + python_str(b));
+    if (op == "~") {
+      std::string joined = python_str(a) + python_str(b);
+      if (joined.size() > kMaxOutput) error(e.pos, "string concatenation is too long");
+      return Value::of(std::move(joined));
+    }
     if (op == "in") return Value::of(contains(b, a, e.pos));
     if (op == "not in") return Value::of(!contains(b, a, e.pos));
     if (op == "==" || op == "!=" || op == "<" || op == "<=" || op == ">" || op == ">=")
@@ -1420,8 +1465,13 @@ class Renderer {
     const Json& y = b.data;
     const bool numbers = (x.is_number() || x.is_boolean()) && (y.is_number() || y.is_boolean());
     if (op == "+") {
-      if (x.is_string() && y.is_string()) return Value::of(x.get<std::string>() + y.get<std::string>());
+      if (x.is_string() && y.is_string()) {
+        if (x.get_ref<const std::string&>().size() + y.get_ref<const std::string&>().size() > kMaxOutput)
+          error(e.pos, "string concatenation is too long");
+        return Value::of(x.get<std::string>() + y.get<std::string>());
+      }
       if (x.is_array() && y.is_array()) {
+        if (x.size() + y.size() > kMaxOutput / 64) error(e.pos, "list concatenation is too long");
         Json out = x;
         for (const Json& item : y) out.push_back(item);
         return Value::of(std::move(out));
@@ -1570,6 +1620,7 @@ class Renderer {
         Value x = Value::of(item);
         if (attribute_name != nullptr) x = attribute(x, python_str(*attribute_name), e.pos);
         out += (first ? "" : separator) + python_str(x);
+        if (out.size() > kMaxOutput) error(e.pos, "join produces too long a string");
         first = false;
       }
       return Value::of(out);
@@ -1642,6 +1693,7 @@ class Renderer {
 
   const Source& src_;
   std::vector<std::map<std::string, Value>> scopes_;
+  int64_t steps_ = 0;  // run() calls and loop iterations so far
 };
 
 void dump(const Json& j, int indent, int depth, std::string& out) {
