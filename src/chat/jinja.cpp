@@ -891,7 +891,7 @@ class Renderer {
 
   // A chat template renders a few messages: budgets far above that bound what a hostile one
   // (tokenizer_config.json comes with downloaded models) can make the server do per request.
-  static constexpr int64_t kMaxSteps = int64_t{1} << 22;   // statements and loop iterations
+  static constexpr int64_t kMaxSteps = int64_t{1} << 20;   // statements and loop iterations
   static constexpr size_t kMaxOutput = size_t{1} << 26;    // bytes of rendered text
 
   Flow run(const Node& node, std::string& out) {
