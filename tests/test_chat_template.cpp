@@ -266,6 +266,11 @@ TEST(ChatTemplate, HostileTemplatesHitBudgetsNotTheStack) {
   EXPECT_TRUE(contains(render_error("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(100) %}"
                                     "{% set ns.s = ns.s + ns.s %}{% endfor %}"),
                        "too long"));
+  // Python's integers do not overflow and int64 must not wrap (or be undefined behaviour).
+  for (const char* overflowing : {"{{ 9223372036854775807 + 1 }}", "{{ 3 ** 40 }}", "{{ 4611686018427387904 * 2 }}",
+                                  "{{ 1e300 | int }}"})
+    EXPECT_TRUE(contains(render_error(overflowing), "overflow") || contains(render_error(overflowing), "range"))
+        << overflowing;
 }
 
 TEST(ChatTemplate, PlainFallbackWithoutTemplate) {

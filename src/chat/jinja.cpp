@@ -1041,7 +1041,10 @@ class Renderer {
         if (!v.is_data() || !(v.data.is_number() || v.data.is_boolean()))
           error(e.pos, fmt::format("bad operand type for unary {}: {}", e.text, type_name(v)));
         if (e.text == "+") return v;
-        if (is_integer(v.data)) return Value::of(-as_int(v.data));
+        if (is_integer(v.data)) {
+          if (as_int(v.data) == INT64_MIN) error(e.pos, "integer overflow in unary -");
+          return Value::of(-as_int(v.data));
+        }
         return Value::of(-as_double(v.data));
       }
       case Expr::Kind::Binary: return binary(e);
@@ -1378,7 +1381,7 @@ class Renderer {
       if (name == "even") return x % 2 == 0;
       const Value& d = operand();
       if (!d.is_data() || !is_integer(d.data) || as_int(d.data) == 0) error(pos, "divisibleby needs a non-zero integer");
-      return x % as_int(d.data) == 0;
+      return as_int(d.data) == -1 || x % as_int(d.data) == 0;  // INT64_MIN % -1 would trap
     }
     if (name == "equalto" || name == "eq" || name == "==" || name == "sameas") return values_equal(v, operand());
     if (name == "ne" || name == "!=") return !values_equal(v, operand());
@@ -1493,16 +1496,23 @@ class Renderer {
     }
     if (ints) {
       const int64_t p = as_int(x), q = as_int(y);
-      if (op == "+") return Value::of(p + q);
-      if (op == "-") return Value::of(p - q);
-      if (op == "*") return Value::of(p * q);
+      // Python's ints do not overflow; int64 does, and that is an error here, not wrap-around.
+      int64_t r = 0;
+      auto overflow = [&]() { error(e.pos, fmt::format("integer overflow in {}", op)); };
+      if (op == "+") return Value::of(__builtin_add_overflow(p, q, &r) ? (overflow(), r) : r);
+      if (op == "-") return Value::of(__builtin_sub_overflow(p, q, &r) ? (overflow(), r) : r);
+      if (op == "*") return Value::of(__builtin_mul_overflow(p, q, &r) ? (overflow(), r) : r);
       if (op == "**") {
         if (q < 0) return Value::of(std::pow(double(p), double(q)));
-        int64_t r = 1;
-        for (int64_t i = 0; i < q && i < 64; ++i) r *= p;
+        if (p == 0 || p == 1) return Value::of(q == 0 ? 1 : p);
+        if (p == -1) return Value::of(q % 2 == 0 ? 1 : -1);
+        r = 1;  // |p| >= 2: overflows within 63 factors
+        for (int64_t i = 0; i < q; ++i)
+          if (__builtin_mul_overflow(r, p, &r)) overflow();
         return Value::of(r);
       }
       if (q == 0) error(e.pos, "integer division or modulo by zero");
+      if (p == INT64_MIN && q == -1) overflow();
       // Python rounds // toward negative infinity and gives % the divisor's sign.
       int64_t quotient = p / q, remainder = p % q;
       if (remainder != 0 && ((remainder < 0) != (q < 0))) {
@@ -1565,7 +1575,10 @@ class Renderer {
     }
     if (f == "int") {
       if (v.is_data() && (v.data.is_number() || v.data.is_boolean())) {
-        return Value::of(is_integer(v.data) ? as_int(v.data) : int64_t(std::trunc(as_double(v.data))));
+        if (is_integer(v.data)) return Value::of(as_int(v.data));
+        const double d = std::trunc(as_double(v.data));
+        if (!(d >= -0x1p63 && d < 0x1p63)) error(e.pos, "int of a float outside the 64-bit range");
+        return Value::of(int64_t(d));
       }
       if (v.is_string()) {
         try {
@@ -1588,7 +1601,10 @@ class Renderer {
     }
     if (f == "abs") {
       if (!v.is_number()) error(e.pos, "abs needs a number");
-      if (is_integer(v.data)) return Value::of(std::abs(as_int(v.data)));
+      if (is_integer(v.data)) {
+        if (as_int(v.data) == INT64_MIN) error(e.pos, "integer overflow in abs");
+        return Value::of(std::abs(as_int(v.data)));
+      }
       return Value::of(std::abs(as_double(v.data)));
     }
     if (f == "list") {

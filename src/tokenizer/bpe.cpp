@@ -12,6 +12,12 @@
 
 namespace subbit::tokenization {
 
+int32_t read_token_id(const nlohmann::json& value, const std::string& path, std::string_view what) {
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX)
+    fail("{}: {} must be an integer from 0 to 2^31 - 1, got {}", path, what, value.dump());
+  return int32_t(value.get<int64_t>());
+}
+
 namespace {
 
 // Long words (a whole document when there is no pre-tokenizer) would only bloat the cache.
@@ -47,8 +53,7 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& path) {
   if (!vocab.is_object()) fail("{}: model.vocab must be an object", path);
   int32_t max_id = -1;
   for (const auto& [token, id_json] : vocab.items()) {
-    const auto id = id_json.get<int32_t>();
-    if (id < 0) fail("{}: negative id {} for token '{}'", path, id, token);
+    const int32_t id = read_token_id(id_json, path, fmt::format("the id of token '{}'", token));
     vocab_.emplace(token, id);
     max_id = std::max(max_id, id);
   }

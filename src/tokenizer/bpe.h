@@ -22,6 +22,11 @@ struct StringHash {
 template <typename Value>
 using StringMap = std::unordered_map<std::string, Value, StringHash, std::equal_to<>>;
 
+// A token id of tokenizer.json (`what` says where): an integer in 0 .. 2^31 - 1; anything else
+// (a float, which nlohmann would convert with undefined behaviour, a negative or huge number) is
+// an Error naming `path`.
+int32_t read_token_id(const nlohmann::json& value, const std::string& path, std::string_view what);
+
 class BpeModel {
  public:
   // `model` is the "model" object of tokenizer.json; errors name `path`.

@@ -140,13 +140,12 @@ struct Tokenizer::Impl {
       if (entry.value("single_word", false))
         fail("{}: added token '{}' uses single_word, which is not supported", path, content);
       if (content.empty()) continue;  // tokenizers ignores empty added tokens
-      added_tokens.push_back(AddedToken{content, entry.at("id").get<int32_t>(),
+      added_tokens.push_back(AddedToken{content, tokenization::read_token_id(entry.at("id"), path, "an added token's id"),
                                         entry.value("lstrip", false), entry.value("rstrip", false),
                                         entry.value("normalized", true)});
     }
     // Matchers and maps point into added_tokens, so fill them only once it is complete.
     for (const AddedToken& token : added_tokens) {
-      if (token.id < 0) fail("{}: added token '{}' has negative id", path, token.content);
       added_by_id.emplace(token.id, &token);
       added_by_content.emplace(token.content, token.id);
       if (token.normalized) {
