@@ -46,7 +46,7 @@ case ${1:-} in
         echo "fuzz_$target: finding (input saved in $build/artifacts)"
         exit 1
       fi
-      echo "fuzz_$target: $(grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1)"
+      echo "fuzz_$target: $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)"
     done
     ;;
   ci)
