@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
@@ -773,9 +774,12 @@ void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_
                          int64_t row_end) {
   using D16 = hn::CappedTag<float, 16>;
   // Block 16 (the default) has its own instantiation; every other stride shares the generic one
-  // (each instantiation is another copy of every kernel to compile, docs/building.md).
+  // (each instantiation is another copy of every kernel to compile, docs/building.md). Its vectors
+  // must divide every stride it serves: 8 and multiples of 16 for fp32 and int8 tables, multiples
+  // of 16 only for the Nibble layout (sketch_bucket_stride).
+  using DGeneric = std::conditional_t<Nibbles(kDec), D16, hn::CappedTag<float, 8>>;
   if (m.stride() == 16) return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
-  return MatmulRows<kDec, kRule, kRows, D16, 0>(m, x, y, tokens, row_begin, row_end);
+  return MatmulRows<kDec, kRule, kRows, DGeneric, 0>(m, x, y, tokens, row_begin, row_end);
 }
 
 template <SketchRule kRule, int kRows>
