@@ -63,7 +63,7 @@ LlamaModel variant(const LlamaModel& model, LlamaConfig config, bool drop_biases
   w.embedding = src.embedding;
   w.storage = src.storage;
   w.final_norm = src.final_norm;
-  w.lm_head = std::make_unique<DenseLinear>(src.embedding);  // both goldens' models are tied
+  w.lm_head = src.lm_head;  // both goldens' models are tied
   for (const LlamaLayer& s : src.layers) {
     LlamaLayer layer;
     layer.norm = s.norm;

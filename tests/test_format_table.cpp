@@ -1,5 +1,7 @@
 // The weight-format table: every row loads what its layers save, and unknown names are refused
 // with every known one listed.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
@@ -104,6 +106,37 @@ TEST(FormatTable, OnlyFormatsSizedByATargetExplainOvershoot) {
   EXPECT_EQ(find_linear_format("littlebit")->over_target_reason, "minimum rank");
   EXPECT_EQ(find_linear_format("sketch")->over_target_reason, "fixed costs");
   EXPECT_TRUE(find_linear_format("dense")->over_target_reason.empty());
+}
+
+}  // namespace
+}  // namespace subbit
+
+namespace subbit {
+namespace {
+
+// decode_row is how an embedding in any format is looked up: it must give the rows of the matrix
+// the layer multiplies with, read here off forward() on the identity (column j = W · e_j).
+TEST(FormatTable, DecodeRowGivesTheRowsTheProductUses) {
+  auto layers = sample_layers();
+  for (const LinearFormat& format : linear_formats()) {
+    SCOPED_TRACE(std::string(format.name));
+    const Linear& layer = *layers.at(std::string(format.name));
+    std::vector<float> identity(kIn * kIn, 0.0f), columns(kIn * kOut);  // (tokens = kIn, n_out)
+    for (int64_t j = 0; j < kIn; ++j) identity[j * kIn + j] = 1.0f;
+    Scratch scratch;
+    layer.forward(identity.data(), columns.data(), kIn, scratch);
+    std::vector<float> row(kIn);
+    double worst = 0, largest = 0;
+    for (int64_t r : {int64_t{0}, int64_t{7}, kOut - 1}) {
+      layer.decode_row(r, row.data());
+      for (int64_t j = 0; j < kIn; ++j) {
+        worst = std::max(worst, double(std::abs(row[j] - columns[j * kOut + r])));
+        largest = std::max(largest, double(std::abs(row[j])));
+      }
+    }
+    EXPECT_GT(largest, 0.0);
+    EXPECT_LE(worst, 1e-5 * largest);
+  }
 }
 
 }  // namespace

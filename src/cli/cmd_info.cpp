@@ -117,6 +117,18 @@ Action add_info_command(CLI::App& app) {
     for (const auto& [kind, totals] : by_kind) row(kind, totals);
     row("linear layers", linear);
     row("total", all);
+    // Bits per parameter of the model as a user ships it: every stored tensor over the model's
+    // parameters, a tied embedding/head counted once (as transformers counts them), so that a
+    // head stored twice shows up as extra bits rather than extra parameters.
+    const LlamaConfig& mc = bundle.model->config();
+    const bool head_stored_twice = mc.tie_word_embeddings && !bundle.model->weights().head_is_embedding();
+    const int64_t model_params = all.params - (head_stored_twice ? mc.vocab_size * mc.hidden_size : 0);
+    fmt::print("whole file: {:.4f} bits/param ({} stored bits over {} parameters); linear layers alone {:.4f}\n",
+               8.0 * all.bytes / double(model_params), 8 * all.bytes, model_params,
+               linear.params ? 8.0 * linear.bytes / linear.params : 0.0);
+    if (head_stored_twice)
+      fmt::print("tied embedding and LM head are stored twice, in different formats ({} and {})\n",
+                 bundle.model->weights().embedding->describe(), bundle.model->weights().lm_head->describe());
 
     if (o->tensors || bundle.container != "huggingface") {
       fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w", "detail");

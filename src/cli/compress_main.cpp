@@ -34,11 +34,19 @@ int main(int argc, char** argv) {
   app.add_option("--bpw", o.bpw, fmt::format("{}: target bits per weight of linear layers", fmt::join(sized_by_bpw, ", ")))
       ->capture_default_str();
   // Every method declares its own options (with their defaults) in a group of its own.
-  std::map<std::string_view, std::unique_ptr<compress::CompressMethod>> methods;
+  std::map<std::string_view, std::shared_ptr<compress::CompressMethod>> methods;
   for (const compress::CompressMethodRow& row : compress::compress_methods()) {
     methods[row.name] = row.make();
     methods[row.name]->add_options(*app.add_option_group(std::string(row.name), std::string(row.summary)));
   }
+  app.add_option("--budget", o.budget,
+                 "linear: --bpw is the linear layers' target | whole: every stored bit over every parameter")
+      ->capture_default_str();
+  app.add_option("--embed-type", o.embed_type,
+                 "embedding: dense (as stored) | METHOD[:N], e.g. rtn:4, littlebit:0.55 (default: dense; "
+                 "with --budget whole, --method)");
+  app.add_option("--head-type", o.head_type,
+                 "LM head: the same types (default: a tied head is stored once with the embedding)");
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
   app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
       ->capture_default_str()->needs(texts);
@@ -58,7 +66,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    compress::CompressMethod& method = *methods.at(compress::find_compress_method(o.method).name);
+    const std::shared_ptr<compress::CompressMethod>& method = methods.at(compress::find_compress_method(o.method).name);
     o.qat.train_norms = !freeze_norms;
     if (device == "cuda") {
       if (!torch::cuda::is_available()) fail("--device cuda: this libtorch has no usable CUDA device");
@@ -85,12 +93,15 @@ int main(int argc, char** argv) {
     const LinearFormat* format = find_linear_format(o.method);
     fmt::print("{:<24} {:>12} {:>28} {:>8}\n", "layer", "shape", "detail", "bpw");
     for (const auto& l : report.layers) {
-      const bool over = format && !format->over_target_reason.empty() && l.bpw > o.bpw * format->over_target_slack;
+      const bool over = format && !format->over_target_reason.empty() && l.bpw > report.linear_target_bpw * format->over_target_slack;
       fmt::print("{:<24} {:>12} {:>28} {:>8.3f}{}\n", l.name, fmt::format("{}x{}", l.n_out, l.n_in),
                  l.detail, l.bpw, over ? fmt::format("  (over target: {})", format->over_target_reason) : "");
     }
     fmt::print("linear layers: {:.4f} bits/weight over {} weights\n",
                double(report.linear_bits) / double(report.linear_params), report.linear_params);
+    fmt::print("whole file: {:.4f} bits/param over {} parameters (embedding {}; head {})\n",
+               double(report.whole_bits) / double(report.whole_params), report.whole_params, report.embedding,
+               report.head);
     if (report.trained)
       fmt::print("QAT: {} steps, {} tokens, lr {:g}, loss {:.4f} -> {:.4f}, {:.1f} s{}\n", report.qat.steps,
                  report.qat.tokens, o.qat.lr, report.qat.first_loss, report.qat.last_loss, report.qat.seconds,

@@ -91,6 +91,18 @@ torch::Tensor LittleBitTrainable::forward(const torch::Tensor& x) {
   return y;
 }
 
+torch::Tensor LittleBitTrainable::rows(const torch::Tensor& index) {
+  torch::Tensor w;
+  for (const LatentFactors& f : paths_) {
+    // (k, r) · (r, d_in): only the looked-up rows of sign(u) are multiplied out.
+    const torch::Tensor left = surrogate_sign(f.u.index_select(0, index), surrogate_, alpha_) *
+                               f.h.index_select(0, index).unsqueeze(1) * f.l;
+    const torch::Tensor out = torch::matmul(left, surrogate_sign(f.v, surrogate_, alpha_).t()) * f.g;
+    w = w.defined() ? w + out : out;
+  }
+  return w;
+}
+
 std::unique_ptr<Linear> LittleBitTrainable::to_runtime() const {
   std::vector<LittleBitPath> paths;
   for (const LatentFactors& f : paths_) {

@@ -36,6 +36,7 @@ class LittleBitTrainable final : public TrainableLinear {
   LittleBitTrainable(const torch::Tensor& w, int64_t rank, bool residual, SignSurrogate surrogate,
                      double alpha, const TruncatedSvdOptions& svd_options = {});
   torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor rows(const torch::Tensor& index) override;
   std::unique_ptr<Linear> to_runtime() const override;
 
  private:

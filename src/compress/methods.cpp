@@ -33,9 +33,11 @@ class LittleBitMethod final : public TrainableMethod {
     details["rank_granularity"] = rank_granularity_;
   }
   std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
-    const int64_t n_out = w.size(0), n_in = w.size(1);
-    const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, layer.target_bpw, residual_ ? 2 : 1, rank_granularity_);
-    return std::make_shared<LittleBitTrainable>(w, rank, residual_, surrogate(), alpha_);
+    return std::make_shared<LittleBitTrainable>(w, rank(w.size(0), w.size(1), layer.target_bpw), residual_, surrogate(),
+                                                alpha_);
+  }
+  double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const override {
+    return littlebit_bpw(n_in, n_out, rank(n_out, n_in, target_bpw), paths());
   }
 
  private:
@@ -43,6 +45,11 @@ class LittleBitMethod final : public TrainableMethod {
     if (surrogate_ == "tanh") return SignSurrogate::Tanh;
     if (surrogate_ == "ste") return SignSurrogate::ClippedSte;
     fail("--surrogate must be tanh or ste, got \"{}\"", surrogate_);
+  }
+
+  int paths() const { return residual_ ? 2 : 1; }
+  int64_t rank(int64_t n_out, int64_t n_in, double target_bpw) const {
+    return littlebit_rank_for_bpw(n_in, n_out, target_bpw, paths(), rank_granularity_);
   }
 
   bool residual_ = true;
@@ -86,17 +93,25 @@ class SketchMethod final : public TrainableMethod {
   }
   std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
     const int64_t n_out = w.size(0), n_in = w.size(1);
-    SketchParams params = sketch_params_for_bpw(n_out, n_in, layer.target_bpw, rows_, block_, value_bits_,
-                                                salient_fraction_, band_buckets_);
+    SketchParams params = params_for(n_out, n_in, layer.target_bpw);
     params.rule = parse_sketch_rule(rule_);
-    // Every layer hashes with its own seeds.
+    // Every layer hashes with its own seeds (the embedding and head: seeds below the blocks').
     params.seed = seed_ + uint64_t(layer.block * kLinearsPerBlock + layer.index);
+    // Calibration observes the blocks' linear inputs only.
+    const bool calibrated = !column_rms_.empty() && layer.block != kOutsideBlocks;
     const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
-                                              column_rms_.empty() ? nullptr : column_rms_[layer.block][layer.index].data());
+                                              calibrated ? column_rms_[layer.block][layer.index].data() : nullptr);
     return std::make_shared<SketchTrainable>(*encoded);
+  }
+  double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const override {
+    return double(sketch_storage_bits(n_out, n_in, params_for(n_out, n_in, target_bpw))) / double(n_out * n_in);
   }
 
  private:
+  SketchParams params_for(int64_t n_out, int64_t n_in, double target_bpw) const {
+    return sketch_params_for_bpw(n_out, n_in, target_bpw, rows_, block_, value_bits_, salient_fraction_, band_buckets_);
+  }
+
   int rows_ = 2;
   int block_ = 16;
   int value_bits_ = 4;
@@ -144,7 +159,7 @@ constexpr CompressMethodRow kMethods[] = {
      make<LittleBitMethod>},
     {"sketch", "UltraSketch: hashed value tables (docs/ultrasketch.md, QAT)", true, "sketched", make<SketchMethod>},
     {"sign", "1 bit per weight, fp16 row and column scales (post-training)", false, "encoded", make<SignMethod>},
-    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded", make<RtnMethod>},
+    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded", make<RtnMethod>, "--bits"},
 };
 
 }  // namespace

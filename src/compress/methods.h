@@ -24,8 +24,8 @@ namespace subbit::compress {
 
 // One linear layer of the model being compressed.
 struct LayerToCompress {
-  int64_t block;      // 0 .. num_layers − 1
-  int index;          // in LlamaLayer order: q, k, v, o, gate, up, down
+  int64_t block;      // 0 .. num_layers − 1, or kOutsideBlocks (embedding, LM head)
+  int index;          // in LlamaLayer order: q, k, v, o, gate, up, down; or an OutsideTensor
   double target_bpw;  // --bpw (read only by methods whose row says targets_bpw)
 };
 
@@ -42,6 +42,10 @@ class CompressMethod {
                        nlohmann::json& details) {}
   // Adds the options that shaped the layers to the file's compression details.
   virtual void record(nlohmann::json& details) const {}
+  // The bits per weight an (n_out, n_in) layer built for `target_bpw` is stored at (methods sized
+  // by --bpw): what the whole-file budget adds up before any layer is built. A rank or table size
+  // rounds, and a minimum size may overshoot small targets.
+  virtual double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const { return target_bpw; }
 };
 
 // Post-training only: each layer is encoded from its original fp32 weights.
@@ -50,6 +54,10 @@ class EncodingMethod : public CompressMethod {
   virtual std::unique_ptr<Linear> encode(const float* w /* (n_out, n_in) */, int64_t n_out,
                                          int64_t n_in, const LayerToCompress& layer) const = 0;
 };
+
+// LayerToCompress::block of the tensors outside the blocks; their index is one of these.
+inline constexpr int64_t kOutsideBlocks = -1;
+enum OutsideTensor : int { kEmbeddingTensor, kHeadTensor };
 
 // Each layer becomes a trainable module (initialised from the original weights) that deploys as
 // the format's runtime layer; QAT trains it when --train-tokens is given.
@@ -65,6 +73,9 @@ struct CompressMethodRow {
   bool targets_bpw;          // sized by --bpw (validated, and recorded as target_bpw)
   std::string_view built;    // the log line after each block: "<built> block 3/6"
   std::unique_ptr<CompressMethod> (*make)();  // the method with its default options
+  // The option that the number of a tensor type names (`--head-type rtn:3` is --bits 3); empty
+  // for methods sized by --bpw (the number is the bpw) and for methods without a number.
+  std::string_view type_number_option = {};
 };
 
 std::span<const CompressMethodRow> compress_methods();

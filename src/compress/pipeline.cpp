@@ -13,6 +13,7 @@
 #include "model/loader.h"
 #include "model/model_file.h"
 #include "model/tensors.h"
+#include "compress/tensor_types.h"
 
 namespace subbit::compress {
 
@@ -40,10 +41,37 @@ void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
                   all.entries, 100.0 * all.changed / all.entries));
 }
 
+// The embedding or the LM head: encoded once (`runtime`), or trainable in QAT (`trainable`).
+struct OutsideLayer {
+  TensorType type;
+  std::shared_ptr<const Linear> runtime;
+  std::shared_ptr<TrainableLinear> trainable;
+  int64_t bits() const { return runtime ? runtime->storage_bits() : trainable->to_runtime()->storage_bits(); }
+};
+
+// Builds `t` from the original (n_out, n_in) weights at `bpw` (for types sized by it).
+void build_outside(OutsideLayer& t, const std::shared_ptr<const Linear>& original, const LayerToCompress& layer,
+                   bool train) {
+  if (t.type.dense()) {
+    t.runtime = original;
+    return;
+  }
+  const torch::Tensor w = dense_weight(*original);
+  if (const auto* encoder = dynamic_cast<const EncodingMethod*>(t.type.method.get())) {
+    t.runtime = encoder->encode(w.data_ptr<float>(), w.size(0), w.size(1), layer);
+    return;
+  }
+  auto trainable = dynamic_cast<const TrainableMethod&>(*t.type.method).make_trainable(w, layer);
+  if (train) t.trainable = std::move(trainable);
+  else t.runtime = trainable->to_runtime();
+}
+
 }  // namespace
 
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                              const CompressOptions& o, CompressMethod& method, const CompressCallbacks& cb) {
+                              const CompressOptions& o, const std::shared_ptr<CompressMethod>& method_ptr,
+                              const CompressCallbacks& cb) {
+  CompressMethod& method = *method_ptr;
   const CompressMethodRow& row = find_compress_method(o.method);
   const std::unique_ptr<CompressMethod> fresh = row.make();
   if (typeid(method) != typeid(*fresh))
@@ -51,33 +79,134 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   if (row.targets_bpw && !(o.bpw > 0 && o.bpw <= 16)) fail("--bpw must be in (0, 16], got {}", o.bpw);
   method.validate();
   auto* trainable = dynamic_cast<TrainableMethod*>(&method);
-  if (!trainable && o.qat.train_tokens > 0)
+  const bool train = o.qat.train_tokens > 0;
+  if (!trainable && train)
     fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
+  if (o.budget != "linear" && o.budget != "whole") fail("--budget must be linear or whole, got \"{}\"", o.budget);
+  if (o.budget == "whole" && !row.targets_bpw)
+    fail("--budget whole: --method {} is not sized by --bpw (use {})", o.method, "littlebit or sketch");
+  // With a whole-file budget and no type given, the embedding (and with it a tied head) takes the
+  // method itself, at the bpw the budget leaves.
+  const std::string embed_spec = !o.embed_type.empty() ? o.embed_type : o.budget == "whole" ? o.method : "dense";
+  OutsideLayer embed{parse_tensor_type(embed_spec, "--embed-type", o.method, method_ptr)};
   if (!std::filesystem::is_directory(model_dir))
     fail("{}: compress reads a Hugging Face model directory", model_dir.string());
   ModelBundle bundle = load_hf_model(model_dir);
   const LlamaModel& model = *bundle.model;
   const LlamaConfig& c = model.config();
+  const LlamaWeights& src = model.weights();
   auto log = [&](const std::string& line) { if (cb.log) cb.log(line); };
+  // A tied head without a type of its own follows the embedding and is stored once with it.
+  const bool head_follows_embedding = c.tie_word_embeddings && (o.head_type.empty() || o.head_type == embed_spec);
+  const std::string head_spec = !o.head_type.empty() ? o.head_type : c.tie_word_embeddings ? embed_spec
+                                : o.budget == "whole" ? o.method : "dense";
+  OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr)};
+  if (head_follows_embedding && train && !embed.type.dense() &&
+      !dynamic_cast<const TrainableMethod*>(embed.type.method.get()))
+    log(fmt::format("the tied embedding and head ({}) stay as encoded during QAT", embed_spec));
+
+  // Parameters and the bits of what is not sized by the budget: norms and biases (F32), dense or
+  // fixed-type embedding and head.
+  int64_t linear_params = 0, fixed_params = 0, fixed_bits = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const auto [n_out, n_in] = linear_shape(c, i);
+      linear_params += n_out * n_in;
+      fixed_params += int64_t(src.layers[l].bias[i].size());
+    }
+  fixed_params += (2 * c.num_layers + 1) * c.hidden_size;
+  fixed_bits += 32 * fixed_params;
+  const int64_t table_params = c.vocab_size * c.hidden_size;
+  std::vector<OutsideLayer*> outside = {&embed};
+  if (!head_follows_embedding) outside.push_back(&head);
+  // The tensors that take the bpw the budget leaves, each with the method that sizes it.
+  struct SizedTensor {
+    const CompressMethod* method;
+    int64_t n_out, n_in;
+  };
+  std::vector<SizedTensor> sized;
+  for (int i = 0; i < kLinearsPerBlock; ++i) {
+    const auto [n_out, n_in] = linear_shape(c, i);
+    for (int64_t l = 0; l < c.num_layers; ++l) sized.push_back({&method, n_out, n_in});
+  }
+  const bool whole = o.budget == "whole";
+  for (OutsideLayer* t : outside) {
+    if (t->type.row && t->type.row->targets_bpw && t->type.bpw == 0) {
+      sized.push_back({t->type.method.get(), c.vocab_size, c.hidden_size});
+      continue;
+    }
+    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, t->type.bpw};
+    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer, train && (t == &head || head_follows_embedding));
+    fixed_bits += t->bits();
+  }
+  const int64_t total_params = linear_params + fixed_params + table_params * (c.tie_word_embeddings ? 1 : 2);
+  double bpw = o.bpw;
+  if (whole) {
+    // The largest per-tensor target whose stored bits (ranks and tables round, minimum sizes
+    // overshoot) fit the budget: the stored total only grows with the target, so bisect.
+    const auto sized_bits = [&](double target) {
+      double bits = 0;
+      for (const SizedTensor& t : sized) bits += t.method->stored_bpw(t.n_out, t.n_in, target) * double(t.n_out * t.n_in);
+      return bits;
+    };
+    const double budget_bits = o.bpw * double(total_params) - double(fixed_bits);
+    const double floor_bits = sized_bits(1e-9);
+    if (floor_bits > budget_bits)
+      fail("--budget whole --bpw {}: the smallest layers --method {} builds (minimum rank or table) and the tensors "
+           "not sized by it (norms, biases, {}{}) already take {:.4f} bits per parameter; give a larger --bpw or "
+           "smaller --embed-type/--head-type",
+           o.bpw, o.method, embed_spec, head_follows_embedding ? "" : ", " + head_spec,
+           (floor_bits + double(fixed_bits)) / double(total_params));
+    double lo = 1e-9, hi = 16;
+    if (sized_bits(hi) <= budget_bits) lo = hi;
+    for (int i = 0; i < 60 && hi - lo > 1e-9; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      (sized_bits(mid) <= budget_bits ? lo : hi) = mid;
+    }
+    bpw = lo;
+    log(fmt::format("whole-file budget {} bits/param: the linear layers{} target {:.4f} bpw", o.bpw,
+                    sized.size() > size_t(kLinearsPerBlock * c.num_layers) ? " (and the embedding/head sized by it)" : "",
+                    bpw));
+  }
+  for (OutsideLayer* t : outside)
+    if (!t->runtime && !t->trainable) {
+      const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, bpw};
+      // A trainable embedding trains only as a tied head that shares it.
+      build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer,
+                    train && (t == &head || head_follows_embedding));
+    }
+  if (head_follows_embedding) head = embed;
 
   CompressReport report;
+  report.linear_target_bpw = bpw;
   LlamaWeights weights;
   const std::string model_name =
       (model_dir.filename().empty() ? model_dir.parent_path() : model_dir).filename().string();
   nlohmann::json details = {{"method", o.method}, {"source", model_name}};
   method.prepare(bundle, log, details);
   method.record(details);
-  if (row.targets_bpw) details["target_bpw"] = o.bpw;
+  if (row.targets_bpw) details["target_bpw"] = bpw;
+  details["budget"] = o.budget;
+  if (whole) details["whole_target_bpw"] = o.bpw;
+  details["embed_type"] = embed_spec;
+  details["head_type"] = head_follows_embedding ? "tied" : head_spec;
   if (trainable) {
     TorchLlama teacher(model), student(model);
+    if (embed.runtime && !embed.type.dense()) student.set_embedding(embed.runtime);
+    if (head.trainable) {
+      student.set_head(head.trainable, head_follows_embedding);
+    } else if (!head.type.dense()) {
+      // Trained against the encoded head, frozen; deployed as encoded.
+      student.set_head(std::make_shared<FrozenDense>(dense_weight(*head.runtime)), false);
+    }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       for (int i = 0; i < kLinearsPerBlock; ++i) {
         const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        student.set_linear(l, i, trainable->make_trainable(w, {l, i, o.bpw}));
+        student.set_linear(l, i, trainable->make_trainable(w, {l, i, bpw}));
       }
       log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
     }
-    if (o.qat.train_tokens > 0) {
+    if (train) {
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
       // Enough text for every step to see fresh windows.
       const std::vector<int32_t> tokens =
@@ -97,14 +226,16 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
                         {"texts", names}};
     }
     weights = student.to_runtime(model);
+    if (!head.trainable && !head.type.dense()) {
+      weights.lm_head = head.runtime;
+      if (head_follows_embedding) weights.embedding = head.runtime;
+    }
   } else {
     const auto& encoder = dynamic_cast<const EncodingMethod&>(method);
-    const LlamaWeights& src = model.weights();
-    weights.embedding = src.embedding;
     weights.storage = src.storage;
     weights.final_norm = src.final_norm;
-    weights.lm_head = c.tie_word_embeddings ? std::make_unique<DenseLinear>(src.embedding)
-                                            : std::make_unique<DenseLinear>(dynamic_cast<const DenseLinear&>(*src.lm_head).matrix());
+    weights.embedding = embed.runtime;
+    weights.lm_head = head_follows_embedding ? embed.runtime : head.runtime;
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& s = src.layers[l];
       LlamaLayer layer;
@@ -114,7 +245,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
         const Linear& original = *s.linear[i];
         std::vector<float> w(original.n_out() * original.n_in());
         original.dequantize(w.data());
-        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, o.bpw});
+        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, bpw});
       }
       weights.layers.push_back(std::move(layer));
       log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
@@ -134,7 +265,14 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       report.linear_bits += bits;
     }
   }
+  report.whole_params = total_params;
+  report.whole_bits = report.linear_bits + 32 * (2 * c.num_layers + 1) * c.hidden_size +
+                      weights.embedding->storage_bits() +
+                      (weights.head_is_embedding() ? 0 : weights.lm_head->storage_bits());
+  report.embedding = weights.embedding->describe();
+  report.head = weights.head_is_embedding() ? "stored once with the embedding" : weights.lm_head->describe();
   details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);
+  details["whole_bpw"] = double(report.whole_bits) / double(report.whole_params);
   save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump(), bundle.chat_template});
   if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
   return report;

@@ -14,6 +14,11 @@ namespace subbit::compress {
 struct CompressOptions {
   std::string method = "littlebit";  // a row of compress/methods.cpp
   double bpw = 1.0;                  // target bits per weight, for methods sized by it
+  // "linear": --bpw is the linear layers' target; "whole": every stored bit of the file over
+  // every parameter (docs/formats.md, "Whole-file budget").
+  std::string budget = "linear";
+  std::string embed_type;  // compress/tensor_types.h; empty: as stored (a whole budget: --method)
+  std::string head_type;   // empty: a tied head follows the embedding, an untied one as embed_type's default
   std::vector<std::filesystem::path> train_texts;
   QatOptions qat;  // qat.train_tokens == 0: post-training only
 };
@@ -28,6 +33,9 @@ struct LayerReport {
 struct CompressReport {
   std::vector<LayerReport> layers;
   int64_t linear_params = 0, linear_bits = 0;
+  double linear_target_bpw = 0;  // --bpw, or what a whole-file budget left the linear layers
+  int64_t whole_params = 0, whole_bits = 0;  // every parameter (tied: once), every stored bit
+  std::string embedding, head;               // how they are stored
   QatResult qat;
   bool trained = false;
 };
@@ -40,7 +48,7 @@ struct CompressCallbacks {
 // `method` is made by the row named options.method (find_compress_method(...).make()) and holds
 // that method's own options.
 CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                              const CompressOptions& options, CompressMethod& method,
+                              const CompressOptions& options, const std::shared_ptr<CompressMethod>& method,
                               const CompressCallbacks& callbacks);
 
 }  // namespace subbit::compress

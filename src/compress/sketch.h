@@ -24,6 +24,7 @@ class SketchTrainable final : public TrainableLinear {
   explicit SketchTrainable(const SketchLinear& layer);
 
   torch::Tensor forward(const torch::Tensor& x) override;  // (..., d_in) -> (..., d_out)
+  torch::Tensor rows(const torch::Tensor& index) override { return weight().index_select(0, index); }
   // The SketchLinear with the current tables, quantized exactly as forward() uses them.
   std::unique_ptr<Linear> to_runtime() const override;
   // (d_out, d_in): the weights forward() multiplies with.

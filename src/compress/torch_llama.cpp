@@ -49,11 +49,9 @@ std::unique_ptr<Linear> FrozenDense::to_runtime() const {
 TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
   const LlamaWeights& w = model.weights();
   const LlamaConfig& c = config_;
-  embedding_ = torch::empty({c.vocab_size, c.hidden_size}, torch::kFloat32);
-  for (int64_t r = 0; r < c.vocab_size; ++r)
-    dense_row_to_f32(w.embedding, r, embedding_.data_ptr<float>() + r * c.hidden_size);
-  register_buffer("embedding", embedding_);
-  lm_head_ = c.tie_word_embeddings ? embedding_ : register_buffer("lm_head", dense_weight(*w.lm_head));
+  embedding_ = register_buffer("embedding", dense_weight(*w.embedding));
+  head_ = register_module("lm_head", std::make_shared<FrozenDense>(
+                                         w.head_is_embedding() ? embedding_.alias() : dense_weight(*w.lm_head)));
   final_norm_ = register_parameter("final_norm", from_floats(w.final_norm));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
@@ -84,12 +82,27 @@ void TorchLlama::set_linear(int64_t layer, int index, std::shared_ptr<TrainableL
   linears_.at(layer).at(index) = replace_module(fmt::format("linear_{}_{}", layer, index), std::move(module));
 }
 
+void TorchLlama::set_head(std::shared_ptr<TrainableLinear> module, bool is_embedding) {
+  head_ = replace_module("lm_head", std::move(module));
+  head_is_embedding_ = is_embedding;
+}
+
+void TorchLlama::set_embedding(std::shared_ptr<const Linear> embedding) {
+  // New storage for the registered buffer, not a copy into the old: a tied head that is still
+  // frozen keeps reading the old storage (through its alias).
+  torch::NoGradGuard no_grad;
+  embedding_.set_(dense_weight(*embedding).to(embedding_.device()));
+  embedding_runtime_ = std::move(embedding);
+}
+
 TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
   const LlamaConfig& c = config_;
   const int64_t batch = tokens.size(0), seq = tokens.size(1);
   const int64_t group = c.num_heads / c.num_kv_heads;
   const double eps = c.rms_norm_eps;
-  torch::Tensor x = embedding_.index_select(0, tokens.reshape({-1})).reshape({batch, seq, c.hidden_size});
+  const torch::Tensor ids = tokens.reshape({-1});
+  torch::Tensor x = (head_is_embedding_ ? head_->rows(ids) : embedding_.index_select(0, ids))
+                        .reshape({batch, seq, c.hidden_size});
   // Same fp32 recipe as transformers and src/ops/vector_ops.cpp: angle = position * inv_freq.
   const torch::Tensor positions = torch::arange(seq, rope_inv_freq_.options());
   const torch::Tensor angles = torch::outer(positions, rope_inv_freq_);                 // (seq, head_dim/2)
@@ -123,15 +136,14 @@ TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
     x = x + project(kDown, torch::silu(project(kGate, h)) * project(kUp, h));
     out.hidden.push_back(x);
   }
-  out.logits = torch::matmul(rms_norm(x, final_norm_, eps), lm_head_.t());
+  out.logits = head_->forward(rms_norm(x, final_norm_, eps));
   return out;
 }
 
 LlamaWeights TorchLlama::to_runtime(const LlamaModel& original) const {
   const LlamaWeights& src = original.weights();
   LlamaWeights w;
-  w.embedding = src.embedding;
-  w.storage = src.storage;  // the embedding (and a tied head) still live in the original's storage
+  w.storage = src.storage;  // the original embedding may still live in the original's storage
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     LlamaLayer layer;
     layer.norm[kAttnNorm] = to_vector(attn_norms_[l]);
@@ -143,8 +155,16 @@ LlamaWeights TorchLlama::to_runtime(const LlamaModel& original) const {
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = to_vector(final_norm_);
-  w.lm_head = config_.tie_word_embeddings ? std::make_unique<DenseLinear>(w.embedding)
-                                          : std::make_unique<DenseLinear>(dynamic_cast<const DenseLinear&>(*src.lm_head).matrix());
+  w.embedding = embedding_runtime_ ? embedding_runtime_ : src.embedding;
+  // A head still frozen is the original's, as stored (not the fp32 copy FrozenDense holds).
+  if (head_is_embedding_) {
+    w.lm_head = head_->to_runtime();
+    w.embedding = w.lm_head;
+  } else if (std::dynamic_pointer_cast<FrozenDense>(head_)) {
+    w.lm_head = src.lm_head;
+  } else {
+    w.lm_head = head_->to_runtime();
+  }
   return w;
 }
 

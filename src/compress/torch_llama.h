@@ -15,6 +15,9 @@ namespace subbit::compress {
 class TrainableLinear : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;  // (..., n_in) -> (..., n_out)
+  // Rows `index` (k) of the weights forward() multiplies with, (k, n_in), differentiable: what
+  // an embedding in this format looks up.
+  virtual torch::Tensor rows(const torch::Tensor& index) = 0;
   // The inference-runtime layer this module deploys as.
   virtual std::unique_ptr<Linear> to_runtime() const = 0;
 };
@@ -24,6 +27,7 @@ class FrozenDense final : public TrainableLinear {
  public:
   explicit FrozenDense(torch::Tensor weight);  // (n_out, n_in) fp32
   torch::Tensor forward(const torch::Tensor& x) override;
+  torch::Tensor rows(const torch::Tensor& index) override { return weight_.index_select(0, index); }
   std::unique_ptr<Linear> to_runtime() const override;
   const torch::Tensor& weight() const { return weight_; }
 
@@ -41,8 +45,8 @@ struct TorchOutput {
 
 class TorchLlama : public torch::nn::Module {
  public:
-  // Copies the runtime model's weights; every linear starts as FrozenDense. Norms are trainable
-  // parameters; embeddings, LM head and biases frozen buffers.
+  // Copies the runtime model's weights; every linear and the LM head start as FrozenDense. Norms
+  // are trainable parameters; the embedding and biases frozen buffers.
   explicit TorchLlama(const LlamaModel& model);
 
   TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
@@ -50,14 +54,24 @@ class TorchLlama : public torch::nn::Module {
   const LlamaConfig& config() const { return config_; }
   std::shared_ptr<TrainableLinear> linear(int64_t layer, int index) const;
   void set_linear(int64_t layer, int index, std::shared_ptr<TrainableLinear> module);
+  std::shared_ptr<TrainableLinear> head() const { return head_; }
+  // The LM head; with `is_embedding` the embedding is looked up in the same module's rows (a tied
+  // model whose embedding and head share one format, stored once), so that it trains as both.
+  void set_head(std::shared_ptr<TrainableLinear> module, bool is_embedding);
+  // A (vocab, hidden) embedding encoded once (post-training): the student looks its rows up,
+  // frozen, and deploys it as it is.
+  void set_embedding(std::shared_ptr<const Linear> embedding);
 
-  // Builds runtime weights: trained linears via to_runtime(), trained norms, original embedding.
+  // Builds runtime weights: trained linears and head via to_runtime(), trained norms, and the
+  // embedding (the original's, the one given to set_embedding, or the head's).
   LlamaWeights to_runtime(const LlamaModel& original) const;
 
  private:
   LlamaConfig config_;
-  torch::Tensor embedding_;  // (vocab, hidden), frozen
-  torch::Tensor lm_head_;    // (vocab, hidden), frozen (tied or not)
+  torch::Tensor embedding_;                  // (vocab, hidden), frozen; unused when head_is_embedding_
+  std::shared_ptr<const Linear> embedding_runtime_;  // set_embedding's; null: the original's
+  std::shared_ptr<TrainableLinear> head_;    // (vocab, hidden)
+  bool head_is_embedding_ = false;
   torch::Tensor final_norm_;
   std::vector<torch::Tensor> attn_norms_, mlp_norms_;
   std::vector<std::vector<std::shared_ptr<TrainableLinear>>> linears_;  // (layers, kLinearsPerBlock)

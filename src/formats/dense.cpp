@@ -23,10 +23,6 @@ void DenseLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scr
   dense_matmul(matrix_, x, y, tokens);
 }
 
-void DenseLinear::dequantize(float* w) const {
-  for (int64_t r = 0; r < matrix_.n_out; ++r) dense_row_to_f32(matrix_, r, w + r * matrix_.n_in);
-}
-
 }  // namespace subbit
 
 #include "common/error.h"

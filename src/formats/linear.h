@@ -40,8 +40,13 @@ class Linear {
   virtual int64_t n_out() const = 0;
   // y (tokens, n_out) = x (tokens, n_in) · Wᵀ; temporaries come from `scratch`.
   virtual void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const = 0;
-  // The dense matrix this layer computes with, (n_out, n_in) row-major, for export and tests.
-  virtual void dequantize(float* w) const = 0;
+  // Row `row` of the dense matrix this layer computes with, (n_in): how an embedding table in
+  // this format is looked up (one row per token, without decoding the rest).
+  virtual void decode_row(int64_t row, float* out) const = 0;
+  // The whole dense matrix, (n_out, n_in) row-major, for export and tests.
+  virtual void dequantize(float* w) const {
+    for (int64_t r = 0; r < n_out(); ++r) decode_row(r, w + r * n_in());
+  }
   // The format's key in formats/format_table.cpp and in model files.
   virtual std::string format_name() const = 0;
   // Bits of everything this layer stores (signs, scales, tables, seeds, ...).
@@ -67,7 +72,7 @@ class DenseLinear final : public Linear {
   int64_t n_in() const override { return matrix_.n_in; }
   int64_t n_out() const override { return matrix_.n_out; }
   void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
-  void dequantize(float* w) const override;
+  void decode_row(int64_t row, float* out) const override { dense_row_to_f32(matrix_, row, out); }
   std::string format_name() const override { return "dense"; }
   std::string describe() const override { return std::string(dtype_name(matrix_.dtype)); }
   int64_t storage_bits() const override {

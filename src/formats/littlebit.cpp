@@ -67,6 +67,22 @@ void LittleBitLinear::dequantize(float* w) const {
   }
 }
 
+// Row o of Σ_paths diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g): r·d_in operations, so an embedding
+// in this format costs a rank-r product per looked-up token.
+void LittleBitLinear::decode_row(int64_t o, float* out) const {
+  std::fill(out, out + d_in_, 0.0f);
+  for (const LittleBitPath& p : paths_) {
+    const SignMatrix u{p.u_signs.data(), d_out_, p.rank}, vt{p.vt_signs.data(), p.rank, d_in_};
+    const uint64_t* u_row = u.words + o * u.words_per_row();
+    for (int64_t j = 0; j < p.rank; ++j) {
+      const float u_sign = (u_row[j / 64] >> (j % 64)) & 1 ? 1.0f : -1.0f;
+      const float a = p.h[o] * u_sign * p.l[j];
+      const uint64_t* v_row = vt.words + j * vt.words_per_row();
+      for (int64_t i = 0; i < d_in_; ++i) out[i] += ((v_row[i / 64] >> (i % 64)) & 1 ? a : -a) * p.g[i];
+    }
+  }
+}
+
 int64_t LittleBitLinear::storage_bits() const {
   int64_t bits = 0;
   for (const LittleBitPath& p : paths_) bits += littlebit_bits(d_in_, d_out_, p.rank, 1);

@@ -35,6 +35,7 @@ class LittleBitLinear final : public Linear {
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }
   void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
+  void decode_row(int64_t row, float* out) const override;
   void dequantize(float* w) const override;
   std::string format_name() const override { return "littlebit"; }
   int64_t storage_bits() const override;

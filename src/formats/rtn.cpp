@@ -70,10 +70,6 @@ void RtnLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scrat
   });
 }
 
-void RtnLinear::dequantize(float* w) const {
-  for (int64_t r = 0; r < d_out_; ++r) decode_row(r, w + r * d_in_);
-}
-
 std::string RtnLinear::describe() const {
   return "rtn " + std::to_string(bits_) + "-bit, group " + std::to_string(kGroup);
 }

@@ -20,7 +20,7 @@ class RtnLinear final : public Linear {
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }
   void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
-  void dequantize(float* w) const override;
+  void decode_row(int64_t row, float* out) const override;
   std::string format_name() const override { return "rtn"; }
   std::string describe() const override;
   int64_t storage_bits() const override;
@@ -29,7 +29,6 @@ class RtnLinear final : public Linear {
  private:
   int64_t groups_per_row() const { return (d_in_ + kGroup - 1) / kGroup; }
   int64_t words_per_row() const { return (d_in_ * bits_ + 63) / 64; }
-  void decode_row(int64_t row, float* out) const;
 
   int64_t d_out_, d_in_;
   int bits_;

@@ -67,10 +67,10 @@ void SignLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scra
     for (int64_t o = 0; o < d_out_; ++o) y[t * d_out_ + o] *= row_scale_[o];
 }
 
-void SignLinear::dequantize(float* w) const {
-  unpack_signs({signs_.data(), d_out_, d_in_}, w);
-  for (int64_t o = 0; o < d_out_; ++o)
-    for (int64_t i = 0; i < d_in_; ++i) w[o * d_in_ + i] *= row_scale_[o] * col_scale_[i];
+void SignLinear::decode_row(int64_t o, float* out) const {
+  const uint64_t* row = signs_.data() + o * sign_words_per_row(d_in_);
+  for (int64_t i = 0; i < d_in_; ++i)
+    out[i] = ((row[i / 64] >> (i % 64)) & 1 ? row_scale_[o] : -row_scale_[o]) * col_scale_[i];
 }
 
 void SignLinear::save(GgufWriter& out, const std::string& prefix) const {

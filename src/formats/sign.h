@@ -17,7 +17,7 @@ class SignLinear final : public Linear {
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }
   void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
-  void dequantize(float* w) const override;
+  void decode_row(int64_t row, float* out) const override;
   std::string format_name() const override { return "sign"; }
   int64_t storage_bits() const override { return d_out_ * d_in_ + 16 * (d_out_ + d_in_); }
   void save(GgufWriter& out, const std::string& prefix) const override;

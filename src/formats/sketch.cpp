@@ -369,6 +369,8 @@ void SketchLinear::forward(const float* x, float* y, int64_t tokens, Scratch& sc
   sketch_matmul(matrix_, x, y, tokens);
 }
 
+void SketchLinear::decode_row(int64_t row, float* out) const { sketch_decode_row(matrix_, row, out); }
+
 void SketchLinear::dequantize(float* w) const {
   const int64_t rows_per_chunk = std::max<int64_t>(64, (int64_t{1} << 18) / matrix_.n_in);
   parallel_for(matrix_.n_out, rows_per_chunk, [&](int64_t begin, int64_t end) {

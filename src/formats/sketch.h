@@ -94,6 +94,7 @@ class SketchLinear final : public Linear {
   int64_t n_in() const override { return matrix_.n_in; }
   int64_t n_out() const override { return matrix_.n_out; }
   void forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const override;
+  void decode_row(int64_t row, float* out) const override;
   void dequantize(float* w) const override;
   std::string format_name() const override { return "sketch"; }
   int64_t storage_bits() const override;

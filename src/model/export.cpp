@@ -40,14 +40,17 @@ void export_hf_checkpoint(const ModelBundle& bundle, const std::filesystem::path
   namespace fs = std::filesystem;
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
     fail("{}: already exists and is not an empty folder", out_dir.string());
-  const LlamaConfig& c = bundle.model->config();
   const LlamaWeights& w = bundle.model->weights();
+  // A tied model whose head was compressed in another format than its embedding has two
+  // different matrices: the checkpoint unties them so that both are kept.
+  LlamaConfig c = bundle.model->config();
+  c.tie_word_embeddings = w.head_is_embedding();
   const fs::path tmp = out_dir.string() + ".tmp-" + std::to_string(::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   try {
     std::vector<TensorToWrite> tensors;
-    tensors.push_back(linear_tensor(std::string(kEmbedding.hf_name), DenseLinear(w.embedding)));
+    tensors.push_back(linear_tensor(std::string(kEmbedding.hf_name), *w.embedding));
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& layer = w.layers[l];
       for (int i = 0; i < kNormsPerBlock; ++i)

@@ -101,7 +101,7 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, Run
   for (int64_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
       fail("token id {} is outside the vocabulary of {}", tokens[t], c.vocab_size);
-    dense_row_to_f32(weights_.embedding, tokens[t], x + t * hidden);
+    weights_.embedding->decode_row(tokens[t], x + t * hidden);
   }
 
   for (int64_t l = 0; l < c.num_layers; ++l) {

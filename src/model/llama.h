@@ -23,11 +23,15 @@ struct LlamaLayer {
 };
 
 struct LlamaWeights {
-  DenseMatrix embedding{};  // (vocab, hidden)
+  // (vocab, hidden) in any weight format: one row is decoded per token (Linear::decode_row).
+  std::shared_ptr<const Linear> embedding;
   std::vector<LlamaLayer> layers;
-  std::vector<float> final_norm;    // (hidden)
-  std::unique_ptr<Linear> lm_head;  // (vocab, hidden); reads `embedding` when tied
-  std::vector<std::any> storage;    // keeps memory maps / owned buffers alive
+  std::vector<float> final_norm;  // (hidden)
+  // (vocab, hidden). A tied model whose head and embedding share one format holds one object
+  // for both (stored once); a head in another format is a second copy.
+  std::shared_ptr<const Linear> lm_head;
+  std::vector<std::any> storage;  // keeps memory maps / owned buffers alive
+  bool head_is_embedding() const { return lm_head == embedding; }
 };
 
 // Everything one sequence needs between and during forward calls, owned by the caller (one per

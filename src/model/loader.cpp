@@ -86,8 +86,7 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
 
   LlamaWeights w;
   const auto& embed = expect(*archive, dir, std::string(kEmbedding.hf_name), {c.vocab_size, c.hidden_size});
-  auto embed_linear = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
-  w.embedding = embed_linear->matrix();
+  w.embedding = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
     for (int i = 0; i < kNormsPerBlock; ++i)
@@ -106,12 +105,11 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
   }
   w.final_norm = to_f32(expect(*archive, dir, std::string(kFinalNorm.hf_name), {c.hidden_size}));
   if (c.tie_word_embeddings) {
-    w.lm_head = std::make_unique<DenseLinear>(w.embedding);
+    w.lm_head = w.embedding;
   } else {
     const auto& head = expect(*archive, dir, std::string(kLmHead.hf_name), {c.vocab_size, c.hidden_size});
     w.lm_head = DenseLinear::from_stored(head.dtype, head.data, c.vocab_size, c.hidden_size);
   }
-  w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));
   w.storage.emplace_back(archive);
 
   for (const auto& [name, t] : archive->tensors())

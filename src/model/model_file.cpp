@@ -45,23 +45,21 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
   out.set("subbit.compression", info.compression_json);
   if (!info.chat_template.empty()) out.set("tokenizer.chat_template", info.chat_template);
 
-  const DenseMatrix& e = w.embedding;
-  const uint8_t* data = static_cast<const uint8_t*>(e.data);
-  out.add_tensor(std::string(kEmbedding.file_name), ggml_type_of(e.dtype), {e.n_out, e.n_in},
-                 std::vector<uint8_t>(data, data + e.n_out * e.n_in * dtype_size(e.dtype)));
+  auto put_linear = [&](const Linear& linear, const std::string& prefix) {
+    linear.save(out, prefix);
+    out.set("subbit.layer." + prefix + ".format", linear.format_name());
+  };
+  put_linear(*w.embedding, std::string(kEmbedding.file_name));
   put_f32(out, std::string(kFinalNorm.file_name), w.final_norm);
-  if (!c.tie_word_embeddings) {
-    w.lm_head->save(out, std::string(kLmHead.file_name));
-    out.set(fmt::format("subbit.layer.{}.format", kLmHead.file_name), w.lm_head->format_name());
-  }
+  // A tied model's head is stored only when its format differs from the embedding's.
+  if (!w.head_is_embedding()) put_linear(*w.lm_head, std::string(kLmHead.file_name));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
     for (int i = 0; i < kNormsPerBlock; ++i)
       put_f32(out, file_block_tensor(l, kBlockNorms[i].file_name) + ".weight", layer.norm[i]);
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
-      layer.linear[i]->save(out, prefix);
-      out.set("subbit.layer." + prefix + ".format", layer.linear[i]->format_name());
+      put_linear(*layer.linear[i], prefix);
       if (!layer.bias[i].empty()) put_f32(out, prefix + ".bias", layer.bias[i]);
     }
   }
@@ -95,16 +93,10 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
       Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
 
   LlamaWeights w;
-  const GgufTensor& embed = file->tensor(std::string(kEmbedding.file_name));
-  if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} || !is_float_type(embed.type))
-    fail("{}: {} must be a float tensor [{}, {}]", source, kEmbedding.file_name, c.vocab_size, c.hidden_size);
-  auto embed_linear = DenseLinear::from_stored(dtype_of(embed.type), embed.data, c.vocab_size, c.hidden_size);
-  w.embedding = embed_linear->matrix();
-  bundle.inventory.push_back({std::string(kEmbedding.file_name), "embedding", ggml_type_name(embed.type),
-                              embed.numel(), int64_t(embed.nbytes), ""});
-
   auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in, const std::string& kind) {
-    const std::string format = file->get_string("subbit.layer." + prefix + ".format");
+    // Files written before embeddings had formats store a dense embedding without a format key.
+    const std::string key = "subbit.layer." + prefix + ".format";
+    const std::string format = file->has(key) || prefix != kEmbedding.file_name ? file->get_string(key) : "dense";
     std::unique_ptr<Linear> linear = find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
     const int64_t params = n_out * n_in;
     bundle.inventory.push_back({prefix, kind, format == "dense" ? linear->describe() : format, params,
@@ -113,6 +105,7 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
                                             double(linear->storage_bits()) / double(params))});
     return linear;
   };
+  w.embedding = load_linear(std::string(kEmbedding.file_name), c.vocab_size, c.hidden_size, "embedding");
 
   auto load_f32 = [&](const std::string& name, int64_t n, const std::string& kind) {
     bundle.inventory.push_back({name, kind, "F32", n, n * 4, ""});
@@ -132,10 +125,9 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = load_f32(std::string(kFinalNorm.file_name), c.hidden_size, "norm");
-  w.lm_head = c.tie_word_embeddings
-                  ? std::make_unique<DenseLinear>(w.embedding)
-                  : load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size, "lm_head");
-  w.storage.emplace_back(std::shared_ptr<DenseLinear>(std::move(embed_linear)));
+  const bool head_stored = !c.tie_word_embeddings || file->has(fmt::format("subbit.layer.{}.format", kLmHead.file_name));
+  w.lm_head = head_stored ? load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size, "lm_head")
+                          : w.embedding;
   w.storage.emplace_back(file);
   bundle.model = std::make_unique<LlamaModel>(c, std::move(w));
   return bundle;

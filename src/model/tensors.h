@@ -47,9 +47,10 @@ struct ModelTensorSpec {
   std::string_view hf_name;
   std::string_view file_name;
 };
-inline constexpr ModelTensorSpec kEmbedding = {"model.embed_tokens.weight", "token_embd.weight"};
+// The embedding and the LM head are stored as linear layers: file names are format prefixes.
+inline constexpr ModelTensorSpec kEmbedding = {"model.embed_tokens.weight", "token_embd"};
 inline constexpr ModelTensorSpec kFinalNorm = {"model.norm.weight", "output_norm.weight"};
-inline constexpr ModelTensorSpec kLmHead = {"lm_head.weight", "output"};  // file: a linear prefix
+inline constexpr ModelTensorSpec kLmHead = {"lm_head.weight", "output"};
 
 // (n_out, n_in) of linear `index` under `config`.
 std::pair<int64_t, int64_t> linear_shape(const LlamaConfig& config, int index);

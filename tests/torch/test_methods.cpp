@@ -99,5 +99,68 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   fs::remove_all(dir);
 }
 
+
+double number_after(const std::string& text, const std::string& pattern) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex(pattern))) return -1;
+  return std::stod(m[1]);
+}
+
+// sb-8m is tied: an embedding type without a head type stores the table once, for both uses;
+// a head type of its own stores it twice, which info reports.
+TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  const auto dir = testing::temp_dir("embed-types");
+  const std::string cli = testing::cli_path().string();
+  const std::string once = (dir / "once.gguf").string(), twice = (dir / "twice.gguf").string();
+  auto r = compress(sb8m().string() + " -o " + once + " --method littlebit --bpw 0.55 --embed-type rtn:4 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto info = testing::run_command(cli + " info " + once);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(info.out.find("stored twice"), std::string::npos) << info.out;
+  const auto tensors = testing::run_command(cli + " info --tensors " + once);
+  EXPECT_NE(tensors.out.find("\ntoken_embd "), std::string::npos) << tensors.out;
+  EXPECT_EQ(tensors.out.find("\noutput "), std::string::npos) << "a tied head in the embedding's format is stored once";
+  // The file's whole-file figure is what compress promised.
+  const double whole = number_after(r.out, "whole file: ([0-9.]+) bits/param");
+  EXPECT_NEAR(number_after(info.out, "whole file: ([0-9.]+) bits/param"), whole, 1e-4) << info.out;
+  // 4-bit codes + two fp16 per 128 weights for the table, 0.55 for the linears: far below BF16's 16.
+  EXPECT_GT(whole, 0.55);
+  EXPECT_LT(whole, 4.25);
+  const auto run = testing::run_command(cli + " run " + once + " -p \"The history\" -n 4");
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+
+  r = compress(sb8m().string() + " -o " + twice + " --method littlebit --bpw 0.55 --embed-type rtn:4 --head-type sign -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  info = testing::run_command(cli + " info --tensors " + twice);
+  EXPECT_NE(info.out.find("stored twice"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\noutput "), std::string::npos) << info.out;
+
+  // --budget whole: every stored bit over every parameter lands at (or just under) the target.
+  const std::string budget = (dir / "budget.gguf").string();
+  r = compress(sb8m().string() + " -o " + budget + " --method littlebit --bpw 1.2 --budget whole --embed-type rtn:2 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const double reached = number_after(r.out, "whole file: ([0-9.]+) bits/param");
+  EXPECT_LE(reached, 1.2 * 1.01) << r.out;
+  EXPECT_GT(reached, 1.2 * 0.9) << r.out;
+
+  for (const auto& [args, error] : std::vector<std::pair<std::string, std::string>>{
+           {"--embed-type rtn9x", "--embed-type \"rtn9x\": unknown type"},
+           {"--embed-type rtn", "needs a number"},
+           {"--embed-type rtn:9", "--bits must be 2..8"},
+           {"--head-type littlebit:0", "must be a number in (0, 16]"},
+           {"--budget file", "--budget must be linear or whole"},
+           {"--budget whole --bpw 0.05 --embed-type dense", "already take"},
+           // sb-8m's minimum ranks (8, two paths) alone take ~0.91 bits per parameter.
+           {"--budget whole --bpw 0.8 --embed-type rtn:2", "minimum rank"},
+       }) {
+    r = compress(sb8m().string() + " -o " + (dir / "bad.gguf").string() + " --method littlebit " + args);
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_NE(r.err.find(error), std::string::npos) << args << "\n" << r.err;
+    EXPECT_FALSE(fs::exists(dir / "bad.gguf")) << args;
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace subbit
