@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   cli::use_passive_omp_wait(argv);
   compress::CompressOptions o;
   std::string model, out, device = "cpu", checkpoint;
-  std::vector<std::string> train_texts;
+  std::vector<std::string> train_texts, sensitivity_texts;
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   bool no_checkpoint = false, freeze_norms = false;
 
@@ -47,6 +47,12 @@ int main(int argc, char** argv) {
                  "with --budget whole, --method)");
   app.add_option("--head-type", o.head_type,
                  "LM head: the same types (default: a tied head is stored once with the embedding)");
+  app.add_option("--allocate", o.allocate,
+                 "uniform: one target for every linear layer | sensitivity: targets by measured KL at the same bits")
+      ->capture_default_str();
+  app.add_option("--sensitivity-text", sensitivity_texts, "text for --allocate sensitivity (default: --train-text)");
+  app.add_option("--sensitivity-tokens", o.sensitivity_tokens, "tokens for --allocate sensitivity")
+      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   auto* texts = app.add_option("--train-text", train_texts, "training text files (.txt or .xz); never wiki.test.raw");
   app.add_option("--train-tokens", o.qat.train_tokens, "tokens to train on (0: post-training only)")
       ->capture_default_str()->needs(texts);
@@ -75,6 +81,7 @@ int main(int argc, char** argv) {
       fail("--device must be cpu or cuda, got \"{}\"", device);
     }
     for (const auto& t : train_texts) o.train_texts.emplace_back(t);
+    for (const auto& t : sensitivity_texts) o.sensitivity_texts.emplace_back(t);
     if (o.qat.train_tokens > 0 && !no_checkpoint)
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
@@ -93,7 +100,7 @@ int main(int argc, char** argv) {
     const LinearFormat* format = find_linear_format(o.method);
     fmt::print("{:<24} {:>12} {:>28} {:>8}\n", "layer", "shape", "detail", "bpw");
     for (const auto& l : report.layers) {
-      const bool over = format && !format->over_target_reason.empty() && l.bpw > report.linear_target_bpw * format->over_target_slack;
+      const bool over = format && !format->over_target_reason.empty() && l.bpw > l.target_bpw * format->over_target_slack;
       fmt::print("{:<24} {:>12} {:>28} {:>8.3f}{}\n", l.name, fmt::format("{}x{}", l.n_out, l.n_in),
                  l.detail, l.bpw, over ? fmt::format("  (over target: {})", format->over_target_reason) : "");
     }

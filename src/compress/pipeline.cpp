@@ -4,16 +4,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cinttypes>
 #include <cstdio>
 #include <map>
 #include <typeinfo>
 
 #include "common/error.h"
+#include "compress/sensitivity.h"
+#include "compress/tensor_types.h"
 #include "model/loader.h"
 #include "model/model_file.h"
 #include "model/tensors.h"
-#include "compress/tensor_types.h"
 
 namespace subbit::compress {
 
@@ -83,12 +85,18 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   if (!trainable && train)
     fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
   if (o.budget != "linear" && o.budget != "whole") fail("--budget must be linear or whole, got \"{}\"", o.budget);
+  if (o.allocate != "uniform" && o.allocate != "sensitivity")
+    fail("--allocate must be uniform or sensitivity, got \"{}\"", o.allocate);
+  if (o.allocate == "sensitivity" && (!trainable || !row.targets_bpw))
+    fail("--allocate sensitivity: --method {} is not sized by --bpw (use littlebit or sketch)", o.method);
+  if (o.allocate == "sensitivity" && o.sensitivity_texts.empty() && o.train_texts.empty())
+    fail("--allocate sensitivity needs --sensitivity-text (or --train-text)");
   if (o.budget == "whole" && !row.targets_bpw)
     fail("--budget whole: --method {} is not sized by --bpw (use {})", o.method, "littlebit or sketch");
   // With a whole-file budget and no type given, the embedding (and with it a tied head) takes the
   // method itself, at the bpw the budget leaves.
   const std::string embed_spec = !o.embed_type.empty() ? o.embed_type : o.budget == "whole" ? o.method : "dense";
-  OutsideLayer embed{parse_tensor_type(embed_spec, "--embed-type", o.method, method_ptr)};
+  OutsideLayer embed{parse_tensor_type(embed_spec, "--embed-type", o.method, method_ptr), nullptr, nullptr};
   if (!std::filesystem::is_directory(model_dir))
     fail("{}: compress reads a Hugging Face model directory", model_dir.string());
   ModelBundle bundle = load_hf_model(model_dir);
@@ -100,7 +108,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   const bool head_follows_embedding = c.tie_word_embeddings && (o.head_type.empty() || o.head_type == embed_spec);
   const std::string head_spec = !o.head_type.empty() ? o.head_type : c.tie_word_embeddings ? embed_spec
                                 : o.budget == "whole" ? o.method : "dense";
-  OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr)};
+  OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr), nullptr, nullptr};
   if (head_follows_embedding && train && !embed.type.dense() &&
       !dynamic_cast<const TrainableMethod*>(embed.type.method.get()))
     log(fmt::format("the tied embedding and head ({}) stay as encoded during QAT", embed_spec));
@@ -179,6 +187,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
 
   CompressReport report;
   report.linear_target_bpw = bpw;
+  std::vector<std::array<double, kLinearsPerBlock>> layer_bpw(c.num_layers);  // (layers, linears)
+  for (auto& targets : layer_bpw) targets.fill(bpw);
   LlamaWeights weights;
   const std::string model_name =
       (model_dir.filename().empty() ? model_dir.parent_path() : model_dir).filename().string();
@@ -199,10 +209,25 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       // Trained against the encoded head, frozen; deployed as encoded.
       student.set_head(std::make_shared<FrozenDense>(dense_weight(*head.runtime)), false);
     }
+    if (o.allocate == "sensitivity") {
+      const auto& texts = o.sensitivity_texts.empty() ? o.train_texts : o.sensitivity_texts;
+      const std::vector<int32_t> tokens = load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
+      std::vector<LayerSensitivity> layers = measure_sensitivity(model, teacher, *trainable, bpw, tokens, o.qat.seq, log);
+      double budget_bits = 0;  // what the uniform target stores
+      for (const LayerSensitivity& s : layers) budget_bits += method.stored_bpw(s.n_out, s.n_in, bpw) * double(s.n_out * s.n_in);
+      allocate_by_sensitivity(layers, method, bpw, budget_bits);
+      nlohmann::json table = nlohmann::json::array();
+      for (const LayerSensitivity& s : layers) {
+        layer_bpw[s.block][s.index] = s.allocated_bpw;
+        table.push_back({{"layer", file_block_tensor(s.block, kBlockLinears[s.index].file_name)},
+                         {"kl", s.kl_at_target}, {"kl_double", s.kl_at_double}, {"target_bpw", s.allocated_bpw}});
+      }
+      details["allocation"] = {{"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
+    }
     for (int64_t l = 0; l < c.num_layers; ++l) {
       for (int i = 0; i < kLinearsPerBlock; ++i) {
         const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        student.set_linear(l, i, trainable->make_trainable(w, {l, i, bpw}));
+        student.set_linear(l, i, trainable->make_trainable(w, {l, i, layer_bpw[l][i]}));
       }
       log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
     }
@@ -245,7 +270,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
         const Linear& original = *s.linear[i];
         std::vector<float> w(original.n_out() * original.n_in());
         original.dequantize(w.data());
-        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, bpw});
+        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, layer_bpw[l][i]});
       }
       weights.layers.push_back(std::move(layer));
       log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
@@ -260,7 +285,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       // A bias stays full precision (fp32 in the file) and counts in the layer's bits.
       const int64_t bits = lin.storage_bits() + int64_t(layer.bias[i].size()) * 32;
       report.layers.push_back({file_block_tensor(l, kBlockLinears[i].file_name), lin.n_out(), lin.n_in(),
-                               lin.describe(), double(bits) / double(params)});
+                               lin.describe(), double(bits) / double(params), layer_bpw[l][i]});
       report.linear_params += params;
       report.linear_bits += bits;
     }

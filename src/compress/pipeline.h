@@ -20,6 +20,12 @@ struct CompressOptions {
   std::string embed_type;  // compress/tensor_types.h; empty: as stored (a whole budget: --method)
   std::string head_type;   // empty: a tied head follows the embedding, an untied one as embed_type's default
   std::vector<std::filesystem::path> train_texts;
+  // "uniform": every linear layer at one target; "sensitivity": targets by measured KL
+  // (compress/sensitivity.h) at the bits uniform stores, from sensitivity_texts (default: the
+  // training texts).
+  std::string allocate = "uniform";
+  std::vector<std::filesystem::path> sensitivity_texts;
+  int64_t sensitivity_tokens = 4096;
   QatOptions qat;  // qat.train_tokens == 0: post-training only
 };
 
@@ -28,6 +34,7 @@ struct LayerReport {
   int64_t n_out, n_in;
   std::string detail;
   double bpw;
+  double target_bpw;  // what the layer was sized for (uniform, or its allocated share)
 };
 
 struct CompressReport {

@@ -73,6 +73,9 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
       {"--method littlebit --surrogate relu", "--surrogate must be tanh or ste, got \"relu\""},
       {"--method sketch --bpw 0", "--bpw must be in (0, 16], got 0"},
       {"--method sign --train-text /dev/null --train-tokens 64", "--method sign is post-training only"},
+      {"--method littlebit --allocate fisher", "--allocate must be uniform or sensitivity, got \"fisher\""},
+      {"--method littlebit --allocate sensitivity", "--allocate sensitivity needs --sensitivity-text"},
+      {"--method rtn --allocate sensitivity --sensitivity-text /dev/null", "--allocate sensitivity: --method rtn"},
   };
   for (const auto& [args, error] : cases) {
     const auto r = compress(base + args);
