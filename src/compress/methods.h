@@ -46,6 +46,9 @@ class CompressMethod {
   // by --bpw): what the whole-file budget adds up before any layer is built. A rank or table size
   // rounds, and a minimum size may overshoot small targets.
   virtual double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const { return target_bpw; }
+  double stored_bits(int64_t n_out, int64_t n_in, double target_bpw) const {
+    return stored_bpw(n_out, n_in, target_bpw) * double(n_out * n_in);
+  }
 };
 
 // Post-training only: each layer is encoded from its original fp32 weights.

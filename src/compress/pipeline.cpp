@@ -115,36 +115,37 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
 
   // Parameters and the bits of what is not sized by the budget: norms and biases (F32), dense or
   // fixed-type embedding and head.
-  int64_t linear_params = 0, fixed_params = 0, fixed_bits = 0;
-  for (int64_t l = 0; l < c.num_layers; ++l)
-    for (int i = 0; i < kLinearsPerBlock; ++i) {
-      const auto [n_out, n_in] = linear_shape(c, i);
-      linear_params += n_out * n_in;
-      fixed_params += int64_t(src.layers[l].bias[i].size());
-    }
-  fixed_params += (2 * c.num_layers + 1) * c.hidden_size;
-  fixed_bits += 32 * fixed_params;
-  const int64_t table_params = c.vocab_size * c.hidden_size;
-  std::vector<OutsideLayer*> outside = {&embed};
-  if (!head_follows_embedding) outside.push_back(&head);
   // The tensors that take the bpw the budget leaves, each with the method that sizes it.
   struct SizedTensor {
     const CompressMethod* method;
     int64_t n_out, n_in;
   };
   std::vector<SizedTensor> sized;
-  for (int i = 0; i < kLinearsPerBlock; ++i) {
-    const auto [n_out, n_in] = linear_shape(c, i);
-    for (int64_t l = 0; l < c.num_layers; ++l) sized.push_back({&method, n_out, n_in});
-  }
+  const int64_t norm_params = (2 * c.num_layers + 1) * c.hidden_size;
+  int64_t linear_params = 0, fixed_params = norm_params;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const auto [n_out, n_in] = linear_shape(c, i);
+      sized.push_back({&method, n_out, n_in});
+      linear_params += n_out * n_in;
+      fixed_params += int64_t(src.layers[l].bias[i].size());
+    }
+  int64_t fixed_bits = 32 * fixed_params;
+  const int64_t table_params = c.vocab_size * c.hidden_size;
+  std::vector<OutsideLayer*> outside = {&embed};
+  if (!head_follows_embedding) outside.push_back(&head);
+  // A trainable embedding trains only as a tied head that shares it.
+  const auto build = [&](OutsideLayer* t, double target_bpw) {
+    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, target_bpw};
+    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer, train && (t == &head || head_follows_embedding));
+  };
   const bool whole = o.budget == "whole";
   for (OutsideLayer* t : outside) {
     if (t->type.row && t->type.row->targets_bpw && t->type.bpw == 0) {
       sized.push_back({t->type.method.get(), c.vocab_size, c.hidden_size});
       continue;
     }
-    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, t->type.bpw};
-    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer, train && (t == &head || head_follows_embedding));
+    build(t, t->type.bpw);
     fixed_bits += t->bits();
   }
   const int64_t total_params = linear_params + fixed_params + table_params * (c.tie_word_embeddings ? 1 : 2);
@@ -154,7 +155,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     // overshoot) fit the budget: the stored total only grows with the target, so bisect.
     const auto sized_bits = [&](double target) {
       double bits = 0;
-      for (const SizedTensor& t : sized) bits += t.method->stored_bpw(t.n_out, t.n_in, target) * double(t.n_out * t.n_in);
+      for (const SizedTensor& t : sized) bits += t.method->stored_bits(t.n_out, t.n_in, target);
       return bits;
     };
     const double budget_bits = o.bpw * double(total_params) - double(fixed_bits);
@@ -177,12 +178,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
                     bpw));
   }
   for (OutsideLayer* t : outside)
-    if (!t->runtime && !t->trainable) {
-      const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, bpw};
-      // A trainable embedding trains only as a tied head that shares it.
-      build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer,
-                    train && (t == &head || head_follows_embedding));
-    }
+    if (!t->runtime && !t->trainable) build(t, bpw);
   if (head_follows_embedding) head = embed;
 
   CompressReport report;
@@ -214,7 +210,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       const std::vector<int32_t> tokens = load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
       std::vector<LayerSensitivity> layers = measure_sensitivity(model, teacher, *trainable, bpw, tokens, o.qat.seq, log);
       double budget_bits = 0;  // what the uniform target stores
-      for (const LayerSensitivity& s : layers) budget_bits += method.stored_bpw(s.n_out, s.n_in, bpw) * double(s.n_out * s.n_in);
+      for (const LayerSensitivity& s : layers) budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);
       allocate_by_sensitivity(layers, method, bpw, budget_bits);
       nlohmann::json table = nlohmann::json::array();
       for (const LayerSensitivity& s : layers) {
@@ -291,7 +287,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
   }
   report.whole_params = total_params;
-  report.whole_bits = report.linear_bits + 32 * (2 * c.num_layers + 1) * c.hidden_size +
+  report.whole_bits = report.linear_bits + 32 * norm_params +
                       weights.embedding->storage_bits() +
                       (weights.head_is_embedding() ? 0 : weights.lm_head->storage_bits());
   report.embedding = weights.embedding->describe();

@@ -81,14 +81,13 @@ void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const Compre
     at_target += layers[j].kl_at_target;
     at_double += layers[j].kl_at_double;
   }
-  const std::vector<double> kappa(layers.size(), std::max(0.05, std::log(at_target / std::max(at_double, 1e-12))));
-  // D_j'(b) = −(κ_j / B) · D_j(b) = −λ · n_j  ⇒  b_j = B + (B / κ_j) · ln(κ_j D_j(B) / (λ n_j B)).
+  const double kappa = std::max(0.05, std::log(at_target / std::max(at_double, 1e-12)));
+  // D_j'(b) = −(κ / B) · D_j(b) = −λ · n_j  ⇒  b_j = B + (B / κ) · ln(κ D_j(B) / (λ n_j B)).
   const auto targets_for = [&](double log_lambda) {
     std::vector<double> b(layers.size());
     for (size_t j = 0; j < layers.size(); ++j) {
       const double n = double(layers[j].n_out * layers[j].n_in);
-      const double x = target_bpw + target_bpw / kappa[j] *
-                                        (std::log(kappa[j] * d[j] / (n * target_bpw)) - log_lambda);
+      const double x = target_bpw + target_bpw / kappa * (std::log(kappa * d[j] / (n * target_bpw)) - log_lambda);
       b[j] = std::clamp(x, low, high);
     }
     return b;
@@ -96,7 +95,7 @@ void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const Compre
   const auto stored_bits = [&](const std::vector<double>& b) {
     double bits = 0;
     for (size_t j = 0; j < layers.size(); ++j)
-      bits += method.stored_bpw(layers[j].n_out, layers[j].n_in, b[j]) * double(layers[j].n_out * layers[j].n_in);
+      bits += method.stored_bits(layers[j].n_out, layers[j].n_in, b[j]);
     return bits;
   };
   // Larger λ, fewer bits: the smallest λ (bisected in its log) whose targets fit.
