@@ -14,7 +14,7 @@ set logscale y
 set grid
 set key top right
 set xrange [0:3.4]
-plot "whole-file.dat" index 0 using 1:2 with linespoints pt 7 title "LittleBit, linear layers only (BF16 embedding/head)", \
+plot "whole-file.dat" index 0 using 1:2 with points pt 7 ps 1.4 title "LittleBit 0.55, linear layers only (BF16 embedding/head)", \
      "" index 1 using 1:2 with points pt 5 ps 1.4 title "LittleBit, linear 0.55, sensitivity-allocated", \
      "" index 2 using 1:2 with points pt 9 ps 1.4 title "LittleBit, whole 0.8, embedding/head rtn 2-bit", \
      "" index 3 using 1:2 with points pt 11 ps 1.4 title "LittleBit, whole 0.8, embedding/head LittleBit (trained)", \
