@@ -26,6 +26,9 @@ int run_config(const uint8_t* data, size_t size);
 int run_tokenizer_json(const uint8_t* data, size_t size);
 int run_model_file(const uint8_t* data, size_t size);
 int run_encode(const Tokenizer& tokenizer, bool byte_level, const uint8_t* data, size_t size);
+int run_chat_template(const uint8_t* data, size_t size);
+// Loads the served model (tokenizer, chat template) from `source_dir` on the first call.
+int run_server_request(const std::filesystem::path& source_dir, const uint8_t* data, size_t size);
 
 // Created on first use, removed when the process exits normally.
 const std::filesystem::path& scratch_dir();

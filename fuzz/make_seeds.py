@@ -202,6 +202,42 @@ def main():
     for i, text in enumerate(samples):
         for target in ["encode_byte_level", "encode_sentencepiece"]:
             put(target, f"text{i}", text)
+
+    # Chat templates: the supported families' own, bare and with variables, plus small hostile ones.
+    conversation = {"messages": [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Hello"},
+                                 {"role": "assistant", "content": "Hi!"},
+                                 {"role": "user", "content": "Count to 3."}],
+                    "add_generation_prompt": True, "bos_token": "<s>", "eos_token": "</s>"}
+    for path in sorted((ROOT / "tests" / "data" / "chat_templates").glob("*.jinja")):
+        put("chat_template", path.stem, path.read_bytes())
+        put("chat_template", path.stem + "_with_variables",
+            path.read_bytes() + SEPARATOR + json.dumps(conversation).encode())
+    put("chat_template", "loops_and_filters",
+        "{% set ns = namespace(n=0) %}{% for m in messages if m.role != 'system' %}"
+        "{{ loop.index }}:{{ m.content | trim | upper }}{% set ns.n = ns.n + 1 %}"
+        "{% if loop.last %} ({{ ns.n }}){% endif %}{% else %}none{% endfor %}"
+        "{{ messages | map(attribute='role') | join(',') }}{{ range(3) | list | tojson }}"
+        "{{ 'x' * 3 }}{{ [1, 2] + [3] }}{{ {'a': 1}.items() | list }}{% raw %}{{{% endraw %}")
+    put("chat_template", "deep_nesting", "{{ " + "(" * 150 + "1" + ")" * 150 + " }}")
+
+    # Server requests: the first byte picks the endpoint (fuzz_server_request.cpp).
+    requests = [
+        (0, {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0.7, "top_p": 0.9,
+             "top_k": 40, "seed": 1, "stop": ["\n", "The"], "stream": True}),
+        (0, {"prompt": [1, 2, 3], "n": 1, "logprobs": None, "user": "u"}),
+        (0, {"prompt": ["one string"], "echo": False, "max_tokens": 1}),
+        (1, {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+             "max_completion_tokens": 4, "stream": False, "seed": -5}),
+        (1, {"messages": [{"role": "user", "content": "Hello"},
+                          {"role": "assistant", "content": None, "tool_calls": []}],
+             "stop": "x", "temperature": 0}),
+        (2, {"content": "Hello world", "add_special": True}),
+        (3, {"tokens": [1, 2, 3, 100]}),
+    ]
+    for i, (endpoint, body) in enumerate(requests):
+        put("server_request", f"request{i}", bytes([endpoint]) + json.dumps(body).encode())
     print(f"seeds written to {CORPUS}")
 
 

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${SUBBIT_FUZZ_BUILD:-build-asan}
 targets=(safetensors safetensors_index gguf config tokenizer_json model_file encode_byte_level
-         encode_sentencepiece)
+         encode_sentencepiece chat_template server_request)
 
 configure_and_build() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

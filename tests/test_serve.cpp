@@ -10,6 +10,7 @@
 #include "model/loader.h"
 #include "model/model_file.h"
 #include "server/engine.h"
+#include "server/requests.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -178,6 +179,67 @@ TEST(ServeText, CompleteUtf8Prefix) {
   EXPECT_EQ(complete_utf8_prefix("\xE4\xB8"), 0u);       // 2 of 3 bytes
   EXPECT_EQ(complete_utf8_prefix("\xF0\x9F\x99\x82"), 4u);
   EXPECT_EQ(complete_utf8_prefix(""), 0u);
+}
+
+// Request bodies as the server reads them (src/server/requests.h), without sockets.
+TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
+  const Tokenizer tokenizer = Tokenizer::from_file(sb8m() / "tokenizer.json");
+  const chat::ChatFormat plain("", "none", "<s>", "</s>");
+  const server::ModelInterface model{&tokenizer, &plain, true, {7}, tokenizer.vocab_size()};
+  const int64_t context = 64;
+
+  const server::ParsedCompletion ok = server::parse_completion(
+      R"({"prompt": [5, 6], "max_tokens": 3, "top_p": 0.5, "stop": ["x"], "stream": true, "seed": 9})", false,
+      model, context);
+  EXPECT_TRUE(ok.stream);
+  EXPECT_EQ(ok.request.prompt, (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(ok.request.max_tokens, 3);
+  EXPECT_FLOAT_EQ(ok.request.sampling.top_p, 0.5f);
+  EXPECT_EQ(ok.request.sampling.seed, 9u);
+  EXPECT_EQ(ok.request.stop_tokens, (std::vector<int32_t>{7}));
+  EXPECT_EQ(ok.request.stop_strings, (std::vector<std::string>{"x"}));
+
+  // The plain chat format appends its turn markers to the client's stops.
+  const server::ParsedCompletion chat = server::parse_completion(
+      R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "stop": "y"})", true, model,
+      context);
+  EXPECT_EQ(chat.request.prompt, tokenizer.encode("User: Hi\n\nAssistant:", true));
+  EXPECT_EQ(chat.request.stop_strings, (std::vector<std::string>{"y", "\nUser:", "\nSystem:"}));
+  EXPECT_EQ(chat.request.max_tokens, context - int64_t(chat.request.prompt.size()));
+
+  EXPECT_EQ(server::parse_detokenize(R"({"tokens": [1, 2]})", 100), (std::vector<int32_t>{1, 2}));
+  const server::TokenizeRequest tokenize = server::parse_tokenize(R"({"content": "a b", "add_special": true})");
+  EXPECT_EQ(tokenize.content, "a b");
+  EXPECT_TRUE(tokenize.add_special);
+
+  auto refusal = [&](const char* body, bool chat_endpoint) {
+    try {
+      server::parse_completion(body, chat_endpoint, model, context);
+    } catch (const server::RequestError& e) {
+      EXPECT_EQ(e.status, 400) << body;
+      return e.message;
+    }
+    ADD_FAILURE() << "accepted: " << body;
+    return std::string();
+  };
+  EXPECT_NE(refusal("{", false).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(refusal("[1]", false).find("JSON object"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": "a", "bogus": 1})", false).find("unknown field 'bogus'"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": [1, 100000]})", false).find("token ids"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": [18446744073709551615]})", false).find("token ids"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": "a", "top_p": 2})", false).find("'top_p'"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": "a", "n": 2})", false).find("'n'"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": []})", false).find("empty"), std::string::npos);
+  std::string long_prompt = R"({"prompt": [)";
+  for (int i = 0; i < context; ++i) long_prompt += i ? ",1" : "1";
+  EXPECT_NE(refusal((long_prompt + "]}").c_str(), false).find("context"), std::string::npos);
+  EXPECT_NE(refusal(R"({"messages": []})", true).find("'messages'"), std::string::npos);
+  // A content part whose "type" is not a string once escaped as nlohmann's type_error (a 500).
+  EXPECT_NE(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", true)
+                .find("text content parts"),
+            std::string::npos);
+  EXPECT_THROW(server::parse_detokenize(R"({"tokens": [-1]})", 100), server::RequestError);
+  EXPECT_THROW(server::parse_tokenize(R"({"content": 3})"), server::RequestError);
 }
 
 }  // namespace

@@ -8,9 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "chat/chat_format.h"
 #include "server/engine.h"
-#include "tokenizer/tokenizer.h"
+#include "server/requests.h"
 
 namespace subbit::server {
 
@@ -21,15 +20,6 @@ struct ServerOptions {
   std::string model_name;       // reported by /v1/models and in responses
   size_t max_body_bytes = 1 << 20;
   int http_threads = 16;        // connections served at once (streams hold one each)
-};
-
-// What the HTTP side needs to know about the model.
-struct ModelInterface {
-  const Tokenizer* tokenizer;
-  const chat::ChatFormat* chat_format;
-  bool add_special_tokens_to_completions;  // as `subbit run` encodes prompts
-  std::vector<int32_t> end_tokens;         // end of sequence / turn: stop generating
-  int64_t vocab_size;
 };
 
 class HttpServer {
