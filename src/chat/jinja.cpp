@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <cmath>
 #include <ctime>
@@ -768,7 +769,7 @@ class Parser {
           src_.error(name.pos, "expected an attribute name after '.'");
         auto e = make(name.kind == Tok::Int ? Expr::Kind::Index : Expr::Kind::Attr, name.pos, name.text);
         e->args.push_back(std::move(value));
-        if (name.kind == Tok::Int) e->args.push_back(literal(name.pos, Json(std::stoll(name.text))));
+        if (name.kind == Tok::Int) e->args.push_back(literal(name.pos, Json(integer_literal(name))));
         value = deepen(std::move(e));
       } else if (is_op("[")) {
         const size_t pos = next().pos;
@@ -808,6 +809,14 @@ class Parser {
     e->literal = std::move(j);
     return e;
   }
+  // Python's integers have no bound; the renderer's are 64-bit, so larger literals are refused.
+  int64_t integer_literal(const Token& t) {
+    int64_t value = 0;
+    const auto [end, error] = std::from_chars(t.text.data(), t.text.data() + t.text.size(), value);
+    if (error != std::errc() || end != t.text.data() + t.text.size())
+      src_.error(t.pos, "integer literal {} is outside the 64-bit range", t.text);
+    return value;
+  }
   ExprPtr parse_primary() {
     const Token& t = next();
     switch (t.kind) {
@@ -816,8 +825,9 @@ class Parser {
         while (peek().kind == Tok::String) value += next().text;  // adjacent literals join
         return literal(t.pos, value);
       }
-      case Tok::Int: return literal(t.pos, Json(std::stoll(t.text)));
-      case Tok::Float: return literal(t.pos, Json(std::stod(t.text)));
+      case Tok::Int: return literal(t.pos, Json(integer_literal(t)));
+      // As Python's float(): out of range is inf or 0, not an error.
+      case Tok::Float: return literal(t.pos, Json(std::strtod(t.text.c_str(), nullptr)));
       case Tok::Name:
         if (t.text == "true" || t.text == "True") return literal(t.pos, true);
         if (t.text == "false" || t.text == "False") return literal(t.pos, false);
