@@ -57,6 +57,10 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& path) {
     vocab_.emplace(token, id);
     max_id = std::max(max_id, id);
   }
+  // The id -> token table is dense: a few ids far beyond the entry count would make it any size.
+  if (int64_t(max_id) >= 4 * int64_t(vocab.size()) + 1024)
+    fail("{}: model.vocab has {} tokens but ids up to {}; ids that sparse are not supported", path,
+         vocab.size(), max_id);
   id_to_token_.assign(static_cast<std::size_t>(max_id + 1), nullptr);
   for (const auto& [token, id] : vocab_) id_to_token_[static_cast<std::size_t>(id)] = &token;
 
