@@ -57,6 +57,7 @@ torch::Tensor reconstruct(const LatentFactors& f, bool binarize) {
 }
 
 torch::Tensor surrogate_sign(const torch::Tensor& x, SignSurrogate surrogate, double alpha) {
+  if (surrogate == SignSurrogate::Frozen) return hard_sign(x.detach());
   const torch::Tensor smooth =
       surrogate == SignSurrogate::Tanh ? torch::tanh(alpha * x) : x.clamp(-1.0, 1.0);
   // Forward value is the hard sign; the gradient is the smooth function's.
@@ -72,8 +73,9 @@ LittleBitTrainable::LittleBitTrainable(const torch::Tensor& w, int64_t rank, boo
     LatentFactors f = dual_svid(target, rank, svd_options);
     target = target - reconstruct(f, /*binarize=*/true);
     const std::string prefix = fmt::format("path{}_", p);
-    f.u = register_parameter(prefix + "u", f.u.contiguous());
-    f.v = register_parameter(prefix + "v", f.v.contiguous());
+    const bool signs_train = surrogate != SignSurrogate::Frozen;
+    f.u = register_parameter(prefix + "u", f.u.contiguous(), signs_train);
+    f.v = register_parameter(prefix + "v", f.v.contiguous(), signs_train);
     f.h = register_parameter(prefix + "h", f.h.contiguous());
     f.g = register_parameter(prefix + "g", f.g.contiguous());
     f.l = register_parameter(prefix + "l", f.l.contiguous());

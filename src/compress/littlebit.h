@@ -26,8 +26,9 @@ LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvd
 torch::Tensor reconstruct(const LatentFactors& f, bool binarize);
 
 // sign(x) with sign(0) = +1 whose gradient is a surrogate: α(1 − tanh²(αx)), or the
-// straight-through estimator clipped to |x| < 1.
-enum class SignSurrogate { Tanh, ClippedSte };
+// straight-through estimator clipped to |x| < 1; Frozen: no gradient, the signs keep their
+// Dual-SVID values and only the scales (and norms) train, the ablation baseline for sign learning.
+enum class SignSurrogate { Tanh, ClippedSte, Frozen };
 torch::Tensor surrogate_sign(const torch::Tensor& x, SignSurrogate surrogate, double alpha);
 
 class LittleBitTrainable final : public TrainableLinear {

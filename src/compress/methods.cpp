@@ -24,7 +24,7 @@ class LittleBitMethod final : public TrainableMethod {
     group.add_flag_callback("--no-residual", [this] { residual_ = false; }, "primary path only");
     group.add_option("--rank-granularity", rank_granularity_, "ranks are multiples of this")
         ->capture_default_str()->check(CLI::Range(1, 1024));
-    group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped)")->capture_default_str();
+    group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped) | frozen (signs keep their initial values)")->capture_default_str();
     group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
   }
   void validate() const override { surrogate(); }
@@ -44,7 +44,8 @@ class LittleBitMethod final : public TrainableMethod {
   SignSurrogate surrogate() const {
     if (surrogate_ == "tanh") return SignSurrogate::Tanh;
     if (surrogate_ == "ste") return SignSurrogate::ClippedSte;
-    fail("--surrogate must be tanh or ste, got \"{}\"", surrogate_);
+    if (surrogate_ == "frozen") return SignSurrogate::Frozen;
+    fail("--surrogate must be tanh, ste or frozen, got \"{}\"", surrogate_);
   }
 
   int paths() const { return residual_ ? 2 : 1; }

@@ -182,6 +182,24 @@ TEST(SignSurrogate, GradientFlipsSigns) {
   EXPECT_EQ(signs_flipped_while_training(SignSurrogate::Tanh, 1e9), 0);
 }
 
+// The ablation baseline (--surrogate frozen): the same forward values as the trained surrogates,
+// gradients for the scales only, and the latents are not parameters an optimizer would move.
+TEST(SignSurrogate, FrozenSignsLeaveOnlyTheScalesTrainable) {
+  torch::manual_seed(5);
+  const torch::Tensor w = torch::randn({24, 16}) * 0.02;
+  LittleBitTrainable frozen(w, 4, true, SignSurrogate::Frozen, 100), tanh(w, 4, true, SignSurrogate::Tanh, 100);
+  const torch::Tensor x = torch::randn({8, 16});
+  const torch::Tensor y = frozen.forward(x);
+  EXPECT_TRUE(torch::equal(y, tanh.forward(x)));
+  y.pow(2).sum().backward();
+  for (auto& p : frozen.named_parameters()) {
+    const bool latent = p.key().ends_with("_u") || p.key().ends_with("_v");
+    EXPECT_EQ(p.value().requires_grad(), !latent) << p.key();
+    EXPECT_EQ(p.value().grad().defined(), !latent) << p.key();
+    if (!latent) EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct SketchCase {

@@ -70,7 +70,7 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
   const std::pair<std::string, std::string> cases[] = {
       {"--method rtn --bits 9", "--bits must be 2..8 for rtn, got 9"},
       {"--method sketch --rule widest", "unknown sketch rule \"widest\""},
-      {"--method littlebit --surrogate relu", "--surrogate must be tanh or ste, got \"relu\""},
+      {"--method littlebit --surrogate relu", "--surrogate must be tanh, ste or frozen, got \"relu\""},
       {"--method sketch --bpw 0", "--bpw must be in (0, 16], got 0"},
       {"--method sign --train-text /dev/null --train-tokens 64", "--method sign is post-training only"},
       {"--method littlebit --allocate fisher", "--allocate must be uniform or sensitivity, got \"fisher\""},
