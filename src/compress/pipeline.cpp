@@ -196,7 +196,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   if (whole) details["whole_target_bpw"] = o.bpw;
   details["embed_type"] = embed_spec;
   details["head_type"] = head_follows_embedding ? "tied" : head_spec;
-  if (trainable) {
+  // The libtorch graph (teacher and student) is built only for what runs the model: QAT and the
+  // sensitivity measurement. Post-training compression streams: one layer's fp32 weights at a time.
+  if (trainable && (train || o.allocate == "sensitivity")) {
     TorchLlama teacher(model), student(model);
     if (embed.runtime && !embed.type.dense()) student.set_embedding(embed.runtime);
     if (head.trainable) {
@@ -252,7 +254,12 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       if (head_follows_embedding) weights.embedding = head.runtime;
     }
   } else {
-    const auto& encoder = dynamic_cast<const EncodingMethod&>(method);
+    const auto encode = [&](std::vector<float>& w, const Linear& original, const LayerToCompress& layer) {
+      if (!trainable)
+        return dynamic_cast<const EncodingMethod&>(method).encode(w.data(), original.n_out(), original.n_in(), layer);
+      const torch::Tensor t = torch::from_blob(w.data(), {original.n_out(), original.n_in()}, torch::kFloat32);
+      return trainable->make_trainable(t, layer)->to_runtime();
+    };
     weights.storage = src.storage;
     weights.final_norm = src.final_norm;
     weights.embedding = embed.runtime;
@@ -266,7 +273,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
         const Linear& original = *s.linear[i];
         std::vector<float> w(original.n_out() * original.n_in());
         original.dequantize(w.data());
-        layer.linear[i] = encoder.encode(w.data(), original.n_out(), original.n_in(), {l, i, layer_bpw[l][i]});
+        layer.linear[i] = encode(w, original, {l, i, layer_bpw[l][i]});
       }
       weights.layers.push_back(std::move(layer));
       log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
