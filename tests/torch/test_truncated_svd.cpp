@@ -4,6 +4,14 @@
 #include "compress/littlebit.h"
 #include "compress/truncated_svd.h"
 
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "formats/littlebit.h"
+#include "model/loader.h"
+#include "test_support.h"
+
 namespace subbit::compress {
 namespace {
 
@@ -59,6 +67,54 @@ TEST(TruncatedSvd, FlatSpectrumCapturesMostOfTheTopEnergy) {
   const double fast = captured_energy(truncated_svd(w, 64, kRandomized), w);
   EXPECT_LE(fast, exact * (1 + 1e-6));
   EXPECT_GT(fast, 0.9 * exact);  // 0.94 measured
+}
+
+// A measurement, not a check (run with --gtest_also_run_disabled_tests): the share of the exact
+// top-r energy that randomized settings keep on every linear layer of sb-30m, at the primary
+// path's LittleBit rank for 0.1, 0.55 and 1.0 bpw (docs/results.md, "Randomized truncated SVD").
+TEST(TruncatedSvdMeasure, DISABLED_EnergyOnEverySb30mLayer) {
+  const auto dir = testing::shared_dir() / "models/sb-30m";
+  SKIP_UNLESS_EXISTS(dir);
+  ModelBundle bundle = load_hf_model(dir);
+  struct Setting {
+    int64_t oversample;  // -1: the rank itself
+    int iterations;
+  };
+  const std::vector<Setting> settings = {{16, 2}, {16, 4}, {16, 6}, {16, 8}, {32, 4},
+                                         {64, 2}, {64, 4}, {-1, 2}, {-1, 4}};
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  for (double bpw : {0.1, 0.55, 1.0}) {
+    std::vector<double> worst(settings.size(), 1.0), sum(settings.size(), 0.0), secs(settings.size(), 0.0);
+    double exact_secs = 0;
+    int layers = 0;
+    for (const LlamaLayer& layer : bundle.model->weights().layers)
+      for (const auto& linear : layer.linear) {
+        torch::Tensor w = torch::empty({linear->n_out(), linear->n_in()});  // (n_out, n_in)
+        linear->dequantize(w.data_ptr<float>());
+        const int64_t rank = littlebit_rank_for_bpw(linear->n_in(), linear->n_out(), bpw, 2);
+        auto start = Clock::now();
+        const double exact = exact_truncated_svd(w, rank).s.pow(2).sum().item<double>();
+        exact_secs += seconds_since(start);
+        for (size_t k = 0; k < settings.size(); ++k) {
+          const TruncatedSvdOptions o{.randomized = true,
+                                      .oversample = settings[k].oversample < 0 ? rank : settings[k].oversample,
+                                      .power_iterations = settings[k].iterations,
+                                      .exact_above = 2.0};
+          start = Clock::now();
+          const double kept = truncated_svd(w, rank, o).s.pow(2).sum().item<double>() / exact;
+          secs[k] += seconds_since(start);
+          worst[k] = std::min(worst[k], kept);
+          sum[k] += kept;
+        }
+        ++layers;
+      }
+    fmt::print("{} bpw: exact SVDs {:.2f} s\n", bpw, exact_secs);
+    for (size_t k = 0; k < settings.size(); ++k)
+      fmt::print("  oversample {:>4} iterations {}: worst {:.5f} mean {:.5f} {:.2f} s\n",
+                 settings[k].oversample < 0 ? "rank" : std::to_string(settings[k].oversample), settings[k].iterations,
+                 worst[k], sum[k] / layers, secs[k]);
+  }
 }
 
 }  // namespace
