@@ -10,9 +10,10 @@
 namespace subbit::compress {
 
 struct TruncatedSvdOptions {
-  // Off by default: with these settings sb-30m's layers keep 95-99.9% of the exact top-r energy,
-  // short of the 99.5% that would leave compression quality unchanged (tests/torch/
-  // test_truncated_svd.cpp); the settings that reach it are still to be measured.
+  // Off by default: with these settings sb-30m's layers keep 90-99.9% of the exact top-r energy,
+  // short of the 99.5% that would leave compression quality unchanged; 8 iterations reach it on
+  // every layer (docs/results.md, "Randomized truncated SVD"), but the post-training perplexity
+  // with them is not measured yet.
   bool randomized = false;
   // Extra random directions beyond the rank, and subspace iterations.
   int64_t oversample = 16;
