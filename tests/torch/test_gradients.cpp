@@ -196,7 +196,9 @@ TEST(SignSurrogate, FrozenSignsLeaveOnlyTheScalesTrainable) {
     const bool latent = p.key().ends_with("_u") || p.key().ends_with("_v");
     EXPECT_EQ(p.value().requires_grad(), !latent) << p.key();
     EXPECT_EQ(p.value().grad().defined(), !latent) << p.key();
-    if (!latent) EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    if (!latent) {
+      EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    }
   }
 }
 
