@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <map>
 #include <thread>
 
@@ -90,6 +91,18 @@ int main(int argc, char** argv) {
     ProgressBar bar("qat", 1, "tok");
     compress::CompressCallbacks callbacks;
     callbacks.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    // One line per block, also when stderr is a log file: a block of a 7B model takes minutes.
+    std::chrono::steady_clock::time_point blocks_start;
+    callbacks.block_progress = [&](const compress::BlockProgress& p) {
+      if (p.done == 0) {
+        blocks_start = std::chrono::steady_clock::now();
+        return;
+      }
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - blocks_start).count();
+      fmt::print(stderr, "{} block {}/{} | elapsed {} | ETA {}\n", p.what, p.done, p.total, format_duration(elapsed),
+                 format_duration(elapsed * double(p.total - p.done) / double(p.done)));
+      std::fflush(stderr);
+    };
     callbacks.qat_progress = [&](const compress::QatProgress& p) {
       if (p.step == 1 || p.total_steps == 1) bar = ProgressBar("qat", p.total_steps, "tok");
       bar.update(p.step, p.tokens_done, fmt::format("loss {:.4f}", p.loss));

@@ -26,15 +26,27 @@ class LittleBitMethod final : public TrainableMethod {
         ->capture_default_str()->check(CLI::Range(1, 1024));
     group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped) | frozen (signs keep their initial values)")->capture_default_str();
     group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
+    group.add_option("--svd", svd_method_, "Dual-SVID's SVD: exact | randomized | auto (randomized where both sides >= 1024)")
+        ->capture_default_str();
+    group.add_option("--svd-oversample", svd_.oversample, "randomized SVD: random directions beyond the rank")
+        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{4096}));
+    group.add_option("--svd-iterations", svd_.power_iterations, "randomized SVD: subspace iterations")
+        ->capture_default_str()->check(CLI::Range(0, 64));
   }
-  void validate() const override { surrogate(); }
+  void validate() const override {
+    surrogate();
+    parse_svd_method(svd_method_, "--svd");
+  }
   void record(nlohmann::json& details) const override {
     details["residual"] = residual_;
     details["rank_granularity"] = rank_granularity_;
+    details["svd"] = {{"method", svd_method_}, {"oversample", svd_.oversample}, {"iterations", svd_.power_iterations}};
   }
   std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
+    TruncatedSvdOptions svd = svd_;
+    svd.method = parse_svd_method(svd_method_, "--svd");
     return std::make_shared<LittleBitTrainable>(w, rank(w.size(0), w.size(1), layer.target_bpw), residual_, surrogate(),
-                                                alpha_);
+                                                alpha_, svd);
   }
   double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const override {
     return littlebit_bpw(n_in, n_out, rank(n_out, n_in, target_bpw), paths());
@@ -57,6 +69,8 @@ class LittleBitMethod final : public TrainableMethod {
   int64_t rank_granularity_ = 8;
   std::string surrogate_ = "tanh";
   double alpha_ = 100.0;
+  std::string svd_method_ = svd_method_name(TruncatedSvdOptions{}.method);
+  TruncatedSvdOptions svd_;
 };
 
 class SketchMethod final : public TrainableMethod {

@@ -104,6 +104,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   const LlamaConfig& c = model.config();
   const LlamaWeights& src = model.weights();
   auto log = [&](const std::string& line) { if (cb.log) cb.log(line); };
+  auto blocks_built = [&](int64_t done) {
+    if (cb.block_progress) cb.block_progress({std::string(row.built), done, c.num_layers});
+  };
   // A tied head without a type of its own follows the embedding and is stored once with it.
   const bool head_follows_embedding = c.tie_word_embeddings && (o.head_type.empty() || o.head_type == embed_spec);
   const std::string head_spec = !o.head_type.empty() ? o.head_type : c.tie_word_embeddings ? embed_spec
@@ -222,12 +225,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       }
       details["allocation"] = {{"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
     }
+    blocks_built(0);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       for (int i = 0; i < kLinearsPerBlock; ++i) {
         const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
         student.set_linear(l, i, trainable->make_trainable(w, {l, i, layer_bpw[l][i]}));
       }
-      log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
+      blocks_built(l + 1);
     }
     if (train) {
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
@@ -264,6 +268,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     weights.final_norm = src.final_norm;
     weights.embedding = embed.runtime;
     weights.lm_head = head_follows_embedding ? embed.runtime : head.runtime;
+    blocks_built(0);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& s = src.layers[l];
       LlamaLayer layer;
@@ -276,7 +281,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
         layer.linear[i] = encode(w, original, {l, i, layer_bpw[l][i]});
       }
       weights.layers.push_back(std::move(layer));
-      log(fmt::format("{} block {}/{}", row.built, l + 1, c.num_layers));
+      blocks_built(l + 1);
     }
   }
 

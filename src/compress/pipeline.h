@@ -47,9 +47,16 @@ struct CompressReport {
   bool trained = false;
 };
 
+// Building the layers block by block: `done` of `total` blocks, 0 before the first.
+struct BlockProgress {
+  std::string what;  // the method row's verb, e.g. "Dual-SVID initialised"
+  int64_t done, total;
+};
+
 struct CompressCallbacks {
-  std::function<void(const std::string&)> log;           // one line of status
-  std::function<void(const QatProgress&)> qat_progress;  // per training step
+  std::function<void(const std::string&)> log;             // one line of status
+  std::function<void(const BlockProgress&)> block_progress;  // per block of layers built
+  std::function<void(const QatProgress&)> qat_progress;    // per training step
 };
 
 // `method` is made by the row named options.method (find_compress_method(...).make()) and holds

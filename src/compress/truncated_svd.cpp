@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <random>
 
+#include "common/error.h"
+
 namespace subbit::compress {
 
 namespace {
@@ -23,6 +25,22 @@ torch::Tensor gaussian(int64_t rows, int64_t cols, uint64_t seed, const torch::T
 
 }  // namespace
 
+SvdMethod parse_svd_method(const std::string& name, const std::string& option) {
+  if (name == "exact") return SvdMethod::Exact;
+  if (name == "randomized") return SvdMethod::Randomized;
+  if (name == "auto") return SvdMethod::Auto;
+  fail("{} must be exact, randomized or auto, got \"{}\"", option, name);
+}
+
+const char* svd_method_name(SvdMethod method) {
+  switch (method) {
+    case SvdMethod::Exact: return "exact";
+    case SvdMethod::Randomized: return "randomized";
+    case SvdMethod::Auto: return "auto";
+  }
+  return "?";
+}
+
 TruncatedSvd exact_truncated_svd(const torch::Tensor& w, int64_t rank) {
   auto [u, s, vh] = torch::linalg::svd(w, false, c10::nullopt);
   return {u.slice(1, 0, rank), s.slice(0, 0, rank), vh.slice(0, 0, rank)};
@@ -32,8 +50,10 @@ TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const Truncated
   torch::NoGradGuard no_grad;
   const int64_t d_out = w.size(0), d_in = w.size(1);
   const int64_t k = std::min(rank + o.oversample, std::min(d_out, d_in));
-  if (!o.randomized || double(k) >= o.exact_above * double(std::min(d_out, d_in)))
-    return exact_truncated_svd(w, rank);
+  const int64_t smaller = std::min(d_out, d_in);
+  const bool randomized = o.method == SvdMethod::Randomized ||
+                          (o.method == SvdMethod::Auto && smaller >= o.randomized_from);
+  if (!randomized || double(k) >= o.exact_above * double(smaller)) return exact_truncated_svd(w, rank);
   // Range of w: Q spans w·Ω, sharpened by subspace iterations (re-orthonormalised each half step,
   // since the powers of w's spectrum would otherwise drown the smaller directions in rounding).
   torch::Tensor q = orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)

@@ -6,24 +6,36 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
 
 namespace subbit::compress {
 
+enum class SvdMethod {
+  Exact,
+  Randomized,
+  // Randomized where the layer's smaller side is at least `randomized_from` (there the exact SVD
+  // costs seconds to minutes per layer), exact below it (where it costs milliseconds).
+  Auto,
+};
+
 struct TruncatedSvdOptions {
-  // Off by default: with these settings sb-30m's layers keep 90-99.9% of the exact top-r energy,
-  // short of the 99.5% that would leave compression quality unchanged; 8 iterations reach it on
-  // every layer (docs/results.md, "Randomized truncated SVD"), but the post-training perplexity
-  // with them is not measured yet.
-  bool randomized = false;
-  // Extra random directions beyond the rank, and subspace iterations.
+  SvdMethod method = SvdMethod::Auto;
+  int64_t randomized_from = 1024;
+  // Extra random directions beyond the rank, and subspace iterations: 16 and 8 keep >= 99.6% of
+  // the exact top-r energy on every sb-30m layer and the post-training perplexity within 0.5%
+  // (docs/results.md, "Randomized truncated SVD"); 2 iterations kept as little as 90%.
   int64_t oversample = 16;
-  int power_iterations = 2;
+  int power_iterations = 8;
   // Seed of the random test matrix, so that compression is reproducible.
   uint64_t seed = 0x5EEDu;
   // Use the exact SVD when rank + oversample reaches this fraction of min(d_out, d_in): there the
   // randomized method saves little.
   double exact_above = 0.5;
 };
+
+// "exact" | "randomized" | "auto"; throws Error naming `option` otherwise.
+SvdMethod parse_svd_method(const std::string& name, const std::string& option);
+const char* svd_method_name(SvdMethod method);
 
 struct TruncatedSvd {
   torch::Tensor u;   // (d_out, rank)

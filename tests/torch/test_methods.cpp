@@ -44,7 +44,8 @@ TEST(CompressMethods, EveryMethodWritesAFormatOfTheRuntimeTable) {
 }
 
 TEST(CompressMethods, DefaultsAreTheDocumentedOnes) {
-  EXPECT_EQ(recorded("littlebit", ""), nlohmann::json({{"residual", true}, {"rank_granularity", 8}}));
+  const nlohmann::json svd = {{"method", "auto"}, {"oversample", 16}, {"iterations", 8}};
+  EXPECT_EQ(recorded("littlebit", ""), nlohmann::json({{"residual", true}, {"rank_granularity", 8}, {"svd", svd}}));
   EXPECT_EQ(recorded("sketch", ""), nlohmann::json({{"rule", "absmaxmin"},
                                                     {"rows", 2},
                                                     {"block", 16},
@@ -54,7 +55,9 @@ TEST(CompressMethods, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(recorded("rtn", ""), nlohmann::json({{"bits", 4}}));
   EXPECT_EQ(recorded("sign", ""), nlohmann::json::object());
   EXPECT_EQ(recorded("littlebit", "--no-residual --rank-granularity 16"),
-            nlohmann::json({{"residual", false}, {"rank_granularity", 16}}));
+            nlohmann::json({{"residual", false}, {"rank_granularity", 16}, {"svd", svd}}));
+  EXPECT_EQ(recorded("littlebit", "--svd exact --svd-iterations 4")["svd"],
+            nlohmann::json({{"method", "exact"}, {"oversample", 16}, {"iterations", 4}}));
   EXPECT_EQ(recorded("rtn", "--bits 3")["bits"], 3);
 }
 
@@ -71,6 +74,7 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
       {"--method rtn --bits 9", "--bits must be 2..8 for rtn, got 9"},
       {"--method sketch --rule widest", "unknown sketch rule \"widest\""},
       {"--method littlebit --surrogate relu", "--surrogate must be tanh, ste or frozen, got \"relu\""},
+      {"--method littlebit --svd fast", "--svd must be exact, randomized or auto, got \"fast\""},
       {"--method sketch --bpw 0", "--bpw must be in (0, 16], got 0"},
       {"--method sign --train-text /dev/null --train-tokens 64", "--method sign is post-training only"},
       {"--method littlebit --allocate fisher", "--allocate must be uniform or sensitivity, got \"fisher\""},
@@ -94,6 +98,8 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << r.out;
   EXPECT_DOUBLE_EQ(std::stod(m[1]), 3.25);
+  // A line per block with the time so far and the time left, also when stderr is not a terminal.
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("block 6/6 \\| elapsed [0-9]+:[0-9]{2} \\| ETA 0:00\n"))) << r.err;
   const auto info = testing::run_command(testing::cli_path().string() + " info " + file);
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_NE(info.out.find("\"bits\":3"), std::string::npos) << info.out;

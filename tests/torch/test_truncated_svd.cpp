@@ -3,6 +3,7 @@
 
 #include "compress/littlebit.h"
 #include "compress/truncated_svd.h"
+#include "common/error.h"
 
 #include <fmt/format.h>
 
@@ -25,15 +26,33 @@ torch::Tensor decaying_spectrum(int64_t rows, int64_t cols, double scale) {
   return torch::matmul(torch::randn({rows, n}) * torch::exp(-torch::arange(n) / scale), torch::randn({n, cols}));
 }
 
-const TruncatedSvdOptions kRandomized{.randomized = true};
+const TruncatedSvdOptions kRandomized{.method = SvdMethod::Randomized};
 
-TEST(TruncatedSvd, ExactByDefault) {
+TEST(TruncatedSvd, AutoIsExactOnSmallLayersAndRandomizedOnLargeOnes) {
   torch::manual_seed(3);
-  const torch::Tensor w = torch::randn({64, 256});
-  EXPECT_TRUE(torch::equal(truncated_svd(w, 8).s, exact_truncated_svd(w, 8).s));
+  const torch::Tensor small = torch::randn({64, 256});
+  EXPECT_TRUE(torch::equal(truncated_svd(small, 8).s, exact_truncated_svd(small, 8).s));
+  const torch::Tensor large = torch::randn({1024, 1030});  // both sides >= randomized_from
+  // Compared within a tolerance: BLAS's summation order may follow buffer alignment.
+  const torch::Tensor automatic = truncated_svd(large, 8).s;
+  const double to_randomized = (automatic - truncated_svd(large, 8, kRandomized).s).abs().max().item<double>();
+  const double to_exact = (automatic - exact_truncated_svd(large, 8).s).abs().max().item<double>();
+  EXPECT_LT(to_randomized, 1e-5 * automatic[0].item<double>());
+  EXPECT_GT(to_exact, 1e-3 * automatic[0].item<double>());
 }
 
-// Bounds below are what the defaults (oversample 16, two subspace iterations) achieve.
+TEST(TruncatedSvd, MethodNamesRoundTripAndUnknownOnesAreRefused) {
+  for (SvdMethod m : {SvdMethod::Exact, SvdMethod::Randomized, SvdMethod::Auto})
+    EXPECT_EQ(parse_svd_method(svd_method_name(m), "--svd"), m);
+  try {
+    parse_svd_method("fast", "--svd");
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--svd must be exact, randomized or auto"), std::string::npos) << e.what();
+  }
+}
+
+// Bounds below hold with room for the defaults (oversample 16, eight subspace iterations).
 TEST(TruncatedSvd, MatchesExactOnADecayingSpectrum) {
   torch::manual_seed(0);
   const torch::Tensor w = decaying_spectrum(300, 500, 30.0);
@@ -97,7 +116,7 @@ TEST(TruncatedSvdMeasure, DISABLED_EnergyOnEverySb30mLayer) {
         const double exact = captured_energy(exact_truncated_svd(w, rank), w);
         exact_secs += seconds_since(start);
         for (size_t k = 0; k < settings.size(); ++k) {
-          const TruncatedSvdOptions o{.randomized = true,
+          const TruncatedSvdOptions o{.method = SvdMethod::Randomized,
                                       .oversample = settings[k].oversample < 0 ? rank : settings[k].oversample,
                                       .power_iterations = settings[k].iterations,
                                       .exact_above = 2.0};
