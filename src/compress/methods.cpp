@@ -26,7 +26,7 @@ class LittleBitMethod final : public TrainableMethod {
         ->capture_default_str()->check(CLI::Range(1, 1024));
     group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped) | frozen (signs keep their initial values)")->capture_default_str();
     group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
-    group.add_option("--svd", svd_method_, "Dual-SVID's SVD: exact | randomized | auto (randomized where both sides >= 1024)")
+    group.add_option("--svd", svd_method_, "Dual-SVID's SVD: exact | gram (Gram-matrix eigendecomposition) | randomized | auto (gram where both sides >= 1024)")
         ->capture_default_str();
     group.add_option("--svd-oversample", svd_.oversample, "randomized SVD: random directions beyond the rank")
         ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{4096}));

@@ -7,7 +7,10 @@
 #include <array>
 #include <cinttypes>
 #include <cstdio>
+#include <exception>
 #include <map>
+#include <mutex>
+#include <numeric>
 #include <typeinfo>
 
 #include "common/error.h"
@@ -66,6 +69,35 @@ void build_outside(OutsideLayer& t, const std::shared_ptr<const Linear>& origina
   auto trainable = dynamic_cast<const TrainableMethod&>(*t.type.method).make_trainable(w, layer);
   if (train) t.trainable = std::move(trainable);
   else t.runtime = trainable->to_runtime();
+}
+
+// make(i) for the kLinearsPerBlock layers of a block, side by side, largest first: LAPACK's
+// eigensolvers and SVDs use a second core poorly, whole layers use every core. Inside the
+// parallel region libtorch, OpenBLAS and our kernels run single-threaded, so what is built does
+// not depend on --threads.
+template <typename T, typename Make>
+std::array<T, kLinearsPerBlock> build_block_layers(const LlamaConfig& c, Make&& make) {
+  std::array<int, kLinearsPerBlock> order;
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    const auto [a_out, a_in] = linear_shape(c, a);
+    const auto [b_out, b_in] = linear_shape(c, b);
+    return a_out * a_in > b_out * b_in;
+  });
+  std::array<T, kLinearsPerBlock> built;
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int k = 0; k < kLinearsPerBlock; ++k) {
+    try {
+      built[order[k]] = make(order[k]);
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  return built;
 }
 
 }  // namespace
@@ -227,10 +259,11 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
     blocks_built(0);
     for (int64_t l = 0; l < c.num_layers; ++l) {
-      for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const auto built = build_block_layers<std::shared_ptr<TrainableLinear>>(c, [&](int i) {
         const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        student.set_linear(l, i, trainable->make_trainable(w, {l, i, layer_bpw[l][i]}));
-      }
+        return trainable->make_trainable(w, {l, i, layer_bpw[l][i]});
+      });
+      for (int i = 0; i < kLinearsPerBlock; ++i) student.set_linear(l, i, built[i]);
       blocks_built(l + 1);
     }
     if (train) {
@@ -274,12 +307,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       LlamaLayer layer;
       layer.norm = s.norm;
       layer.bias = s.bias;
-      for (int i = 0; i < kLinearsPerBlock; ++i) {
+      auto built = build_block_layers<std::unique_ptr<Linear>>(c, [&](int i) {
         const Linear& original = *s.linear[i];
-        std::vector<float> w(original.n_out() * original.n_in());
+        std::vector<float> w(original.n_out() * original.n_in());  // (n_out, n_in)
         original.dequantize(w.data());
-        layer.linear[i] = encode(w, original, {l, i, layer_bpw[l][i]});
-      }
+        return encode(w, original, {l, i, layer_bpw[l][i]});
+      });
+      for (int i = 0; i < kLinearsPerBlock; ++i) layer.linear[i] = std::move(built[i]);
       weights.layers.push_back(std::move(layer));
       blocks_built(l + 1);
     }

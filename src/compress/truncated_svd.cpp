@@ -27,14 +27,16 @@ torch::Tensor gaussian(int64_t rows, int64_t cols, uint64_t seed, const torch::T
 
 SvdMethod parse_svd_method(const std::string& name, const std::string& option) {
   if (name == "exact") return SvdMethod::Exact;
+  if (name == "gram") return SvdMethod::Gram;
   if (name == "randomized") return SvdMethod::Randomized;
   if (name == "auto") return SvdMethod::Auto;
-  fail("{} must be exact, randomized or auto, got \"{}\"", option, name);
+  fail("{} must be exact, gram, randomized or auto, got \"{}\"", option, name);
 }
 
 const char* svd_method_name(SvdMethod method) {
   switch (method) {
     case SvdMethod::Exact: return "exact";
+    case SvdMethod::Gram: return "gram";
     case SvdMethod::Randomized: return "randomized";
     case SvdMethod::Auto: return "auto";
   }
@@ -46,14 +48,40 @@ TruncatedSvd exact_truncated_svd(const torch::Tensor& w, int64_t rank) {
   return {u.slice(1, 0, rank), s.slice(0, 0, rank), vh.slice(0, 0, rank)};
 }
 
+TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank) {
+  torch::NoGradGuard no_grad;
+  // Decompose on the smaller side: w = U Σ Vᵀ gives wᵀw = V Σ² Vᵀ and wwᵀ = U Σ² Uᵀ.
+  const bool tall = w.size(0) >= w.size(1);
+  const torch::Tensor gram = tall ? torch::matmul(w.t(), w) : torch::matmul(w, w.t());
+  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(gram, "L");  // ascending
+  const int64_t n = eigenvalues.size(0);
+  const torch::Tensor s = eigenvalues.slice(0, n - rank).flip(0).clamp_min(0).sqrt();
+  const torch::Tensor side = eigenvectors.slice(1, n - rank).flip(1).contiguous();  // (smaller side, rank)
+  // The other factor; a zero singular value leaves its column zero instead of dividing by zero.
+  const torch::Tensor inverse = torch::where(s > 0, 1.0 / s, torch::zeros_like(s));
+  if (tall) return {torch::matmul(w, side) * inverse, s, side.t().contiguous()};
+  return {side, s, (torch::matmul(side.t(), w) * inverse.unsqueeze(1)).contiguous()};
+}
+
+SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank, const TruncatedSvdOptions& o) {
+  const int64_t smaller = std::min(d_out, d_in);
+  switch (o.method) {
+    case SvdMethod::Auto: return smaller >= o.large_from ? SvdMethod::Gram : SvdMethod::Exact;
+    case SvdMethod::Randomized:
+      return double(rank + o.oversample) >= o.exact_above * double(smaller) ? SvdMethod::Exact : SvdMethod::Randomized;
+    default: return o.method;
+  }
+}
+
 TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& o) {
   torch::NoGradGuard no_grad;
   const int64_t d_out = w.size(0), d_in = w.size(1);
+  switch (chosen_svd_method(d_out, d_in, rank, o)) {
+    case SvdMethod::Gram: return gram_truncated_svd(w, rank);
+    case SvdMethod::Randomized: break;
+    default: return exact_truncated_svd(w, rank);
+  }
   const int64_t k = std::min(rank + o.oversample, std::min(d_out, d_in));
-  const int64_t smaller = std::min(d_out, d_in);
-  const bool randomized = o.method == SvdMethod::Randomized ||
-                          (o.method == SvdMethod::Auto && smaller >= o.randomized_from);
-  if (!randomized || double(k) >= o.exact_above * double(smaller)) return exact_truncated_svd(w, rank);
   // Range of w: Q spans w·Ω, sharpened by subspace iterations (re-orthonormalised each half step,
   // since the powers of w's spectrum would otherwise drown the smaller directions in rounding).
   torch::Tensor q = orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)

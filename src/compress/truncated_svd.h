@@ -1,8 +1,9 @@
 #pragma once
-// The top singular triples of a matrix without its full SVD: a randomized range finder with
-// oversampling and subspace (power) iterations (Halko, Martinsson & Tropp 2011, algorithms 4.4 and
-// 5.1), the approach of the LittleBit authors' code. A full SVD of a 4096 x 11008 layer costs
-// seconds to minutes; the randomized one costs a few products with the layer.
+// The top singular triples of a layer for Dual-SVID, three ways: LAPACK's full SVD, the Gram
+// matrix's eigendecomposition, and a randomized range finder with oversampling and subspace
+// (power) iterations (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1; the approach of the
+// LittleBit authors' code). Measured against each other in docs/results.md ("Truncated SVD for
+// Dual-SVID").
 #include <torch/torch.h>
 
 #include <cstdint>
@@ -11,29 +12,35 @@
 namespace subbit::compress {
 
 enum class SvdMethod {
+  // LAPACK's full SVD (gesdd), truncated: cubic in the smaller side with a large constant.
   Exact,
+  // Eigendecomposition of the Gram matrix on the smaller side (WᵀW or WWᵀ), then the other
+  // factor as W·V/σ: the exact top-r triples up to rounding (squaring W costs precision only for
+  // σ_i below ~3e-4·σ_1, far under any rank Dual-SVID keeps), at 2-3x less time than gesdd on
+  // 2048-wide layers.
+  Gram,
+  // Randomized range finder with oversampling and subspace iterations.
   Randomized,
-  // Randomized where the layer's smaller side is at least `randomized_from` (there the exact SVD
-  // costs seconds to minutes per layer), exact below it (where it costs milliseconds).
+  // Gram where both sides are at least `large_from` (there gesdd costs seconds per layer), the
+  // exact SVD below (milliseconds).
   Auto,
 };
 
 struct TruncatedSvdOptions {
   SvdMethod method = SvdMethod::Auto;
-  int64_t randomized_from = 1024;
-  // Extra random directions beyond the rank, and subspace iterations: 16 and 8 keep >= 99.6% of
-  // the exact top-r energy on every sb-30m layer and the post-training perplexity within 0.5%
-  // (docs/results.md, "Randomized truncated SVD"); 2 iterations kept as little as 90%.
+  int64_t large_from = 1024;
+  // Randomized: extra random directions beyond the rank, and subspace iterations. 16 and 8 keep
+  // >= 99.6% of the exact top-r energy on every sb-30m layer; 2 iterations kept as little as 90%.
   int64_t oversample = 16;
   int power_iterations = 8;
   // Seed of the random test matrix, so that compression is reproducible.
   uint64_t seed = 0x5EEDu;
-  // Use the exact SVD when rank + oversample reaches this fraction of min(d_out, d_in): there the
-  // randomized method saves little.
+  // Randomized: use the exact SVD when rank + oversample reaches this fraction of
+  // min(d_out, d_in), where the randomized method saves little.
   double exact_above = 0.5;
 };
 
-// "exact" | "randomized" | "auto"; throws Error naming `option` otherwise.
+// "exact" | "gram" | "randomized" | "auto"; throws Error naming `option` otherwise.
 SvdMethod parse_svd_method(const std::string& name, const std::string& option);
 const char* svd_method_name(SvdMethod method);
 
@@ -43,9 +50,12 @@ struct TruncatedSvd {
   torch::Tensor vh;  // (rank, d_in)
 };
 
+// The method truncated_svd uses for a (d_out, d_in) layer at `rank`: never Auto.
+SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank, const TruncatedSvdOptions& options);
 // w: (d_out, d_in) fp32.
 TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& options = {});
-// The exact SVD, truncated: the reference the randomized one is measured against.
+// The exact SVD, truncated: the reference the others are measured against.
 TruncatedSvd exact_truncated_svd(const torch::Tensor& w, int64_t rank);
+TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank);
 
 }  // namespace subbit::compress

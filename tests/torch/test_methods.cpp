@@ -1,8 +1,10 @@
 // The compression-method table: every method writes a format the runtime knows, declares its
 // options (with the defaults `subbit compress` has always had) and validates them before any
 // model is loaded.
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <regex>
 
 #include "compress/methods.h"
@@ -74,7 +76,7 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
       {"--method rtn --bits 9", "--bits must be 2..8 for rtn, got 9"},
       {"--method sketch --rule widest", "unknown sketch rule \"widest\""},
       {"--method littlebit --surrogate relu", "--surrogate must be tanh, ste or frozen, got \"relu\""},
-      {"--method littlebit --svd fast", "--svd must be exact, randomized or auto, got \"fast\""},
+      {"--method littlebit --svd fast", "--svd must be exact, gram, randomized or auto, got \"fast\""},
       {"--method sketch --bpw 0", "--bpw must be in (0, 16], got 0"},
       {"--method sign --train-text /dev/null --train-tokens 64", "--method sign is post-training only"},
       {"--method littlebit --allocate fisher", "--allocate must be uniform or sensitivity, got \"fisher\""},
@@ -108,6 +110,25 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   fs::remove_all(dir);
 }
 
+
+// Each block's layers are built side by side, one thread each, so the file is the same bytes
+// whatever --threads says (here with the Gram route, which auto picks on large layers).
+TEST(CompressMethods, PostTrainingFilesDoNotDependOnTheThreadCount) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  const auto dir = testing::temp_dir("threads");
+  std::string bytes[2];
+  for (int t : {1, 2}) {
+    const fs::path file = dir / fmt::format("t{}.gguf", t);
+    const auto r = compress(fmt::format("{} -o {} --method littlebit --bpw 0.55 --svd gram -t {}", sb8m().string(),
+                                        file.string(), t));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::ifstream in(file, std::ios::binary);
+    bytes[t - 1].assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_FALSE(bytes[0].empty());
+  EXPECT_TRUE(bytes[0] == bytes[1]) << "-t 1 and -t 2 wrote different files";
+  fs::remove_all(dir);
+}
 
 double number_after(const std::string& text, const std::string& pattern) {
   std::smatch m;
