@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "common/dtype.h"
+#include "formats/littlebit.h"
 #include "formats/sketch.h"
 #include "ops/dense_matmul.h"
 #include "ops/parallel.h"
@@ -65,16 +66,11 @@ std::string shape_name(const Shape& s) {
   return std::to_string(s.n_out) + "x" + std::to_string(s.n_in);
 }
 
-// Rank of a LittleBit layer at `bpw` bits per weight, from
-//   bits = 2·r·(d_in + d_out + 16) + 32·(d_in + d_out),
-// rounded down to a multiple of 8, at least 8.
-int64_t littlebit_rank(const Shape& s, double bpw) {
-  const double d_in = double(s.n_in), d_out = double(s.n_out);
-  const double r = (bpw * d_in * d_out - 32.0 * (d_in + d_out)) / (2.0 * (d_in + d_out + 16.0));
-  return std::max<int64_t>(8, int64_t(std::floor(r)) / 8 * 8);
-}
-int64_t littlebit_bits(const Shape& s, int64_t r) {
-  return 2 * r * (s.n_in + s.n_out + 16) + 32 * (s.n_in + s.n_out);
+// "littlebit_bpw0.55_r544": nominal bits per weight and the rank they give (two paths, ranks in
+// multiples of 8, littlebit_rank_for_bpw).
+std::string littlebit_name(const Shape& s, int bpw_index) {
+  const double bpw = kLittleBitBpw[bpw_index];
+  return "littlebit_bpw" + bpw_name(bpw) + "_r" + std::to_string(littlebit_rank_for_bpw(s.n_in, s.n_out, bpw, 2));
 }
 
 // splitmix64: fast enough to fill a gigabyte in about a second.
@@ -105,30 +101,19 @@ std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, Rng& rng) {
   return words;
 }
 
-struct SignPath {  // diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g)
-  std::vector<uint64_t> v_signs;  // (r, n_in)
-  std::vector<uint64_t> u_signs;  // (n_out, r)
-  std::vector<float> g, l, h;
-};
-
-struct LittleBit {
-  int64_t rank = 0;
-  SignPath paths[2];  // primary + residual
-};
-
 // Everything one shape needs; only one shape is alive at a time.
 struct ShapeData {
   Shape shape;
   std::vector<float> x;
   std::vector<uint16_t> dense_bf16;
   std::vector<float> dense_f32;
-  std::vector<LittleBit> littlebit;  // one per kLittleBitBpw
+  std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
   std::vector<uint64_t> sign_1bit;   // (n_out, n_in)
   std::vector<float> sign_row_scale, sign_col_scale;
   // Built by the sketch benchmarks: row-banded (the default), and plain hashing (one band).
   std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)], sketch_one_band[std::size(kSketchBpw)];
   // Work buffers.
-  std::vector<float> y, t, z, y_path;
+  std::vector<float> y, t;
 };
 
 ShapeData& data_for(int shape_index) {
@@ -145,22 +130,19 @@ ShapeData& data_for(int shape_index) {
     d.x = random_floats(n_in, rng);
     d.y.resize(n_out);
     d.t.resize(n_in);
-    d.y_path.resize(n_out);
-    int64_t max_rank = 8;
     for (double bpw : kLittleBitBpw) {
-      LittleBit lb;
-      lb.rank = littlebit_rank(d.shape, bpw);
-      max_rank = std::max(max_rank, lb.rank);
-      for (auto& p : lb.paths) {
-        p.v_signs = random_signs(lb.rank, n_in, rng);
-        p.u_signs = random_signs(n_out, lb.rank, rng);
+      const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, bpw, 2);
+      std::vector<LittleBitPath> paths(2);
+      for (LittleBitPath& p : paths) {
+        p.rank = rank;
+        p.vt_signs = random_signs(rank, n_in, rng);
+        p.u_signs = random_signs(n_out, rank, rng);
         p.g = random_floats(n_in, rng);
-        p.l = random_floats(lb.rank, rng);
+        p.l = random_floats(rank, rng);
         p.h = random_floats(n_out, rng);
       }
-      d.littlebit.push_back(std::move(lb));
+      d.littlebit.push_back(std::make_unique<LittleBitLinear>(n_out, n_in, std::move(paths)));
     }
-    d.z.resize(max_rank);
     d.sign_1bit = random_signs(n_out, n_in, rng);
     d.sign_row_scale = random_floats(n_out, rng);
     d.sign_col_scale = random_floats(n_in, rng);
@@ -194,58 +176,55 @@ void set_common_counters(benchmark::State& state, const ShapeData& d, double wei
   state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(weight_bytes));
 }
 
-void BM_Dense(benchmark::State& state, int shape_index, DType dtype) {
+// n tokens at once: 1 is generation; 8 a batch of decoding streams; 512 a prompt chunk.
+void BM_Dense(benchmark::State& state, int shape_index, DType dtype, int64_t tokens) {
   ShapeData& d = data_for(shape_index);
   ensure_dense(d, dtype);
   const DenseMatrix w{dtype,
                       dtype == DType::BF16 ? static_cast<const void*>(d.dense_bf16.data())
                                            : static_cast<const void*>(d.dense_f32.data()),
                       d.shape.n_out, d.shape.n_in};
+  std::vector<float> x_batch, y_batch;
+  if (tokens > 1) {
+    Rng rng{uint64_t(tokens)};
+    x_batch = random_floats(tokens * d.shape.n_in, rng);
+    y_batch.resize(size_t(tokens * d.shape.n_out));
+  }
+  const float* x = tokens > 1 ? x_batch.data() : d.x.data();
+  float* y = tokens > 1 ? y_batch.data() : d.y.data();
   for (auto _ : state) {
-    dense_matmul(w, d.x.data(), d.y.data(), 1);
-    benchmark::DoNotOptimize(d.y.data());
+    dense_matmul(w, x, y, tokens);
+    benchmark::DoNotOptimize(y);
     benchmark::ClobberMemory();
   }
   state.SetLabel(shape_name(d.shape) + " dense " + std::string(dtype_name(dtype)));
   set_common_counters(state, d, double(d.shape.n_out * d.shape.n_in) * double(dtype_size(dtype)));
+  state.counters["tokens"] = double(tokens);
+  state.counters["GFLOPS"] = benchmark::Counter(
+      double(state.iterations()) * 2.0 * double(d.shape.n_out * d.shape.n_in) * double(tokens) / 1e9,
+      benchmark::Counter::kIsRate);
 }
 
-// y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙ x)).
-void littlebit_gemv(ShapeData& d, const LittleBit& lb) {
-  const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in, r = lb.rank;
-  float* y = d.y.data();
-  float* t = d.t.data();
-  float* z = d.z.data();
-  float* yp = d.y_path.data();
-  const float* x = d.x.data();
-  for (int p = 0; p < 2; ++p) {
-    const SignPath& path = lb.paths[p];
-    for (int64_t i = 0; i < n_in; ++i) t[i] = path.g[i] * x[i];
-    sign_matmul(SignMatrix{path.v_signs.data(), r, n_in}, t, z, 1);
-    for (int64_t i = 0; i < r; ++i) z[i] *= path.l[i];
-    sign_matmul(SignMatrix{path.u_signs.data(), n_out, r}, z, yp, 1);
-    if (p == 0) {
-      for (int64_t i = 0; i < n_out; ++i) y[i] = path.h[i] * yp[i];
-    } else {
-      for (int64_t i = 0; i < n_out; ++i) y[i] += path.h[i] * yp[i];
-    }
-  }
-}
-
-void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index) {
+// The format's own product (LittleBitLinear::forward): y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙ x)).
+void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index, int64_t tokens) {
   ShapeData& d = data_for(shape_index);
-  const LittleBit& lb = d.littlebit[bpw_index];
+  const LittleBitLinear& layer = *d.littlebit[bpw_index];
+  Rng rng{uint64_t(tokens) + 7};
+  const std::vector<float> x = tokens > 1 ? random_floats(tokens * d.shape.n_in, rng) : d.x;
+  std::vector<float> y(size_t(tokens * d.shape.n_out));
+  Scratch scratch;
   for (auto _ : state) {
-    littlebit_gemv(d, lb);
-    benchmark::DoNotOptimize(d.y.data());
+    layer.forward(x.data(), y.data(), tokens, scratch);
+    benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
+  const int64_t rank = layer.paths()[0].rank;
   state.SetLabel(shape_name(d.shape) + " littlebit nominal_bpw=" +
-                 std::to_string(kLittleBitBpw[bpw_index]).substr(0, 4) +
-                 " rank=" + std::to_string(lb.rank));
-  state.counters["rank"] = double(lb.rank);
+                 std::to_string(kLittleBitBpw[bpw_index]).substr(0, 4) + " rank=" + std::to_string(rank));
+  state.counters["rank"] = double(rank);
+  state.counters["tokens"] = double(tokens);
   // Signs are 1 bit; g, l, h stored as fp16 (the formula's 16 and 32 terms).
-  set_common_counters(state, d, double(littlebit_bits(d.shape, lb.rank)) / 8.0);
+  set_common_counters(state, d, double(layer.storage_bits()) / 8.0);
 }
 
 // y = row_scale ⊙ sign(W)·(col_scale ⊙ x).
@@ -304,17 +283,13 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
 [[maybe_unused]] const bool registered = [] {
   for (int si = 0; si < int(std::size(kShapes)); ++si) {
     const std::string prefix = "gemv/" + shape_name(kShapes[si]) + "/";
-    benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16)
+    benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16, 1)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    benchmark::RegisterBenchmark((prefix + "dense_f32").c_str(), BM_Dense, si, DType::F32)
+    benchmark::RegisterBenchmark((prefix + "dense_f32").c_str(), BM_Dense, si, DType::F32, 1)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi) {
-      const int64_t rank = littlebit_rank(kShapes[si], kLittleBitBpw[bi]);
-      const std::string bpw = bpw_name(kLittleBitBpw[bi]);
-      benchmark::RegisterBenchmark((prefix + "littlebit_bpw" + bpw + "_r" + std::to_string(rank)).c_str(),
-                                   BM_LittleBit, si, bi)
+    for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi)
+      benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(), BM_LittleBit, si, bi, 1)
           ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    }
     benchmark::RegisterBenchmark((prefix + "sign_1bit").c_str(), BM_Sign1Bit, si)
         ->Unit(benchmark::kMicrosecond)->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
@@ -323,6 +298,17 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
                                      BM_Sketch, si, bi, one_band)
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
   }
+  // Several tokens per product (ggml's MUL_MAT with n = 8 and 512): batched decoding, prompts.
+  for (int si = 0; si < int(std::size(kShapes)); ++si)
+    for (int64_t tokens : {8, 512}) {
+      const std::string prefix = "gemm/" + shape_name(kShapes[si]) + "/n" + std::to_string(tokens) + "/";
+      benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16, tokens)
+          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi)
+        benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(), BM_LittleBit, si, bi,
+                                     tokens)
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
   return true;
 }();
 
