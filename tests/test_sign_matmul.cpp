@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "ops/dense_matmul.h"
@@ -122,10 +123,33 @@ TEST_P(SignMatmulShapes, SimdMatchesReferenceOnEveryTarget) {
   std::mt19937 rng(1234 + rows * 7 + cols * 13 + tokens);
   const auto words = random_signs(rows, cols, rng);
   const auto x = random_vector(tokens * cols, rng);
+  const SignMatrix plain{words.data(), rows, cols};
+  const auto blocks = sign_blocks(plain);
   for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
     ScopedTarget scoped(target);
-    expect_matches_reference(SignMatrix{words.data(), rows, cols}, x, tokens, hwy::TargetName(target));
+    expect_matches_reference(plain, x, tokens, hwy::TargetName(target));
+    expect_matches_reference(SignMatrix{words.data(), rows, cols, blocks.data()}, x, tokens,
+                             std::string("block layout, ") + hwy::TargetName(target));
   }
+}
+
+// The block layout holds every row's bits of each 32-column block, 16 rows to a group, zeros past
+// the last row.
+TEST(SignMatmul, BlockLayoutHoldsEachRowsBitsPerBlock) {
+  std::mt19937 rng(11);
+  const int64_t rows = 21, cols = 100;  // two row groups (the second mostly padding), 4 blocks
+  const auto words = random_signs(rows, cols, rng);
+  const auto blocks = sign_blocks(SignMatrix{words.data(), rows, cols});
+  ASSERT_EQ(blocks.size(), size_t(2 * 4 * 16));
+  for (int64_t r = 0; r < 32; ++r)
+    for (int64_t b = 0; b < 4; ++b) {
+      uint32_t expected = 0;
+      for (int64_t j = 0; j < 32 && r < rows && 32 * b + j < cols; ++j) {
+        const int64_t c = 32 * b + j;
+        expected |= uint32_t((words[r * 2 + c / 64] >> (c % 64)) & 1) << j;
+      }
+      EXPECT_EQ(blocks[(r / 16 * 4 + b) * 16 + r % 16], expected) << "row " << r << " block " << b;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Awkward, SignMatmulShapes,
@@ -149,14 +173,18 @@ TEST(SignMatmul, LargeShapesAndThreading) {
     for (const auto& sh : shapes) {
       const auto words = random_signs(sh.rows, sh.cols, rng);
       auto x = random_vector(sh.tokens * sh.cols, rng);
-      const SignMatrix s{words.data(), sh.rows, sh.cols};
-      for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-        ScopedTarget scoped(target);
-        const std::string what = std::string(hwy::TargetName(target)) + ", threads " + std::to_string(threads);
-        expect_matches_reference(s, x, sh.tokens, what);
-        auto positive = x;
-        for (auto& v : positive) v = std::fabs(v);
-        expect_matches_reference(s, positive, sh.tokens, "positive x, " + what);
+      const auto blocks = sign_blocks(SignMatrix{words.data(), sh.rows, sh.cols});
+      for (const uint32_t* layout : {static_cast<const uint32_t*>(nullptr), blocks.data()}) {
+        const SignMatrix s{words.data(), sh.rows, sh.cols, layout};
+        for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+          ScopedTarget scoped(target);
+          const std::string what = std::string(hwy::TargetName(target)) + ", threads " +
+                                   std::to_string(threads) + (layout ? ", block layout" : "");
+          expect_matches_reference(s, x, sh.tokens, what);
+          auto positive = x;
+          for (auto& v : positive) v = std::fabs(v);
+          expect_matches_reference(s, positive, sh.tokens, "positive x, " + what);
+        }
       }
     }
   }

@@ -32,6 +32,8 @@ LittleBitLinear::LittleBitLinear(int64_t d_out, int64_t d_in, std::vector<Little
         int64_t(p.u_signs.size()) != d_out * sign_words_per_row(p.rank) ||
         int64_t(p.vt_signs.size()) != p.rank * sign_words_per_row(d_in))
       fail("littlebit layer ({} x {}): inconsistent path of rank {}", d_out, d_in, p.rank);
+    blocks_.push_back({sign_blocks({p.u_signs.data(), d_out, p.rank}),
+                       sign_blocks({p.vt_signs.data(), p.rank, d_in})});
   }
 }
 
@@ -39,14 +41,15 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
   float* scaled = scratch.floats(0, tokens * d_in_);     // (tokens, d_in): g ⊙ x
   float* path_out = scratch.floats(1, tokens * d_out_);  // (tokens, d_out)
   std::fill(y, y + tokens * d_out_, 0.0f);
-  for (const LittleBitPath& p : paths_) {
+  for (size_t k = 0; k < paths_.size(); ++k) {
+    const LittleBitPath& p = paths_[k];
     float* latent = scratch.floats(2, tokens * p.rank);  // (tokens, rank)
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t i = 0; i < d_in_; ++i) scaled[t * d_in_ + i] = x[t * d_in_ + i] * p.g[i];
-    sign_matmul({p.vt_signs.data(), p.rank, d_in_}, scaled, latent, tokens);
+    sign_matmul({p.vt_signs.data(), p.rank, d_in_, blocks_[k].vt.data()}, scaled, latent, tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t j = 0; j < p.rank; ++j) latent[t * p.rank + j] *= p.l[j];
-    sign_matmul({p.u_signs.data(), d_out_, p.rank}, latent, path_out, tokens);
+    sign_matmul({p.u_signs.data(), d_out_, p.rank, blocks_[k].u.data()}, latent, path_out, tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t o = 0; o < d_out_; ++o) y[t * d_out_ + o] += p.h[o] * path_out[t * d_out_ + o];
   }

@@ -383,7 +383,10 @@ HWY_INLINE VF Lookup(VF lo, VF hi, VU idx) {
 // gathers walk kRV·N rows side by side, which the hardware prefetchers do not follow, and once a
 // layer's bits no longer fit in the caches the kernel was bound by DRAM latency (one token,
 // 28672 x 8192 sign matrix: 7.1 ms without, see bench_gemv for with).
-template <int kRV, int kTokens, int kSets>
+//
+// With s.blocks (kFromBlocks) the bits come from the block layout: one contiguous load per row
+// vector and block, consecutive blocks adjacent, which the hardware prefetchers follow unaided.
+template <int kRV, int kTokens, int kSets, bool kFromBlocks>
 HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c1,
                         const float* tables, int64_t groups, float* y, int64_t tok0,
                         bool accumulate, int64_t pf_rows) {
@@ -408,19 +411,30 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
   const int64_t per_step = (pf_rows * seg_lines + steps - 1) / steps;
   int64_t pf_row = 0, pf_line = 0;
   const float* tg = tables;
+  // Block layout: row vector v of this tile starts at word ((row0 + v·N)/16·blocks + b)·16 +
+  // (row0 + v·N) % 16 for column block b.
+  const int64_t blocks_per_row = (s.cols + 31) / 32;
   for (int64_t c = c0; c < c1; c += 32, tg += 8 * 16) {
-    for (int64_t i = 0; i < per_step && pf_row < pf_rows; ++i) {
-      __builtin_prefetch(pf_base + pf_row * wpr + pf_line * 8, 0, 2);  // to L2 (prefetcht1)
-      if (++pf_line == seg_lines) {
-        pf_line = 0;
-        ++pf_row;
-      }
-    }
     VU bits[kRV];
-    HWY_UNROLL(16)
-    for (int v = 0; v < kRV; ++v) {
-      const int32_t* p = reinterpret_cast<const int32_t*>(base + v * kLanes * wpr) + (c >> 5);
-      bits[v] = hn::BitCast(du, hn::GatherIndex(di, p, index));
+    if constexpr (kFromBlocks) {
+      HWY_UNROLL(16)
+      for (int v = 0; v < kRV; ++v) {
+        const int64_t r = row0 + v * kLanes;
+        bits[v] = hn::LoadU(du, s.blocks + ((r >> 4) * blocks_per_row + (c >> 5)) * 16 + (r & 15));
+      }
+    } else {
+      for (int64_t i = 0; i < per_step && pf_row < pf_rows; ++i) {
+        __builtin_prefetch(pf_base + pf_row * wpr + pf_line * 8, 0, 2);  // to L2 (prefetcht1)
+        if (++pf_line == seg_lines) {
+          pf_line = 0;
+          ++pf_row;
+        }
+      }
+      HWY_UNROLL(16)
+      for (int v = 0; v < kRV; ++v) {
+        const int32_t* p = reinterpret_cast<const int32_t*>(base + v * kLanes * wpr) + (c >> 5);
+        bits[v] = hn::BitCast(du, hn::GatherIndex(di, p, index));
+      }
     }
     HWY_UNROLL(8)
     for (int g = 0; g < 8; ++g) {
@@ -454,6 +468,32 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
 
 float* Scratch(int slot, size_t n);
 
+// Rows [r0, r1) of tokens [t, t + nt) over the columns [cb, ce) whose tables were built.
+template <bool kFromBlocks>
+HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb, int64_t ce,
+                        const float* tables, int64_t groups, float* y, int64_t t, int64_t nt,
+                        bool acc) {
+  // Rows of the next tile, to prefetch while a tile of `tile` rows starting at r runs.
+  const auto next = [&](int64_t r, int64_t tile) { return std::clamp<int64_t>(r1 - (r + tile), 0, tile); };
+  int64_t r = r0;
+  if (nt == kTokTile) {
+    constexpr int64_t kTile = kLutRVB * kLanes;
+    for (; r + kTile <= r1; r += kTile)
+      LutTile<kLutRVB, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kTile));
+    for (; r < r1; r += kLanes)
+      LutTile<1, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kLanes));
+  } else {
+    constexpr int64_t kTile = kLutRV1 * kLanes;
+    for (int64_t u = 0; u < nt; ++u) {
+      const float* tu = tables + u * groups * 16;
+      for (r = r0; r + kTile <= r1; r += kTile)
+        LutTile<kLutRV1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kTile));
+      for (; r < r1; r += kLanes)
+        LutTile<1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kLanes));
+    }
+  }
+}
+
 // y[t][r] (= or +=) Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [r0, r1) (r1 − r0 a multiple of
 // N), tokens [t0, t1); c0 % 64 == 0 and c1 % 64 == 0 or c1 == cols.
 void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t r1, int64_t t0,
@@ -468,27 +508,10 @@ void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t
     for (int64_t t = t0; t < t1; t += kTokTile) {
       const int64_t nt = std::min<int64_t>(kTokTile, t1 - t);
       BuildTables(x, s.cols, t, t + nt, cb, ce, tables);
-      // Rows of the next tile, to prefetch while a tile of `tile` rows starting at r runs.
-      const auto next = [&](int64_t r, int64_t tile) {
-        return std::clamp<int64_t>(r1 - (r + tile), 0, tile);
-      };
-      int64_t r = r0;
-      if (nt == kTokTile) {
-        constexpr int64_t kTile = kLutRVB * kLanes;
-        for (; r + kTile <= r1; r += kTile)
-          LutTile<kLutRVB, kTokTile, 1>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kTile));
-        for (; r < r1; r += kLanes)
-          LutTile<1, kTokTile, 1>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kLanes));
-      } else {
-        constexpr int64_t kTile = kLutRV1 * kLanes;
-        for (int64_t u = 0; u < nt; ++u) {
-          const float* tu = tables + u * groups * 16;
-          for (r = r0; r + kTile <= r1; r += kTile)
-            LutTile<kLutRV1, 1, kLutSets1>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kTile));
-          for (; r < r1; r += kLanes)
-            LutTile<1, 1, kLutSets1>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kLanes));
-        }
-      }
+      if (s.blocks != nullptr)
+        LutRows<true>(s, r0, r1, cb, ce, tables, groups, y, t, nt, acc);
+      else
+        LutRows<false>(s, r0, r1, cb, ce, tables, groups, y, t, nt, acc);
     }
   }
 }
@@ -610,6 +633,16 @@ void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words
       words[r * wpr + w] = bits;
     }
   }
+}
+
+std::vector<uint32_t> sign_blocks(const SignMatrix& s) {
+  const int64_t groups = (s.rows + 15) / 16, blocks = (s.cols + 31) / 32, wpr = s.words_per_row();
+  std::vector<uint32_t> out(size_t(groups * blocks * 16), 0u);
+  for (int64_t r = 0; r < s.rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b)
+      out[size_t(((r / 16) * blocks + b) * 16 + r % 16)] =
+          uint32_t(s.words[r * wpr + b / 2] >> (32 * (b % 2)));
+  return out;
 }
 
 void unpack_signs(const SignMatrix& s, float* out) {

@@ -15,6 +15,7 @@
 // so it needs one masked add per weight; non-finite activations (±inf) may therefore give NaN where
 // the reference gives ±inf.
 #include <cstdint>
+#include <vector>
 
 namespace subbit {
 
@@ -24,8 +25,19 @@ struct SignMatrix {
   const uint64_t* words;  // rows * words_per_row() words, layout above
   int64_t rows;
   int64_t cols;
+  // Optional: the same signs in the lookup-table kernel's block layout (sign_blocks below), which
+  // it then reads instead of `words`. Null: the kernel gathers from `words`.
+  const uint32_t* blocks = nullptr;
   int64_t words_per_row() const { return sign_words_per_row(cols); }
 };
+
+// The lookup-table kernel's layout of a sign matrix, repacked once beside the file-order words
+// (as ggml repacks weights for its CPU kernels): rows in groups of 16; each group's 32-column
+// block b is 16 consecutive uint32, one per row, holding that row's bits of columns 32·b..32·b+31
+// (bit j = column 32·b + j, the file's bit order). A tile of 16 rows then reads a block with one
+// vector load instead of a 16-way gather from rows far apart (about 2x faster at one token,
+// docs/roofline.md). Rows past `rows` are zero. Size: ceil(rows/16)·16 · ceil(cols/32) words.
+std::vector<uint32_t> sign_blocks(const SignMatrix& s);
 
 // values (rows, cols) row-major -> words (rows * sign_words_per_row(cols)), padding bits zeroed.
 void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words);
