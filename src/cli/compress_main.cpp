@@ -17,7 +17,7 @@
 
 int main(int argc, char** argv) {
   using namespace subbit;
-  cli::use_passive_omp_wait(argv);
+  cli::set_omp_wait(argv, cli::OmpWait::kPassive);
   compress::CompressOptions o;
   std::string model, out, device = "cpu", checkpoint;
   std::vector<std::string> train_texts, sensitivity_texts;

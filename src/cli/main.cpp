@@ -64,8 +64,9 @@ namespace {
 }  // namespace
 
 int main(int argc, char** argv) {
-  subbit::cli::use_passive_omp_wait(argv);
+  // The compressor sets its own policy, so it is started before this one's is.
   if (argc > 1 && std::strcmp(argv[1], "compress") == 0) exec_compressor(argc, argv);
+  subbit::cli::set_omp_wait(argv, subbit::cli::OmpWait::kShortSpin);
 
   CLI::App app{"subbit: compress LLMs below one bit per weight and run them"};
   app.require_subcommand(1);
