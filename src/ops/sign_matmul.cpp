@@ -421,6 +421,12 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
       for (int v = 0; v < kRV; ++v) {
         const int64_t r = row0 + v * kLanes;
         bits[v] = hn::LoadU(du, s.blocks + ((r >> 4) * blocks_per_row + (c >> 5)) * 16 + (r & 15));
+        // The same block of the next tile, so that tile starts from L2: once a layer's bits no
+        // longer fit in the caches, the prefetchers alone leave short rows (an LM head's
+        // sign(U), 17 blocks a row) bound by memory latency.
+        const int64_t next = r + kRV * kLanes;
+        if (v * kLanes < pf_rows)
+          __builtin_prefetch(s.blocks + ((next >> 4) * blocks_per_row + (c >> 5)) * 16 + (next & 15), 0, 2);
       }
     } else {
       for (int64_t i = 0; i < per_step && pf_row < pf_rows; ++i) {
