@@ -1,6 +1,8 @@
 // The machine's two roofs, measured with the threads the kernels use (OMP_NUM_THREADS), so that
 // each GEMV can be placed against them (docs/roofline.md):
 //   roofline/read       sum of a 1 GiB array: the streaming read bandwidth a GEMV can get
+//   roofline/read_32MiB the same from a 32 MiB array, which stays in the last-level cache when it
+//                       is large enough (a 4096x4096 BF16 matrix is 32 MiB)
 //   roofline/triad      STREAM's a = b + s·c on 3 x 512 MiB (counted as STREAM does: 3 arrays)
 //   roofline/fma_f32    independent fp32 FMAs on AVX-512 registers: peak fp32 FLOP/s
 //   roofline/dpbf16     independent AVX512_BF16 dot products: peak bf16 FLOP/s (2 per product)
@@ -29,6 +31,7 @@ namespace {
 
 constexpr int64_t kReadFloats = int64_t{1} << 28;   // 1 GiB
 constexpr int64_t kTriadFloats = int64_t{1} << 27;  // 512 MiB per array
+constexpr int64_t kCacheFloats = int64_t{1} << 23;  // 32 MiB: in the last-level cache
 
 std::vector<float>& array(int which, int64_t n) {
   static std::vector<float> arrays[3];
@@ -41,17 +44,17 @@ std::vector<float>& array(int which, int64_t n) {
   return arrays[which];
 }
 
-void BM_Read(benchmark::State& state) {
+void BM_Read(benchmark::State& state, int64_t floats) {
   // Summed as integers: integer addition is associative, so the compiler vectorises the loop
   // (a float sum would be one latency-bound chain of adds, far below the memory's speed).
-  const auto* a = reinterpret_cast<const uint32_t*>(array(0, kReadFloats).data());
+  const auto* a = reinterpret_cast<const uint32_t*>(array(0, floats).data());
   for (auto _ : state) {
     uint32_t total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static)
-    for (int64_t i = 0; i < kReadFloats; ++i) total += a[i];
+    for (int64_t i = 0; i < floats; ++i) total += a[i];
     benchmark::DoNotOptimize(total);
   }
-  state.SetBytesProcessed(int64_t(state.iterations()) * kReadFloats * 4);
+  state.SetBytesProcessed(int64_t(state.iterations()) * floats * 4);
   state.counters["threads"] = num_threads();
 }
 
@@ -117,7 +120,9 @@ void BM_Compute(benchmark::State& state, bool supported, double flops_per_instru
 #endif
 
 [[maybe_unused]] const bool registered = [] {
-  benchmark::RegisterBenchmark("roofline/read", BM_Read)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("roofline/read", BM_Read, kReadFloats)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("roofline/read_32MiB", BM_Read, kCacheFloats)
+      ->Unit(benchmark::kMicrosecond)->UseRealTime();
   benchmark::RegisterBenchmark("roofline/triad", BM_Triad)->Unit(benchmark::kMillisecond)->UseRealTime();
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   benchmark::RegisterBenchmark("roofline/fma_f32", BM_Compute<fma_chains>,

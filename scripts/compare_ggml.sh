@@ -9,7 +9,9 @@
 # GGML: a ggml-org/ggml checkout or a git directory of one (its HEAD is exported). SCRATCH (default
 # /tmp/subbit-ggml) receives the copy, patched in two places: the perf list gets our shapes, and
 # the thread count comes from GGML_BENCH_THREADS instead of every core. The build uses
-# -DGGML_NATIVE=ON. subbit_bench must be built already (build/subbit_bench, Release).
+# -DGGML_NATIVE=ON. subbit_bench must be built already (build/subbit_bench, Release); it runs with
+# the OpenMP waiting the `subbit` program uses (a 3,000-round spin, src/cli/omp_policy.h), ggml with
+# its own thread pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ggml=${1:?usage: scripts/compare_ggml.sh GGML_CHECKOUT_OR_GIT_DIR [SCRATCH]}
@@ -57,8 +59,8 @@ for threads in 1 2; do
   echo "threads $threads: ggml ($ggml_bin)" >&2
   GGML_BENCH_THREADS=$threads "$ggml_bin" perf -o MUL_MAT -b CPU -p "$shapes" >"$out/ggml_t$threads.txt"
   echo "threads $threads: subbit ($bench)" >&2
-  OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE "$bench" \
-    --benchmark_filter='^(gemv|gemm)/.*/(dense_bf16|dense_bf16_rounded|littlebit_.*|sketch_bpw0.50)/real_time$' \
+  OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=3000 "$bench" \
+    --benchmark_filter='^(gemv|gemm)/.*/(dense_bf16|littlebit_.*|sketch_bpw0.50)/real_time$' \
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_min_time=0.2 \
     --benchmark_format=json >"$out/subbit_t$threads.json"
 done

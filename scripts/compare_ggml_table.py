@@ -56,7 +56,7 @@ def main(out):
         s = read_subbit(out / f"subbit_t{threads}.json")
         print(f"\n### {threads} thread{'s' if threads > 1 else ''}: microseconds per product\n")
         head = ["shape (out x in)", "n"] + [f"ggml {t}" for t in GGML_TYPES] + [
-            "subbit bf16", "subbit bf16 rounded", "LittleBit 0.1", "LittleBit 0.55", "LittleBit 1.0",
+            "subbit bf16", "LittleBit 0.1", "LittleBit 0.55", "LittleBit 1.0",
             "sketch 0.5"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
@@ -66,7 +66,6 @@ def main(out):
                 peer = {t: g.get((t, rows, n, k)) for t in GGML_TYPES}
                 mine = {
                     "bf16": ours(s, rows, k, n, "dense_bf16"),
-                    "rounded": ours(s, rows, k, n, "dense_bf16_rounded"),
                     "lb0.1": ours(s, rows, k, n, r"littlebit_bpw0\.10_r\d+"),
                     "lb0.55": ours(s, rows, k, n, r"littlebit_bpw0\.55_r\d+"),
                     "lb1.0": ours(s, rows, k, n, r"littlebit_bpw1\.00_r\d+"),
@@ -77,12 +76,12 @@ def main(out):
                 print(f"| {rows}x{k} | {n} | " + " | ".join(cell(peer[t]) for t in GGML_TYPES) + " | " +
                       " | ".join(cell(v) for v in mine.values()) + " |")
                 ratios.append((rows, k, n, [
-                    ratio(peer["bf16"], mine["bf16"]), ratio(peer["bf16"], mine["rounded"]),
+                    ratio(peer["bf16"], mine["bf16"]),
                     ratio(peer["tq2_0"], mine["lb0.1"]), ratio(peer["tq2_0"], mine["lb0.55"]),
                     ratio(peer["tq2_0"], mine["lb1.0"]), ratio(peer["bf16"], mine["sk0.5"])]))
         print(f"\n### {threads} thread{'s' if threads > 1 else ''}: speed-up over the ggml type named "
               "(targets: bf16 >= 1, LittleBit 0.1 >= 10x tq2_0, 0.55 >= 2x, 1.0 >= 1.5x, sketch 0.5 >= 1x bf16)\n")
-        head = ["shape", "n", "bf16 vs ggml bf16", "bf16 rounded vs ggml bf16", "LB 0.1 vs tq2_0",
+        head = ["shape", "n", "bf16 vs ggml bf16", "LB 0.1 vs tq2_0",
                 "LB 0.55 vs tq2_0", "LB 1.0 vs tq2_0", "sketch 0.5 vs ggml bf16"]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
