@@ -151,9 +151,15 @@ def main():
     stop_sampling.set()
     sampler.join()
     rss_end = rss_mib(server.pid)
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/health")
-    health_after = json.loads(c.getresponse().read())
+    # A client that hung up early frees its slot when the server next writes to it (its next
+    # token), so the last one may still be busy for a step when the clients are done: poll.
+    for _ in range(50):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/health")
+        health_after = json.loads(c.getresponse().read())
+        if health_after["slots_busy"] == 0 and health_after["queued"] == 0:
+            break
+        time.sleep(0.1)
     server.send_signal(signal.SIGTERM)
     try:
         exit_code = server.wait(timeout=30)

@@ -4,15 +4,19 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "formats/littlebit.h"
 #include "formats/rtn.h"
 #include "formats/sign.h"
 #include "formats/tensor_io.h"
 #include "io/gguf.h"
 #include "ops/dense_matmul.h"
+#include "ops/parallel.h"
+#include "ops/sign_matmul.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -46,10 +50,10 @@ void expect_forward_matches_product(const Linear& layer, const std::vector<float
   // reused across calls as a RunState reuses it.
   Scratch scratch;
   for (int i = 0; i < Scratch::kBuffers; ++i) {
-    float* buffer = scratch.floats(i, 3 * (d_in + d_out) * 4);
-    std::fill(buffer, buffer + 3 * (d_in + d_out) * 4, std::nanf(""));
+    float* buffer = scratch.floats(i, 5 * (d_in + d_out) * 4);
+    std::fill(buffer, buffer + 5 * (d_in + d_out) * 4, std::nanf(""));
   }
-  for (int64_t tokens : {1, 3}) {
+  for (int64_t tokens : {1, 3, 5}) {
     const auto x = random_vector(tokens * d_in, rng);
     std::vector<float> y(tokens * d_out);
     layer.forward(x.data(), y.data(), tokens, scratch);
@@ -303,6 +307,45 @@ TEST(SignFile, RoundTripIsBitIdentical) {
   // A file whose shapes disagree with the model's is refused, not read past its end.
   EXPECT_THROW(SignLinear::load(GgufFile::open(path), "blk.0.attn_q", 9, 200), Error);
   std::filesystem::remove_all(path.parent_path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// LittleBit: the product of two paths of different ranks (neither a multiple of the kernel's 16
+// rows, one large enough for the lookup-table kernel) against the product of the dequantized
+// matrix, with 1-3 threads: decoding splits every stage's rows between the threads of one team,
+// batches let each sign product split itself.
+
+LittleBitPath random_path(int64_t d_out, int64_t d_in, int64_t rank, std::mt19937& rng) {
+  const auto signs = [&](int64_t rows, int64_t cols) {
+    const auto values = random_vector(rows * cols, rng);
+    std::vector<uint64_t> words(rows * sign_words_per_row(cols));
+    pack_signs(values.data(), rows, cols, words.data());
+    return words;
+  };
+  LittleBitPath p;
+  p.rank = rank;
+  p.u_signs = signs(d_out, rank);
+  p.vt_signs = signs(rank, d_in);
+  p.h = random_vector(d_out, rng);
+  p.g = random_vector(d_in, rng);
+  p.l = random_vector(rank, rng);
+  return p;
+}
+
+TEST(LittleBitProduct, TwoPathsOfOddRanksOnAnyThreadCount) {
+  std::mt19937 rng(21);
+  const int64_t d_out = 150, d_in = 200;
+  std::vector<LittleBitPath> paths;
+  paths.push_back(random_path(d_out, d_in, 83, rng));
+  paths.push_back(random_path(d_out, d_in, 40, rng));
+  const LittleBitLinear layer(d_out, d_in, std::move(paths));
+  const auto w_hat = dequantized(layer);
+  const int saved = num_threads();
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    expect_forward_matches_product(layer, w_hat, 5, "littlebit, threads " + std::to_string(threads));
+  }
+  set_num_threads(saved);
 }
 
 }  // namespace

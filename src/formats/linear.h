@@ -21,7 +21,7 @@ class GgufWriter;
 // batch. A format uses up to kBuffers buffers in one product.
 class Scratch {
  public:
-  static constexpr int kBuffers = 3;
+  static constexpr int kBuffers = 4;
   // At least `count` floats, contents undefined, valid until the next call with this index.
   float* floats(int index, int64_t count) {
     std::vector<float>& b = buffers_.at(index);

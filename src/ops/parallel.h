@@ -30,4 +30,32 @@ void parallel_for(int64_t count, int64_t grain, Body&& body) {
   }
 }
 
+// Runs body(thread, threads) once on every thread of one team (the calling thread alone when
+// already inside a parallel region), for work split into phases separated by team_barrier().
+template <typename Body>
+void parallel_team(Body&& body) {
+  if (omp_in_parallel() || num_threads() == 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+// Waits until every thread of the team running parallel_team's body has reached it.
+inline void team_barrier() {
+#pragma omp barrier
+}
+
+// The share of [0, count) that thread `thread` of `threads` takes: contiguous, in whole multiples
+// of `align` except the last end, which is `count`.
+struct Share {
+  int64_t begin, end;
+};
+inline Share share_of(int64_t count, int thread, int threads, int64_t align) {
+  const int64_t units = (count + align - 1) / align;
+  const int64_t begin = units * thread / threads * align, end = units * (thread + 1) / threads * align;
+  return {begin < count ? begin : count, end < count ? end : count};
+}
+
 }  // namespace subbit

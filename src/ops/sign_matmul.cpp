@@ -555,6 +555,26 @@ void RangeAnyKernel(const SignMatrix& s, const float* x, float* y, int64_t ra, i
   if (rb > split) WideRange(s, x, y, split, rb, ta, tb, c0, c1, false);
 }
 
+// Rows at or past which the lookup-table kernel runs (a multiple of N; 0: the wide kernel only).
+int64_t LutRows(const SignMatrix& s) {
+#if SUBBIT_SIGN_LUT
+  return s.rows >= kLutMinRows ? s.rows - s.rows % kLanes : 0;
+#else
+  (void)s;
+  return 0;
+#endif
+}
+
+void SignMatmulBlock(const SignMatrix& s, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                     int64_t row_end, int64_t col_begin, int64_t col_end) {
+  if (row_begin >= row_end || tokens <= 0) return;
+  if (col_begin >= col_end) {
+    for (int64_t t = 0; t < tokens; ++t) std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
+    return;
+  }
+  RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRows(s));
+}
+
 void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
   const int64_t rows = s.rows, cols = s.cols;
   if (rows <= 0 || tokens <= 0) return;
@@ -564,14 +584,12 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
   }
   const int64_t threads = omp_in_parallel() ? 1 : num_threads();
   const bool parallel = threads > 1 && double(rows) * double(cols) * double(tokens) >= kMinParallelWork;
+  const int64_t lut_rows = LutRows(s);
 #if SUBBIT_SIGN_LUT
-  const bool lut = rows >= kLutMinRows;
-  const int64_t row_tile = lut ? kLutRV1 * kLanes : kWideRows1;
+  const int64_t row_tile = lut_rows > 0 ? kLutRV1 * kLanes : kWideRows1;
 #else
-  const bool lut = false;
   const int64_t row_tile = kWideRows1;
 #endif
-  const int64_t lut_rows = lut ? rows - rows % kLanes : 0;
 
   const int64_t want = parallel ? 4 * threads : 1;  // work units, ~4 per thread to balance load
   const int64_t row_units = (rows + row_tile - 1) / row_tile;
@@ -622,9 +640,15 @@ HWY_AFTER_NAMESPACE();
 namespace subbit {
 
 HWY_EXPORT(SignMatmul);
+HWY_EXPORT(SignMatmulBlock);
 
 void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
   HWY_DYNAMIC_DISPATCH(SignMatmul)(s, x, y, tokens);
+}
+
+void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                       int64_t row_end, int64_t col_begin, int64_t col_end) {
+  HWY_DYNAMIC_DISPATCH(SignMatmulBlock)(s, x, y, tokens, row_begin, row_end, col_begin, col_end);
 }
 
 void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words) {

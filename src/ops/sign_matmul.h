@@ -49,6 +49,15 @@ void unpack_signs(const SignMatrix& s, float* out);
 // tokens, or over columns when there are few tokens and rows <= cols (LittleBit's first stage);
 // calls under ~10^6 weight·token products run on the calling thread.
 void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+// Rows [row_begin, row_end) of the same product summed over the columns [col_begin, col_end)
+// only (y keeps its stride of `rows`), on the calling thread: for callers that split one product,
+// or several, over their own threads. row_begin, and row_end unless it is `rows`, must be
+// multiples of kSignRowAlign (the lookup kernel's rows sit in the lanes of a vector); col_begin,
+// and col_end unless it is `cols`, multiples of kSignColAlign (a word of bits).
+constexpr int64_t kSignRowAlign = 16;
+constexpr int64_t kSignColAlign = 64;
+void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end);
 // Plain scalar reference the fast path is tested against (double accumulation, rounded to fp32).
 void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens);
 
