@@ -24,8 +24,9 @@
 //    (LittleBit stage 1 at small rank) and the only kernel below AVX2.
 //  * "lut" (T-MAC-style lookup, AVX2 and AVX-512; rows in lanes): per token and group of 4
 //    columns a 16-entry table of the signed sums ±x0 ±x1 ±x2 ±x3 (4 FMAs per table). N consecutive
-//    rows sit in the lanes of a vector: one gather fetches the 32 bits of a 32-column block for the
-//    N rows, then each group of 4 columns is shift + vpermps (the permute reads only the low 4 bits
+//    rows sit in the lanes of a vector: one load from the block layout (sign_blocks; a gather from
+//    the file-order words when the caller has none) fetches the 32 bits of a 32-column block for
+//    the N rows, then each group of 4 columns is shift + vpermps (the permute reads only the low 4 bits
 //    of each lane, so no masking) + add: 3 ops per 4·N weights instead of 2 per N, no horizontal
 //    sums, and N outputs per store. Used when there are at least kLutMinRows rows.
 //
@@ -555,8 +556,9 @@ void RangeAnyKernel(const SignMatrix& s, const float* x, float* y, int64_t ra, i
   if (rb > split) WideRange(s, x, y, split, rb, ta, tb, c0, c1, false);
 }
 
-// Rows at or past which the lookup-table kernel runs (a multiple of N; 0: the wide kernel only).
-int64_t LutRows(const SignMatrix& s) {
+// The rows [0, n) that the lookup-table kernel takes: a multiple of N, 0 below kLutMinRows rows
+// (the wide kernel takes the rest).
+int64_t LutRowCount(const SignMatrix& s) {
 #if SUBBIT_SIGN_LUT
   return s.rows >= kLutMinRows ? s.rows - s.rows % kLanes : 0;
 #else
@@ -572,7 +574,7 @@ void SignMatmulBlock(const SignMatrix& s, const float* x, float* y, int64_t toke
     for (int64_t t = 0; t < tokens; ++t) std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
     return;
   }
-  RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRows(s));
+  RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRowCount(s));
 }
 
 void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
@@ -584,7 +586,7 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
   }
   const int64_t threads = omp_in_parallel() ? 1 : num_threads();
   const bool parallel = threads > 1 && double(rows) * double(cols) * double(tokens) >= kMinParallelWork;
-  const int64_t lut_rows = LutRows(s);
+  const int64_t lut_rows = LutRowCount(s);
 #if SUBBIT_SIGN_LUT
   const int64_t row_tile = lut_rows > 0 ? kLutRV1 * kLanes : kWideRows1;
 #else
