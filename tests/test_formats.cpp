@@ -311,7 +311,7 @@ TEST(SignFile, RoundTripIsBitIdentical) {
 
 // ---------------------------------------------------------------------------------------------
 // LittleBit: the product of two paths of different ranks (neither a multiple of the kernel's 16
-// rows, one large enough for the lookup-table kernel) against the product of the dequantized
+// rows, both large enough for the lookup-table kernel) against the product of the dequantized
 // matrix, with 1-3 threads: decoding splits every stage's rows between the threads of one team,
 // batches let each sign product split itself.
 
@@ -334,10 +334,12 @@ LittleBitPath random_path(int64_t d_out, int64_t d_in, int64_t rank, std::mt1993
 
 TEST(LittleBitProduct, TwoPathsOfOddRanksOnAnyThreadCount) {
   std::mt19937 rng(21);
-  const int64_t d_out = 150, d_in = 200;
+  // Large enough (Σ rank·(d_in + d_out) >= kSignMinParallelWork) for the threads to split it.
+  const int64_t d_out = 700, d_in = 1500;
   std::vector<LittleBitPath> paths;
-  paths.push_back(random_path(d_out, d_in, 83, rng));
-  paths.push_back(random_path(d_out, d_in, 40, rng));
+  paths.push_back(random_path(d_out, d_in, 400, rng));
+  paths.push_back(random_path(d_out, d_in, 90, rng));
+  ASSERT_GE(double(400 + 90) * double(d_in + d_out), kSignMinParallelWork);
   const LittleBitLinear layer(d_out, d_in, std::move(paths));
   const auto w_hat = dequantized(layer);
   const int saved = num_threads();

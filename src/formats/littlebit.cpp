@@ -106,7 +106,7 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
   float* partial = nullptr;  // (threads − 1, paths, tokens, max_rank): other threads' column sums
   const int max_threads = num_threads();
   if (max_threads > 1) partial = scratch.floats(3, (max_threads - 1) * n_paths * tokens * max_rank);
-  parallel_team([&](int thread, int threads) {
+  const auto decode = [&](int thread, int threads) {
     const auto partial_of = [&](int other, int64_t k) {
       return other == 0 ? latent_of(k) : partial + ((other - 1) * n_paths + k) * tokens * max_rank;
     };
@@ -134,7 +134,13 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
       sign_matmul_block(u(k), latent_of(k), path_out + k * tokens * d_out_, tokens, outputs.begin,
                         outputs.end, 0, paths_[k].rank);
     sum_paths(outputs.begin, outputs.end);
-  });
+  };
+  double work = 0;  // sign·token products of the whole layer
+  for (const LittleBitPath& p : paths_) work += double(p.rank) * double(d_in_ + d_out_) * double(tokens);
+  if (work < kSignMinParallelWork)
+    decode(0, 1);  // small layers (sb-30m's): a team would cost more than it shares
+  else
+    parallel_team(decode);
 }
 
 void LittleBitLinear::dequantize(float* w) const {

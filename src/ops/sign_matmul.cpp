@@ -528,11 +528,6 @@ void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t
 
 // ------------------------------------------------------------------------------- dispatch
 
-// Below this many weight·token products the call runs on the calling thread. Waking the OpenMP
-// team costs microseconds on an idle machine (far more on a busy one), while 2^20 products take
-// 10-20 us on one core (Zen 5), so only calls at least that big are split.
-constexpr double kMinParallelWork = double(1 << 20);
-
 // Per-thread, vector-aligned scratch; slot 0 belongs to SignMatmul (partial sums), slot 1 to
 // LutRange (tables).
 float* Scratch(int slot, size_t n) {
@@ -585,7 +580,7 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     return;
   }
   const int64_t threads = omp_in_parallel() ? 1 : num_threads();
-  const bool parallel = threads > 1 && double(rows) * double(cols) * double(tokens) >= kMinParallelWork;
+  const bool parallel = threads > 1 && double(rows) * double(cols) * double(tokens) >= kSignMinParallelWork;
   const int64_t lut_rows = LutRowCount(s);
 #if SUBBIT_SIGN_LUT
   const int64_t row_tile = lut_rows > 0 ? kLutRV1 * kLanes : kWideRows1;

@@ -49,6 +49,11 @@ void unpack_signs(const SignMatrix& s, float* out);
 // tokens, or over columns when there are few tokens and rows <= cols (LittleBit's first stage);
 // calls under ~10^6 weight·token products run on the calling thread.
 void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+// Below this many sign·token products a product runs on the calling thread. Waking the OpenMP
+// team costs microseconds on an idle machine (far more on a busy one), while 2^20 products take
+// 10-20 us on one core, so only products at least that big are split.
+constexpr double kSignMinParallelWork = double(1 << 20);
+
 // Rows [row_begin, row_end) of the same product summed over the columns [col_begin, col_end)
 // only (y keeps its stride of `rows`), on the calling thread: for callers that split one product,
 // or several, over their own threads. row_begin, and row_end unless it is `rows`, must be
