@@ -116,7 +116,7 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
     for (int64_t k = 0; k < n_paths; ++k)
       sign_matmul_block(vt(k), scaled + k * tokens * d_in_, partial_of(thread, k), tokens, 0,
                         paths_[k].rank, inputs.begin, inputs.end);
-    team_barrier();
+    if (threads > 1) team_barrier();  // alone, it would bind to a caller's team
     for (int64_t k = 0; k < n_paths; ++k) {
       const int64_t rank = paths_[k].rank;
       const Share rows = share_of(rank, thread, threads, 1);
@@ -128,7 +128,7 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
         }
       scale_latent(k, rows.begin, rows.end);
     }
-    team_barrier();
+    if (threads > 1) team_barrier();  // alone, it would bind to a caller's team
     const Share outputs = share_of(d_out_, thread, threads, kSignRowAlign);
     for (int64_t k = 0; k < n_paths; ++k)
       sign_matmul_block(u(k), latent_of(k), path_out + k * tokens * d_out_, tokens, outputs.begin,

@@ -42,7 +42,9 @@ void parallel_team(Body&& body) {
   body(omp_get_thread_num(), omp_get_num_threads());
 }
 
-// Waits until every thread of the team running parallel_team's body has reached it.
+// Waits until every thread of the team running parallel_team's body has reached it. Call it only
+// when that body runs on more than one thread: on one, the caller may itself be inside another
+// team, which it would wait for.
 inline void team_barrier() {
 #pragma omp barrier
 }
