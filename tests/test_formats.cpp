@@ -316,16 +316,10 @@ TEST(SignFile, RoundTripIsBitIdentical) {
 // batches let each sign product split itself.
 
 LittleBitPath random_path(int64_t d_out, int64_t d_in, int64_t rank, std::mt19937& rng) {
-  const auto signs = [&](int64_t rows, int64_t cols) {
-    const auto values = random_vector(rows * cols, rng);
-    std::vector<uint64_t> words(rows * sign_words_per_row(cols));
-    pack_signs(values.data(), rows, cols, words.data());
-    return words;
-  };
   LittleBitPath p;
   p.rank = rank;
-  p.u_signs = signs(d_out, rank);
-  p.vt_signs = signs(rank, d_in);
+  p.u_signs = testing::random_signs(d_out, rank, rng);
+  p.vt_signs = testing::random_signs(rank, d_in, rng);
   p.h = random_vector(d_out, rng);
   p.g = random_vector(d_in, rng);
   p.l = random_vector(rank, rng);

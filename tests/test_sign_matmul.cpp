@@ -15,15 +15,9 @@
 namespace subbit {
 namespace {
 
+using testing::random_signs;
 using testing::random_vector;
 using testing::ScopedTarget;
-
-std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng) {
-  const auto values = random_vector(rows * cols, rng);
-  std::vector<uint64_t> words(rows * sign_words_per_row(cols));
-  pack_signs(values.data(), rows, cols, words.data());
-  return words;
-}
 
 TEST(SignPacking, LayoutAndRoundTrip) {
   EXPECT_EQ(sign_words_per_row(1), 1);

@@ -1,5 +1,7 @@
 #include "test_support.h"
 
+#include "ops/sign_matmul.h"
+
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,6 +44,13 @@ std::vector<float> random_vector(size_t n, std::mt19937& rng) {
   std::vector<float> v(n);
   for (auto& x : v) x = dist(rng);
   return v;
+}
+
+std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng) {
+  const auto values = random_vector(size_t(rows * cols), rng);
+  std::vector<uint64_t> words(size_t(rows * sign_words_per_row(cols)));
+  pack_signs(values.data(), rows, cols, words.data());
+  return words;
 }
 
 CommandResult run_command(const std::string& command) {

@@ -34,6 +34,8 @@ std::string file_bytes(const std::filesystem::path& file);
 
 // n samples of a standard normal, for kernel tests against their references.
 std::vector<float> random_vector(size_t n, std::mt19937& rng);
+// A random sign matrix (rows, cols) packed as ops/sign_matmul.h lays it out.
+std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, std::mt19937& rng);
 
 // Restricts Highway's dynamic dispatch to one target for the lifetime of the object, so the
 // AVX2 / SSE4 / scalar code paths are exercised on an AVX-512 machine too. Iterate over
