@@ -11,6 +11,7 @@
 #include "cli/omp_policy.h"
 #include "cli/progress.h"
 #include "common/error.h"
+#include "compress/data_parallel.h"
 #include "compress/pipeline.h"
 #include "formats/format_table.h"
 #include "ops/parallel.h"
@@ -70,6 +71,16 @@ int main(int argc, char** argv) {
   app.add_flag("--no-checkpoint", no_checkpoint, "do not write checkpoints");
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("-t,--threads", threads, "CPU threads")->capture_default_str()->check(CLI::Range(1, 1024));
+  // Data-parallel QAT (docs/distributed.md); unset values come from torchrun's variables.
+  int world_size = 0, rank = -1, master_port = 0, dist_timeout = 1800;
+  std::string master_addr;
+  auto* dist = app.add_option_group("distributed", "data-parallel QAT over several processes (Gloo over TCP)");
+  dist->add_option("--world-size", world_size, "number of ranks (default: $WORLD_SIZE, else 1)");
+  dist->add_option("--rank", rank, "this process's rank, 0 writes the output (default: $RANK, else 0)");
+  dist->add_option("--master-addr", master_addr, "rank 0's host (default: $MASTER_ADDR, else 127.0.0.1)");
+  dist->add_option("--master-port", master_port, "rank 0's rendezvous port (default: $MASTER_PORT, else 29500)");
+  dist->add_option("--dist-timeout", dist_timeout, "seconds a rank waits for the others before failing")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 24));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -87,13 +98,21 @@ int main(int argc, char** argv) {
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
     torch::set_num_threads(threads);
+    const compress::DataParallelOptions ranks = compress::resolve_data_parallel(
+        world_size, rank, master_addr, master_port, std::chrono::seconds(dist_timeout));
+    if (ranks.world_size > 1 && o.qat.train_tokens == 0)
+      fail("--world-size {}: only QAT runs on several ranks (give --train-tokens)", ranks.world_size);
+    if (ranks.world_size > 1) o.qat.data_parallel = std::make_shared<compress::DataParallel>(ranks);
+    const bool root = ranks.rank == 0;
 
     ProgressBar bar("qat", 1, "tok");
     compress::CompressCallbacks callbacks;
-    callbacks.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    // The other ranks do what rank 0 does and stay quiet.
+    if (root) callbacks.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
     // One line per block, also when stderr is a log file: a block of a 7B model takes minutes.
     std::chrono::steady_clock::time_point blocks_start;
     callbacks.block_progress = [&](const compress::BlockProgress& p) {
+      if (!root) return;
       if (p.done == 0) {
         blocks_start = std::chrono::steady_clock::now();
         return;
@@ -104,11 +123,17 @@ int main(int argc, char** argv) {
       std::fflush(stderr);
     };
     callbacks.qat_progress = [&](const compress::QatProgress& p) {
+      if (!root) return;
       if (p.step == 1 || p.total_steps == 1) bar = ProgressBar("qat", p.total_steps, "tok");
       bar.update(p.step, p.tokens_done, fmt::format("loss {:.4f}", p.loss));
     };
     const compress::CompressReport report = compress_model(model, out, o, method, callbacks);
     bar.finish();
+    if (!root) {
+      fmt::print("rank {} of {}: trained {} steps; rank 0 writes {}\n", ranks.rank, ranks.world_size,
+                 report.qat.steps, out);
+      return 0;
+    }
 
     const LinearFormat* format = find_linear_format(o.method);
     fmt::print("{:<24} {:>12} {:>28} {:>8}\n", "layer", "shape", "detail", "bpw");

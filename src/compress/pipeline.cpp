@@ -116,6 +116,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   const bool train = o.qat.train_tokens > 0;
   if (!trainable && train)
     fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
+  const bool root = !o.qat.data_parallel || o.qat.data_parallel->is_root();
+  if (o.qat.data_parallel && o.qat.data_parallel->world_size() > 1 && !train)
+    fail("--world-size {}: only QAT runs on several ranks (give --train-tokens)", o.qat.data_parallel->world_size());
   if (o.budget != "linear" && o.budget != "whole") fail("--budget must be linear or whole, got \"{}\"", o.budget);
   if (o.allocate != "uniform" && o.allocate != "sensitivity")
     fail("--allocate must be uniform or sensitivity, got \"{}\"", o.allocate);
@@ -268,9 +271,11 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
     if (train) {
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
-      // Enough text for every step to see fresh windows.
+      // Enough text for every step to see fresh windows; the same text on every rank, which
+      // train_qat shares out by window.
+      const int64_t global_batch = o.qat.batch * (o.qat.data_parallel ? o.qat.data_parallel->world_size() : 1);
       const std::vector<int32_t> tokens =
-          load_training_tokens(o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * o.qat.batch);
+          load_training_tokens(o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * global_batch);
       log(fmt::format("training on {} tokens of text", tokens.size()));
       report.qat = train_qat(teacher, student, tokens, o.qat, cb.qat_progress);
       report.trained = true;
@@ -279,7 +284,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       for (const auto& f : o.train_texts) names.push_back(f.filename().string());
       details["qat"] = {{"tokens", report.qat.tokens}, {"steps", report.qat.steps},
                         {"lr", o.qat.lr},           {"seq", o.qat.seq},
-                        {"batch", o.qat.batch},     {"train_norms", o.qat.train_norms},
+                        // Sequences per step over all ranks: R ranks of b train as one of R*b.
+                        {"batch", global_batch},
+                        {"train_norms", o.qat.train_norms},
                         {"first_loss", report.qat.first_loss},
                         {"last_loss", report.qat.last_loss},
                         {"device", o.qat.device.is_cuda() ? "cuda" : "cpu"},
@@ -340,6 +347,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   report.head = weights.head_is_embedding() ? "stored once with the embedding" : weights.lm_head->describe();
   details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);
   details["whole_bpw"] = double(report.whole_bits) / double(report.whole_params);
+  // Every rank holds the same trained student; one writes it.
+  if (!root) return report;
   save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump(), bundle.chat_template});
   if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
   return report;

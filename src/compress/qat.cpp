@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <numeric>
 #include <random>
 
@@ -39,6 +40,13 @@ std::string read_xz_prefix(const std::filesystem::path& file, size_t max_bytes) 
   return text;
 }
 
+std::string read_checkpoint(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) fail("{}: cannot read the checkpoint", path.string());
+  return bytes;
+}
+
 double lr_at(int64_t step, int64_t total, const QatOptions& o) {
   const int64_t warmup = std::max<int64_t>(1, int64_t(o.warmup_fraction * double(total)));
   if (step < warmup) return o.lr * double(step + 1) / double(warmup);
@@ -48,8 +56,8 @@ double lr_at(int64_t step, int64_t total, const QatOptions& o) {
 
 // The loss history travels with the checkpoint so a resumed run reports (and writes into the
 // file's metadata) exactly what an uninterrupted one would.
-void save_checkpoint(const std::filesystem::path& path, TorchLlama& student,
-                     torch::optim::Optimizer& optimizer, int64_t step, const std::vector<double>& losses) {
+void save_checkpoint(const std::filesystem::path& path, TorchLlama& student, torch::optim::Optimizer& optimizer,
+                     int64_t step, const std::vector<double>& losses, int world_size) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   student.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -57,6 +65,7 @@ void save_checkpoint(const std::filesystem::path& path, TorchLlama& student,
   archive.write("optimizer", optimizer_archive);
   archive.write("step", torch::tensor(step));
   archive.write("losses", torch::tensor(losses, torch::kFloat64));
+  archive.write("world_size", torch::tensor(int64_t(world_size)));
   const auto tmp = path.string() + ".tmp";
   archive.save_to(tmp);
   std::filesystem::rename(tmp, path);
@@ -100,10 +109,13 @@ torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student, const 
 
 QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
                     const QatOptions& o, const std::function<void(const QatProgress&)>& progress) {
-  const int64_t tokens_per_step = o.batch * o.seq;
+  DataParallel alone({});
+  DataParallel& ranks = o.data_parallel ? *o.data_parallel : alone;
+  const int64_t global_batch = o.batch * ranks.world_size();
+  const int64_t tokens_per_step = global_batch * o.seq;
   const int64_t windows = int64_t(tokens.size()) / o.seq;
-  if (windows < o.batch)
-    fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(), o.batch, o.seq);
+  if (windows < global_batch)
+    fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(), global_batch, o.seq);
   if (o.seq > max_context(student.config()))
     fail("--seq {} exceeds the model's maximum context of {}", o.seq, max_context(student.config()));
   const int64_t total_steps = std::max<int64_t>(1, o.train_tokens / tokens_per_step);
@@ -126,20 +138,37 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     if (p.value().requires_grad() && (o.train_norms || !norm)) params.push_back(p.value());
   }
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  // Every rank must train the same student on its share of the same data order.
+  ranks.check_same_on_every_rank(
+      "training options", fmt::format("tokens={} windows={} seq={} batch={} lr={} weight_decay={} warmup={} "
+                                      "hidden_weight={} train_norms={} seed={} parameters={}",
+                                      o.train_tokens, windows, o.seq, o.batch, o.lr, o.weight_decay, o.warmup_fraction,
+                                      o.hidden_weight, o.train_norms, o.seed, params.size()));
+  ranks.broadcast_from_root(params);
 
   QatResult result;
   int64_t step = 0;
   std::vector<double> losses;  // one per step, from the start of training
-  if (!o.checkpoint.empty() && std::filesystem::exists(o.checkpoint)) {
+  // Rank 0 reads its checkpoint and hands the bytes to the others, which need no shared disk.
+  std::string saved;
+  if (ranks.is_root() && !o.checkpoint.empty() && std::filesystem::exists(o.checkpoint))
+    saved = read_checkpoint(o.checkpoint);
+  saved = ranks.broadcast_from_root(saved);
+  if (!saved.empty()) {
     torch::serialize::InputArchive archive, model_archive, optimizer_archive;
-    archive.load_from(o.checkpoint.string(), o.device);
+    archive.load_from(saved.data(), saved.size(), o.device);
     archive.read("student", model_archive);
     archive.read("optimizer", optimizer_archive);
     student.load(model_archive);
     optimizer.load(optimizer_archive);
-    torch::Tensor saved_step, saved_losses;
+    torch::Tensor saved_step, saved_losses, saved_world;
     archive.read("step", saved_step);
     archive.read("losses", saved_losses);
+    const int64_t saved_world_size = archive.try_read("world_size", saved_world) ? saved_world.item<int64_t>() : 1;
+    if (saved_world_size != ranks.world_size())
+      fail("{}: the checkpoint was written by a run of {} rank(s), this run has {}: resume with the same world "
+           "size (or delete the checkpoint to start over)",
+           o.checkpoint.string(), saved_world_size, ranks.world_size());
     step = saved_step.item<int64_t>();
     saved_losses = saved_losses.to(torch::kCPU).contiguous();  // loaded onto o.device
     losses.assign(saved_losses.data_ptr<double>(), saved_losses.data_ptr<double>() + saved_losses.numel());
@@ -159,9 +188,10 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
 
   const auto start = std::chrono::steady_clock::now();
   for (; step < total_steps; ++step) {
-    std::vector<int64_t> batch_ids(tokens_per_step);
+    std::vector<int64_t> batch_ids(o.batch * o.seq);  // (batch, seq)
+    const std::vector<int64_t> positions = rank_window_positions(step, o.batch, ranks.rank(), ranks.world_size());
     for (int64_t b = 0; b < o.batch; ++b) {
-      const int64_t window = order[(step * o.batch + b) % windows];
+      const int64_t window = order[positions[b] % windows];
       for (int64_t t = 0; t < o.seq; ++t) batch_ids[b * o.seq + t] = tokens[window * o.seq + t];
     }
     const torch::Tensor batch = torch::tensor(batch_ids, torch::kInt64).view({o.batch, o.seq}).to(o.device);
@@ -170,6 +200,10 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     optimizer.zero_grad();
     const torch::Tensor loss = distillation_loss(teacher, student, batch, o.hidden_weight);
     loss.backward();
+    std::vector<torch::Tensor> grads;
+    for (const torch::Tensor& p : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    ranks.average(grads);
     torch::nn::utils::clip_grad_norm_(params, 1.0);
     optimizer.step();
     for (SignTracker& t : signs) {
@@ -178,10 +212,10 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
       t.last = now;
     }
 
-    losses.push_back(loss.item<double>());
+    losses.push_back(ranks.average(loss.item<double>()));
     if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, losses.back()});
-    if (!o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) && step + 1 < total_steps)
-      save_checkpoint(o.checkpoint, student, optimizer, step + 1, losses);
+    if (ranks.is_root() && !o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) && step + 1 < total_steps)
+      save_checkpoint(o.checkpoint, student, optimizer, step + 1, losses, ranks.world_size());
   }
   student.to(torch::kCPU);
   teacher.to(torch::kCPU);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "compress/data_parallel.h"
 #include "compress/torch_llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -28,11 +29,14 @@ struct QatOptions {
   // "Should norms train?"). Embeddings and the LM head never train.
   bool train_norms = true;
   int64_t seq = 256;
-  int64_t batch = 4;
+  int64_t batch = 4;  // sequences per step and rank: a step trains on batch x world_size sequences
   uint64_t seed = 0;
   std::filesystem::path checkpoint;  // empty: no checkpoints
   int64_t checkpoint_every = 25;     // steps
   torch::Device device = torch::kCPU;
+  // Data-parallel training (compress/data_parallel.h); null: this process alone. Only rank 0
+  // writes checkpoints; every rank resumes from rank 0's.
+  std::shared_ptr<DataParallel> data_parallel;
 };
 
 struct QatProgress {
