@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
   app.add_option("--hidden-weight", o.qat.hidden_weight, "weight of the hidden-state MSE term")->capture_default_str();
   app.add_option("--seed", o.qat.seed, "data-order seed")->capture_default_str();
   app.add_flag("--freeze-norms", freeze_norms, "QAT: keep the RMSNorm weights as stored (default: they train)");
+  app.add_flag("--blockwise", o.qat.blockwise,
+               "QAT block by block: each block learns the teacher's block output from its input (MSE); with "
+               "several ranks, blocks are spread over them (docs/distributed.md)");
   app.add_option("--checkpoint", checkpoint, "checkpoint file (default: OUTPUT.ckpt)");
   app.add_option("--checkpoint-every", o.qat.checkpoint_every, "steps between checkpoints")
       ->capture_default_str()->check(CLI::Range(1, 1 << 30));
@@ -94,7 +97,7 @@ int main(int argc, char** argv) {
     }
     for (const auto& t : train_texts) o.train_texts.emplace_back(t);
     for (const auto& t : sensitivity_texts) o.sensitivity_texts.emplace_back(t);
-    if (o.qat.train_tokens > 0 && !no_checkpoint)
+    if (o.qat.train_tokens > 0 && !no_checkpoint && !o.qat.blockwise)
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
     torch::set_num_threads(threads);

@@ -88,10 +88,10 @@ class DataParallel::Group {
     run(what, [&] { group_->allreduce(tensors, opts)->wait(); });
   }
 
-  void broadcast(torch::Tensor& t, const char* what) {
+  void broadcast(torch::Tensor& t, int root, const char* what) {
     std::vector<at::Tensor> tensors{t};
     c10d::BroadcastOptions opts;
-    opts.rootRank = 0;
+    opts.rootRank = root;
     run(what, [&] { group_->broadcast(tensors, opts)->wait(); });
   }
 
@@ -143,29 +143,31 @@ void DataParallel::average(const std::vector<torch::Tensor>& grads) {
   }
 }
 
-double DataParallel::average(double value) {
+double DataParallel::sum(double value) {
   if (!group_) return value;
   torch::Tensor t = torch::tensor({value}, torch::kFloat64);
-  group_->all_reduce(t, c10d::ReduceOp::SUM, "averaging the loss");
-  return t.item<double>() / double(options_.world_size);
+  group_->all_reduce(t, c10d::ReduceOp::SUM, "summing the loss");
+  return t.item<double>();
 }
 
-void DataParallel::broadcast_from_root(const std::vector<torch::Tensor>& tensors) {
+double DataParallel::average(double value) { return sum(value) / double(options_.world_size); }
+
+void DataParallel::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   if (!group_) return;
   for (const torch::Tensor& t : tensors) {
     torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
-    group_->broadcast(cpu, "copying rank 0's parameters");
-    if (!is_root()) t.detach().copy_(cpu);
+    group_->broadcast(cpu, root, "copying parameters");
+    if (rank() != root) t.detach().copy_(cpu);
   }
 }
 
 std::string DataParallel::broadcast_from_root(const std::string& bytes) {
   if (!group_) return bytes;
   torch::Tensor size = torch::tensor({int64_t(bytes.size())}, torch::kInt64);
-  group_->broadcast(size, "sending rank 0's state");
+  group_->broadcast(size, 0, "sending rank 0's state");
   torch::Tensor data = torch::empty({size.item<int64_t>()}, torch::kUInt8);
   if (is_root()) std::memcpy(data.data_ptr(), bytes.data(), bytes.size());
-  if (data.numel() > 0) group_->broadcast(data, "sending rank 0's state");
+  if (data.numel() > 0) group_->broadcast(data, 0, "sending rank 0's state");
   return std::string(static_cast<const char*>(data.data_ptr()), size_t(data.numel()));
 }
 

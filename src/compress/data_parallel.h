@@ -51,8 +51,9 @@ class DataParallel {
   // runs on CPU tensors in buckets of at most 64 MiB).
   void average(const std::vector<torch::Tensor>& grads);
   double average(double value);
-  // Rank 0's values copied into every rank's tensors / string.
-  void broadcast_from_root(const std::vector<torch::Tensor>& tensors);
+  double sum(double value);
+  // Rank `root`'s values copied into every rank's tensors; rank 0's string to every rank.
+  void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
   std::string broadcast_from_root(const std::string& bytes);
   // Fails on every rank, naming the option, when `fingerprint` (the options that must agree,
   // e.g. "seq=256 batch=4 ...") differs from rank 0's.

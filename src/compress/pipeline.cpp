@@ -273,7 +273,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       if (o.train_texts.empty()) fail("--train-tokens needs --train-text");
       // Enough text for every step to see fresh windows; the same text on every rank, which
       // train_qat shares out by window.
-      const int64_t global_batch = o.qat.batch * (o.qat.data_parallel ? o.qat.data_parallel->world_size() : 1);
+      const int64_t global_batch = o.qat.sequences_per_step();
       const std::vector<int32_t> tokens =
           load_training_tokens(o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * global_batch);
       log(fmt::format("training on {} tokens of text", tokens.size()));
@@ -287,6 +287,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
                         // Sequences per step over all ranks: R ranks of b train as one of R*b.
                         {"batch", global_batch},
                         {"train_norms", o.qat.train_norms},
+                        {"distill", o.qat.blockwise ? "blockwise" : "end-to-end"},
                         {"first_loss", report.qat.first_loss},
                         {"last_loss", report.qat.last_loss},
                         {"device", o.qat.device.is_cuda() ? "cuda" : "cpu"},

@@ -71,6 +71,84 @@ void save_checkpoint(const std::filesystem::path& path, TorchLlama& student, tor
   std::filesystem::rename(tmp, path);
 }
 
+// The windows at `positions` of the shuffled order, as a (positions, seq) batch of token ids.
+torch::Tensor window_batch(std::span<const int32_t> tokens, const std::vector<int64_t>& order,
+                           const std::vector<int64_t>& positions, int64_t seq, torch::Device device) {
+  const int64_t windows = int64_t(order.size()), batch = int64_t(positions.size());
+  std::vector<int64_t> ids(batch * seq);  // (batch, seq)
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t window = order[positions[b] % windows];
+    for (int64_t t = 0; t < seq; ++t) ids[b * seq + t] = tokens[window * seq + t];
+  }
+  return torch::tensor(ids, torch::kInt64).view({batch, seq}).to(device);
+}
+
+QatResult train_blockwise(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
+                          const std::vector<int64_t>& order, int64_t total_steps, const QatOptions& o,
+                          DataParallel& ranks, const std::function<void(const QatProgress&)>& progress) {
+  const int64_t blocks = student.config().num_layers;
+  const int64_t tokens_per_step = o.batch * o.seq;
+  ranks.check_same_on_every_rank(
+      "training options", fmt::format("blockwise tokens={} windows={} seq={} batch={} lr={} weight_decay={} "
+                                      "warmup={} train_norms={} seed={}",
+                                      o.train_tokens, order.size(), o.seq, o.batch, o.lr, o.weight_decay,
+                                      o.warmup_fraction, o.train_norms, o.seed));
+  const auto owner = [&](int64_t block) { return int(block % ranks.world_size()); };
+  int64_t owned = 0;
+  for (int64_t l = 0; l < blocks; ++l) owned += owner(l) == ranks.rank();
+
+  QatResult result;
+  std::vector<double> first(blocks, 0.0), last(blocks, 0.0);  // this rank's blocks; 0 elsewhere
+  const auto start = std::chrono::steady_clock::now();
+  int64_t done = 0;  // steps over this rank's blocks
+  for (int64_t l = 0; l < blocks; ++l) {
+    if (owner(l) != ranks.rank()) continue;
+    std::vector<torch::Tensor> params;
+    const std::vector<torch::Tensor> block_params = student.block_parameters(l);
+    for (size_t i = 0; i < block_params.size(); ++i)
+      if (block_params[i].requires_grad() && (o.train_norms || i >= 2)) params.push_back(block_params[i]);
+    torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+    std::vector<double> losses;
+    for (int64_t step = 0; step < total_steps; ++step) {
+      const torch::Tensor batch = window_batch(tokens, order, rank_window_positions(step, o.batch, 0, 1), o.seq, o.device);
+      torch::Tensor input, target;  // (batch, seq, hidden): the teacher's input and output of block l
+      {
+        torch::NoGradGuard no_grad;
+        input = teacher.embed(batch);
+        for (int64_t j = 0; j < l; ++j) input = teacher.block(j, input);
+        target = teacher.block(l, input);
+      }
+      for (auto& group : optimizer.param_groups())
+        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(step, total_steps, o));
+      optimizer.zero_grad();
+      const torch::Tensor loss = torch::mse_loss(student.block(l, input), target);
+      loss.backward();
+      torch::nn::utils::clip_grad_norm_(params, 1.0);
+      optimizer.step();
+      losses.push_back(loss.item<double>());
+      ++done;
+      if (progress) progress({done, total_steps * owned, done * tokens_per_step, losses.back()});
+    }
+    const size_t tail = std::min<size_t>(10, losses.size());
+    first[l] = losses.front();
+    last[l] = std::accumulate(losses.end() - tail, losses.end(), 0.0) / double(tail);
+  }
+  // Every rank ends with every block: each block's parameters come from the rank that trained it.
+  for (int64_t l = 0; l < blocks; ++l) ranks.broadcast(student.block_parameters(l), owner(l));
+  double first_sum = 0, last_sum = 0;
+  for (int64_t l = 0; l < blocks; ++l) {
+    first_sum += ranks.sum(first[l]);
+    last_sum += ranks.sum(last[l]);
+  }
+  result.steps = total_steps;
+  result.tokens = total_steps * tokens_per_step;
+  // Block-wise, the losses are each block's output MSE, averaged over blocks.
+  result.first_loss = first_sum / double(blocks);
+  result.last_loss = last_sum / double(blocks);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
 }  // namespace
 
 std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::path>& files,
@@ -111,7 +189,7 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
                     const QatOptions& o, const std::function<void(const QatProgress&)>& progress) {
   DataParallel alone({});
   DataParallel& ranks = o.data_parallel ? *o.data_parallel : alone;
-  const int64_t global_batch = o.batch * ranks.world_size();
+  const int64_t global_batch = o.sequences_per_step();
   const int64_t tokens_per_step = global_batch * o.seq;
   const int64_t windows = int64_t(tokens.size()) / o.seq;
   if (windows < global_batch)
@@ -130,6 +208,12 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   student.to(o.device);
   teacher.eval();
   student.train();
+  if (o.blockwise) {
+    QatResult result = train_blockwise(teacher, student, tokens, order, total_steps, o, ranks, progress);
+    student.to(torch::kCPU);
+    teacher.to(torch::kCPU);
+    return result;
+  }
   std::vector<torch::Tensor> params;
   for (auto& p : student.named_parameters()) {
     // TorchLlama's own parameters are its norms (final_norm, attn_norm_L, mlp_norm_L); the
@@ -144,7 +228,7 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
                                       "hidden_weight={} train_norms={} seed={} parameters={}",
                                       o.train_tokens, windows, o.seq, o.batch, o.lr, o.weight_decay, o.warmup_fraction,
                                       o.hidden_weight, o.train_norms, o.seed, params.size()));
-  ranks.broadcast_from_root(params);
+  ranks.broadcast(params);
 
   QatResult result;
   int64_t step = 0;
@@ -188,13 +272,8 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
 
   const auto start = std::chrono::steady_clock::now();
   for (; step < total_steps; ++step) {
-    std::vector<int64_t> batch_ids(o.batch * o.seq);  // (batch, seq)
-    const std::vector<int64_t> positions = rank_window_positions(step, o.batch, ranks.rank(), ranks.world_size());
-    for (int64_t b = 0; b < o.batch; ++b) {
-      const int64_t window = order[positions[b] % windows];
-      for (int64_t t = 0; t < o.seq; ++t) batch_ids[b * o.seq + t] = tokens[window * o.seq + t];
-    }
-    const torch::Tensor batch = torch::tensor(batch_ids, torch::kInt64).view({o.batch, o.seq}).to(o.device);
+    const torch::Tensor batch = window_batch(
+        tokens, order, rank_window_positions(step, o.batch, ranks.rank(), ranks.world_size()), o.seq, o.device);
     for (auto& group : optimizer.param_groups())
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(step, total_steps, o));
     optimizer.zero_grad();

@@ -34,9 +34,20 @@ struct QatOptions {
   std::filesystem::path checkpoint;  // empty: no checkpoints
   int64_t checkpoint_every = 25;     // steps
   torch::Device device = torch::kCPU;
-  // Data-parallel training (compress/data_parallel.h); null: this process alone. Only rank 0
-  // writes checkpoints; every rank resumes from rank 0's.
+  // Block-wise distillation instead of end-to-end: block l alone learns to map the teacher's input
+  // of block l to the teacher's output (MSE), on the same windows, for the same steps, blocks
+  // independent of each other; norms inside the blocks train, the head and final norm do not.
+  // With several ranks, rank r trains blocks r, r + R, ... (no gradient exchange) and the file is
+  // the one a single process writes. No checkpoints.
+  bool blockwise = false;
+  // Several processes (compress/data_parallel.h); null: this process alone. End-to-end: data
+  // parallel, rank 0 writes checkpoints and every rank resumes from rank 0's. Block-wise: blocks
+  // spread over ranks.
   std::shared_ptr<DataParallel> data_parallel;
+
+  int world_size() const { return data_parallel ? data_parallel->world_size() : 1; }
+  // Sequences each step trains on: end-to-end, every rank's batch; block-wise, one batch.
+  int64_t sequences_per_step() const { return blockwise ? batch : batch * world_size(); }
 };
 
 struct QatProgress {

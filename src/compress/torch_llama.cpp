@@ -95,48 +95,63 @@ void TorchLlama::set_embedding(std::shared_ptr<const Linear> embedding) {
   embedding_runtime_ = std::move(embedding);
 }
 
-TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
+torch::Tensor TorchLlama::embed(const torch::Tensor& tokens) {
+  const torch::Tensor ids = tokens.reshape({-1});
+  return (head_is_embedding_ ? head_->rows(ids) : embedding_.index_select(0, ids))
+      .reshape({tokens.size(0), tokens.size(1), config_.hidden_size});
+}
+
+torch::Tensor TorchLlama::block(int64_t l, torch::Tensor x) {
   const LlamaConfig& c = config_;
-  const int64_t batch = tokens.size(0), seq = tokens.size(1);
+  const int64_t batch = x.size(0), seq = x.size(1);
   const int64_t group = c.num_heads / c.num_kv_heads;
   const double eps = c.rms_norm_eps;
-  const torch::Tensor ids = tokens.reshape({-1});
-  torch::Tensor x = (head_is_embedding_ ? head_->rows(ids) : embedding_.index_select(0, ids))
-                        .reshape({batch, seq, c.hidden_size});
   // Same fp32 recipe as transformers and src/ops/vector_ops.cpp: angle = position * inv_freq.
   const torch::Tensor positions = torch::arange(seq, rope_inv_freq_.options());
   const torch::Tensor angles = torch::outer(positions, rope_inv_freq_);                 // (seq, head_dim/2)
   const torch::Tensor cos = torch::cat({angles.cos(), angles.cos()}, -1);              // (seq, head_dim)
   const torch::Tensor sin = torch::cat({angles.sin(), angles.sin()}, -1);
-  const torch::Tensor causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(tokens.device())).triu(1);
+  const torch::Tensor causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
+  auto project = [&](int index, const torch::Tensor& input) {
+    torch::Tensor y = linears_[l][index]->forward(input);
+    const torch::Tensor& bias = biases_[l][index];
+    return bias.defined() ? y + bias : y;
+  };
+  torch::Tensor h = rms_norm(x, attn_norms_[l], eps);
+  // (batch, heads, seq, head_dim)
+  torch::Tensor q = project(kQ, h).view({batch, seq, c.num_heads, c.head_dim}).transpose(1, 2);
+  torch::Tensor k = project(kK, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+  torch::Tensor v = project(kV, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  if (group > 1) {
+    k = k.repeat_interleave(group, 1);
+    v = v.repeat_interleave(group, 1);
+  }
+  torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(c.head_dim));
+  scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
+  torch::Tensor attn = torch::matmul(torch::softmax(scores, -1), v);
+  attn = attn.transpose(1, 2).reshape({batch, seq, c.num_heads * c.head_dim});
+  x = x + project(kO, attn);
+  h = rms_norm(x, mlp_norms_[l], eps);
+  return x + project(kDown, torch::silu(project(kGate, h)) * project(kUp, h));
+}
+
+std::vector<torch::Tensor> TorchLlama::block_parameters(int64_t l) {
+  std::vector<torch::Tensor> params = {attn_norms_.at(l), mlp_norms_.at(l)};
+  for (const auto& linear : linears_.at(l))
+    for (const torch::Tensor& p : linear->parameters()) params.push_back(p);
+  return params;
+}
+
+TorchOutput TorchLlama::forward(const torch::Tensor& tokens) {
+  torch::Tensor x = embed(tokens);  // (batch, seq, hidden)
   TorchOutput out;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    auto project = [&](int index, const torch::Tensor& input) {
-      torch::Tensor y = linears_[l][index]->forward(input);
-      const torch::Tensor& bias = biases_[l][index];
-      return bias.defined() ? y + bias : y;
-    };
-    torch::Tensor h = rms_norm(x, attn_norms_[l], eps);
-    // (batch, heads, seq, head_dim)
-    torch::Tensor q = project(kQ, h).view({batch, seq, c.num_heads, c.head_dim}).transpose(1, 2);
-    torch::Tensor k = project(kK, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
-    torch::Tensor v = project(kV, h).view({batch, seq, c.num_kv_heads, c.head_dim}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
-    if (group > 1) {
-      k = k.repeat_interleave(group, 1);
-      v = v.repeat_interleave(group, 1);
-    }
-    torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(c.head_dim));
-    scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
-    torch::Tensor attn = torch::matmul(torch::softmax(scores, -1), v);
-    attn = attn.transpose(1, 2).reshape({batch, seq, c.num_heads * c.head_dim});
-    x = x + project(kO, attn);
-    h = rms_norm(x, mlp_norms_[l], eps);
-    x = x + project(kDown, torch::silu(project(kGate, h)) * project(kUp, h));
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    x = block(l, x);
     out.hidden.push_back(x);
   }
-  out.logits = head_->forward(rms_norm(x, final_norm_, eps));
+  out.logits = head_->forward(rms_norm(x, final_norm_, config_.rms_norm_eps));
   return out;
 }
 

@@ -50,6 +50,12 @@ class TorchLlama : public torch::nn::Module {
   explicit TorchLlama(const LlamaModel& model);
 
   TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
+  // The pieces forward() chains, for block-wise distillation: the embedding rows of tokens
+  // (batch, seq) -> (batch, seq, hidden), and block l alone, (batch, seq, hidden) -> the same.
+  torch::Tensor embed(const torch::Tensor& tokens);
+  torch::Tensor block(int64_t layer, torch::Tensor x);
+  // Block l's parameters: its two norms and its linears' parameters.
+  std::vector<torch::Tensor> block_parameters(int64_t layer);
 
   const LlamaConfig& config() const { return config_; }
   std::shared_ptr<TrainableLinear> linear(int64_t layer, int index) const;

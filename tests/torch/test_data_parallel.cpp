@@ -164,6 +164,27 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
   fs::remove_all(dir);
 }
 
+TEST(DataParallel, BlockwiseDistillationOnTwoRanksWritesTheSingleProcessFile) {
+  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(calib_text());
+  const fs::path dir = testing::temp_dir("dp-blockwise");
+  const fs::path one = dir / "one.gguf", two = dir / "two.gguf";
+  const auto single = testing::run_command(qat_command(one, 2, "--blockwise"));
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  const int port = free_port();
+  const auto ranks = run_together(
+      {qat_command(two, 2, "--blockwise " + rank_flags(0, 2, port)), qat_command(two, 2, "--blockwise " + rank_flags(1, 2, port))},
+      dir);
+  ASSERT_EQ(ranks[0].exit_code, 0) << ranks[0].err;
+  ASSERT_EQ(ranks[1].exit_code, 0) << ranks[1].err;
+  // Blocks train independently, each on one rank, on the same windows as in one process.
+  EXPECT_TRUE(testing::file_bytes(one) == testing::file_bytes(two))
+      << "block-wise distillation on two ranks wrote another file than one process";
+  const ModelBundle trained = load_model(one);
+  EXPECT_NE(trained.compression_json.find("\"distill\":\"blockwise\""), std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedFile) {
   SKIP_UNLESS_EXISTS(sb8m() / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
