@@ -237,7 +237,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   // The libtorch graph (teacher and student) is built only for what runs the model: QAT and the
   // sensitivity measurement. Post-training compression streams: one layer's fp32 weights at a time.
   if (trainable && (train || o.allocate == "sensitivity")) {
-    TorchLlama teacher(model), student(model);
+    TorchLlama teacher(model);
+    TorchLlama student(teacher, TorchLlama::ShareFrozen{});
     if (embed.runtime && !embed.type.dense()) student.set_embedding(embed.runtime);
     if (head.trainable) {
       student.set_head(head.trainable, head_follows_embedding);

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "common/error.h"
+
 namespace subbit::compress {
 
 namespace {
@@ -72,6 +74,35 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
   }
   const std::vector<float> inv_freq = rope_inverse_frequencies(c);
   rope_inv_freq_ = register_buffer("rope_inv_freq", from_floats(inv_freq));
+}
+
+TorchLlama::TorchLlama(const TorchLlama& teacher, ShareFrozen) : config_(teacher.config_) {
+  const auto frozen_weight = [](const std::shared_ptr<TrainableLinear>& module) {
+    const auto frozen = std::dynamic_pointer_cast<FrozenDense>(module);
+    if (!frozen) fail("a student can share only a teacher's frozen layers");
+    return frozen->weight().alias();
+  };
+  if (teacher.head_is_embedding_) fail("a student can share only a teacher whose head is frozen");
+  embedding_ = register_buffer("embedding", teacher.embedding_.alias());
+  const bool tied = frozen_weight(teacher.head_).is_alias_of(teacher.embedding_);
+  head_ = register_module("lm_head",
+                          std::make_shared<FrozenDense>(tied ? embedding_.alias() : frozen_weight(teacher.head_)));
+  final_norm_ = register_parameter("final_norm", teacher.final_norm_.detach().clone());
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), teacher.attn_norms_[l].detach().clone()));
+    mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), teacher.mlp_norms_[l].detach().clone()));
+    std::vector<std::shared_ptr<TrainableLinear>> row;
+    std::vector<torch::Tensor> biases;
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
+                                    std::make_shared<FrozenDense>(frozen_weight(teacher.linears_[l][i]))));
+      const torch::Tensor& bias = teacher.biases_[l][i];
+      biases.push_back(bias.defined() ? register_buffer(fmt::format("bias_{}_{}", l, i), bias.alias()) : torch::Tensor());
+    }
+    linears_.push_back(std::move(row));
+    biases_.push_back(std::move(biases));
+  }
+  rope_inv_freq_ = register_buffer("rope_inv_freq", teacher.rope_inv_freq_.alias());
 }
 
 std::shared_ptr<TrainableLinear> TorchLlama::linear(int64_t layer, int index) const {

@@ -48,6 +48,12 @@ class TorchLlama : public torch::nn::Module {
   // Copies the runtime model's weights; every linear and the LM head start as FrozenDense. Norms
   // are trainable parameters; the embedding and biases frozen buffers.
   explicit TorchLlama(const LlamaModel& model);
+  // A student that shares the teacher's frozen tensors (embedding, frozen head and linears,
+  // biases) instead of copying them; only the norms, which train, are copied. Aliases, so that
+  // replacing the student's embedding or layers never touches the teacher. (Moving the two to
+  // another device moves the shared tensors twice.)
+  struct ShareFrozen {};
+  TorchLlama(const TorchLlama& teacher, ShareFrozen);
 
   TorchOutput forward(const torch::Tensor& tokens);  // (batch, seq) int64
   // The pieces forward() chains, for block-wise distillation: the embedding rows of tokens
