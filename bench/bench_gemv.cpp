@@ -254,11 +254,12 @@ std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int6
     set.seeds.push_back(rng.next());
     const float scale = f16_to_f32(f32_to_f16(0.01f * float(k + 1)));
     set.scales.push_back(scale);
-    std::vector<float> values(p.buckets[k] * p.block);
-    for (float& v : values) v = float(int(rng.next() % uint64_t(2 * q_max + 1)) - q_max) * scale;
-    set.values.push_back(std::move(values));
+    std::vector<int16_t> codes(p.buckets[k] * p.block);
+    for (int16_t& code : codes) code = int16_t(int(rng.next() % uint64_t(2 * q_max + 1)) - q_max);
+    set.codes.push_back(std::move(codes));
   }
-  return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.value_bits, p.band_rows,
+  set.value_bits = p.value_bits;
+  return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.band_rows,
                                         std::vector<SketchTableSet>{std::move(set)}, std::vector<uint64_t>{});
 }
 

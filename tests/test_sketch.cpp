@@ -350,7 +350,7 @@ TEST(SketchRules, EmptyElementsHoldZero) {
     for (int k = 0; k < 2; ++k)
       for (int64_t e = 0; e < 50 * 4; ++e)
         if (!occ.contains({0, k, e})) {
-          EXPECT_EQ(set.values[k][e], 0.0f) << "row " << k << " element " << e;
+          EXPECT_EQ(set.values(k)[e], 0.0f) << "row " << k << " element " << e;
         }
   }
 }
@@ -377,7 +377,7 @@ TEST(SketchEncode, DeterministicForAFixedSeed) {
   const auto b = SketchLinear::encode(w.data(), 40, 70, p, nullptr);
   EXPECT_EQ(dequantized(*a), dequantized(*b));
   for (int s = 0; s < 2; ++s) {
-    EXPECT_EQ(a->table_set(s).values, b->table_set(s).values);
+    EXPECT_EQ(a->table_set(s).codes, b->table_set(s).codes);
     EXPECT_EQ(a->table_set(s).seeds, b->table_set(s).seeds);
   }
   EXPECT_EQ(a->salient_mask(), b->salient_mask());
@@ -395,7 +395,7 @@ TEST(SketchEncode, QuantizedValuesLieOnTheirRowsGrid) {
     const float q_max = float((1 << (bits - 1)) - 1);
     for (int k = 0; k < 2; ++k) {
       EXPECT_EQ(round_f16(set.scales[k]), set.scales[k]);
-      for (float v : set.values[k]) {
+      for (float v : set.values(k)) {
         const float q = v / set.scales[k];
         ASSERT_EQ(q, std::nearbyint(q));
         ASSERT_LE(std::fabs(q), q_max);
@@ -425,7 +425,12 @@ std::vector<float> reconstructed_by_rule(const SketchLinear& layer) {
   const SketchMatrix& m = layer.matrix();
   const int64_t d_out = layer.n_out(), d_in = layer.n_in(), block = layer.block();
   std::vector<SketchTableSet> sets;
-  for (int s = 0; s < layer.sets(); ++s) sets.push_back(layer.table_set(s));
+  std::vector<std::vector<std::vector<float>>> values;  // [set][k]: (buckets, block)
+  for (int s = 0; s < layer.sets(); ++s) {
+    sets.push_back(layer.table_set(s));
+    values.emplace_back();
+    for (int k = 0; k < m.rows; ++k) values.back().push_back(sets.back().values(k));
+  }
   std::vector<float> w(d_out * d_in);
   for (int64_t r = 0; r < d_out; ++r)
     for (int64_t c = 0; c < d_in; ++c) {
@@ -434,9 +439,9 @@ std::vector<float> reconstructed_by_rule(const SketchLinear& layer) {
       for (int k = 0; k < m.rows; ++k) {
         bool negative = false;
         uint64_t bucket = m.bucket_index(k, r, c / block, &negative);
-        const SketchTableSet& set = bucket < uint64_t(sets[0].buckets[k]) ? sets[0] : sets[1];
-        if (&set != &sets[0]) bucket -= uint64_t(sets[0].buckets[k]);
-        const float e = (negative ? -1.0f : 1.0f) * set.values[k][bucket * block + c % block];
+        const int s = bucket < uint64_t(sets[0].buckets[k]) ? 0 : 1;
+        if (s == 1) bucket -= uint64_t(sets[0].buckets[k]);
+        const float e = (negative ? -1.0f : 1.0f) * values[s][k][bucket * block + c % block];
         sum += e;
         const bool replaces = m.rule == SketchRule::AbsMinMax   ? std::fabs(e) > std::fabs(chosen)
                               : m.rule == SketchRule::AbsMaxMin ? std::fabs(e) < std::fabs(chosen)
@@ -594,12 +599,13 @@ std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int bloc
       set.buckets.push_back(buckets);
       set.seeds.push_back(seeds());
       if (value_bits != 16) set.scales.push_back(step);
-      std::vector<float> values(buckets * block);
+      set.value_bits = value_bits;
+      std::vector<int16_t> codes(buckets * block);
       for (int64_t i = 0; i < buckets * block; ++i) {
         const int64_t j = i % block;  // nonzero, both signs
-        values[i] = float((j % 2 ? -1 : 1) * int(1 + j % q_max)) * step;
+        codes[i] = sketch_code(float((j % 2 ? -1 : 1) * int(1 + j % q_max)) * step, value_bits, step);
       }
-      set.values.push_back(std::move(values));
+      set.codes.push_back(std::move(codes));
     }
   }
   std::vector<uint64_t> mask;
@@ -607,7 +613,7 @@ std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int bloc
     mask.assign((blocks + 63) / 64, 0);
     for (int64_t b = 0; b < blocks; b += 3) mask[b / 64] |= uint64_t{1} << (b % 64);
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, 0, sets, std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, 0, sets, std::move(mask));
 }
 
 TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {

@@ -10,12 +10,14 @@ torch::Tensor from_floats(const std::vector<float>& values, int64_t rows, int64_
   return torch::from_blob(const_cast<float*>(values.data()), {rows, cols}, torch::kFloat32).clone();
 }
 
-// The runtime's quantizer (SketchLinear::encode): q = clamp(round_half_even(v / step)) · step,
-// or rounding to fp16 (clamped to its finite range).
-torch::Tensor quantize(const torch::Tensor& v, int value_bits, float step) {
-  if (value_bits == 16) return v.clamp(-65504.0, 65504.0).to(torch::kFloat16).to(torch::kFloat32);
-  const double q_max = double((1 << (value_bits - 1)) - 1);
-  return torch::clamp(torch::round(v / step), -q_max, q_max) * step;
+// The table's codes by the runtime's quantizer (formats/sketch.h: sketch_code), computed on a
+// host copy: tables are small next to the layer they stand for.
+std::vector<int16_t> codes_of(const torch::Tensor& table, int value_bits, float step) {
+  const torch::Tensor v = table.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  const float* data = v.data_ptr<float>();
+  std::vector<int16_t> codes(v.numel());
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = sketch_code(data[i], value_bits, step);
+  return codes;
 }
 
 }  // namespace
@@ -29,8 +31,8 @@ SketchTrainable::SketchTrainable(const SketchLinear& layer)
     SketchTableSet set = layer.table_set(s);
     for (int k = 0; k < m.rows; ++k)
       tables_.push_back(register_parameter(fmt::format("{}table{}", s == 0 ? "" : "salient_", k),
-                                           from_floats(set.values[k], set.buckets[k], block_)));
-    set.values.clear();
+                                           from_floats(set.values(k), set.buckets[k], block_)));
+    set.codes.clear();
     sets_.push_back(std::move(set));
   }
   // Hashes are fixed, so every block's bucket (in the main-then-salient table of its row) and
@@ -58,8 +60,10 @@ torch::Tensor SketchTrainable::quantized_table(int k) const {
   for (size_t s = 0; s < sets_.size(); ++s) {
     const torch::Tensor& v = tables_[s * rows + k];
     const float step = value_bits_ == 16 ? 0.0f : sets_[s].scales[k];
+    std::vector<float> q;  // (buckets, block)
+    for (const int16_t code : codes_of(v, value_bits_, step)) q.push_back(sketch_code_value(code, value_bits_, step));
     // Forward value exactly the quantized table (q + 0), gradient the identity.
-    parts.push_back(quantize(v.detach(), value_bits_, step) + (v - v.detach()));
+    parts.push_back(from_floats(q, v.size(0), v.size(1)).to(v.options()) + (v - v.detach()));
   }
   return parts.size() == 1 ? parts[0] : torch::cat(parts, 0);
 }
@@ -86,12 +90,9 @@ std::unique_ptr<Linear> SketchTrainable::to_runtime() const {
   const int rows = int(sets_[0].buckets.size());
   std::vector<SketchTableSet> sets = sets_;
   for (size_t s = 0; s < sets.size(); ++s)
-    for (int k = 0; k < rows; ++k) {
-      const float step = value_bits_ == 16 ? 0.0f : sets_[s].scales[k];
-      const torch::Tensor q = quantize(tables_[s * rows + k], value_bits_, step).to(torch::kCPU).contiguous();
-      sets[s].values.emplace_back(q.data_ptr<float>(), q.data_ptr<float>() + q.numel());
-    }
-  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, value_bits_, band_rows_, sets, salient_mask_);
+    for (int k = 0; k < rows; ++k)
+      sets[s].codes.push_back(codes_of(tables_[s * rows + k], value_bits_, value_bits_ == 16 ? 0.0f : sets_[s].scales[k]));
+  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, band_rows_, sets, salient_mask_);
 }
 
 }  // namespace subbit::compress

@@ -2,11 +2,12 @@
 // UltraSketch in the training graph (docs/ultrasketch.md): the hash tables of an encoded
 // SketchLinear become parameters; the hashes, signs and salient mask stay fixed.
 //
-// Forward: each hash row's table is quantized (straight-through estimator: the forward value is
-// the quantized table, the gradient passes unchanged), every block gathers its bucket vector
-// from each row and applies its sign, the layer's rule combines the rows (which row wins is
-// recomputed every forward and is not differentiated), and y = x · Wᵀ. The gather's backward is
-// a scatter-add, so each reconstructed weight's gradient flows to the bucket it was read from.
+// Forward: each hash row's table is quantized by the runtime's own quantizer (sketch_code, on a
+// host copy; straight-through estimator: the forward value is the quantized table, the gradient
+// passes unchanged), every block gathers its bucket vector from each row and applies its sign,
+// the layer's rule combines the rows (which row wins is recomputed every forward and is not
+// differentiated), and y = x · Wᵀ. The gather's backward is a scatter-add, so each reconstructed
+// weight's gradient flows to the bucket it was read from.
 // Quantization steps (the fp16 scales) are kept from the encoder.
 #include <torch/torch.h>
 

@@ -75,8 +75,8 @@ float choose_scale(const std::vector<float>& values, const std::vector<int32_t>&
     double error = 0;
     for (size_t i = 0; i < values.size(); ++i) {
       if (count[i] == 0) continue;
-      const float q = std::clamp(std::nearbyint(values[i] / scale), -q_max, q_max);
-      const double diff = double(values[i]) - double(q * scale);
+      const double diff = double(values[i]) - double(sketch_code_value(sketch_code(values[i], value_bits, scale),
+                                                                       value_bits, scale));
       error += diff * diff;
     }
     if (error < best_error) best_error = error, best_scale = scale;
@@ -98,6 +98,23 @@ std::string table_name(const std::string& prefix, int set, int row) {
 }
 
 }  // namespace
+
+int16_t sketch_code(float v, int value_bits, float step) {
+  if (fp16_values(value_bits)) return int16_t(f32_to_f16(std::clamp(v, -65504.0f, 65504.0f)));
+  const float q_max = float(max_code(value_bits));
+  return int16_t(std::clamp(std::nearbyint(v / step), -q_max, q_max));
+}
+
+float sketch_code_value(int16_t code, int value_bits, float step) {
+  return fp16_values(value_bits) ? f16_to_f32(uint16_t(code)) : float(code) * step;
+}
+
+std::vector<float> SketchTableSet::values(int k) const {
+  std::vector<float> out(codes.at(k).size());
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = sketch_code_value(codes[k][i], value_bits, fp16_values(value_bits) ? 0.0f : scales.at(k));
+  return out;
+}
 
 std::string_view sketch_rule_name(SketchRule rule) {
   switch (rule) {
@@ -171,15 +188,15 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
   return p;
 }
 
-SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits, int64_t band_rows,
+SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int64_t band_rows,
                            const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask)
-    : value_bits_(value_bits), salient_mask_(std::move(salient_mask)) {
+    : salient_mask_(std::move(salient_mask)) {
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   if (uint8_t(rule) > uint8_t(SketchRule::Mean)) fail("sketch: unknown rule {}", int(rule));
   if (sets.empty() || sets.size() > 2) fail("sketch: {} table sets (1 main, optionally 1 salient)", sets.size());
   const int rows = int(sets[0].buckets.size());
-  check_layout(rows, block, value_bits);
-  const int64_t stride = sketch_bucket_stride(block);
+  value_bits_ = sets[0].value_bits;
+  check_layout(rows, block, value_bits_);
   const int64_t blocks = d_out * ((d_in + block - 1) / block);
   const bool salient = sets.size() == 2;
   const int64_t mask_words = salient ? (blocks + 63) / 64 : 0;
@@ -188,35 +205,41 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
   if (salient && blocks % 64 != 0 && (salient_mask_.back() >> (blocks % 64)) != 0)
     fail("sketch: salient mask has bits set past the last block");
 
+  const bool fp16 = fp16_values(value_bits_);
   for (size_t s = 0; s < sets.size(); ++s) {
     const SketchTableSet& set = sets[s];
     const char* what = s == 0 ? "main" : "salient";
+    if (set.value_bits != value_bits_)
+      fail("sketch: {} set has {}-bit codes, the main set {}-bit", what, set.value_bits, value_bits_);
     check_buckets(set.buckets, rows, what);
     check_bands(d_out, band_rows, set.buckets, what);
-    if (int64_t(set.seeds.size()) != rows || int64_t(set.values.size()) != rows ||
-        int64_t(set.scales.size()) != (fp16_values(value_bits) ? 0 : rows))
-      fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows,
-           fp16_values(value_bits) ? 0 : rows);
+    if (int64_t(set.seeds.size()) != rows || int64_t(set.codes.size()) != rows ||
+        int64_t(set.scales.size()) != (fp16 ? 0 : rows))
+      fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows, fp16 ? 0 : rows);
     for (int k = 0; k < rows; ++k) {
-      if (int64_t(set.values[k].size()) != set.buckets[k] * block)
-        fail("sketch: {} table {} has {} values, expected {}", what, k, set.values[k].size(),
-             set.buckets[k] * block);
-      if (!fp16_values(value_bits)) {
+      if (int64_t(set.codes[k].size()) != set.buckets[k] * block)
+        fail("sketch: {} table {} has {} codes, expected {}", what, k, set.codes[k].size(), set.buckets[k] * block);
+      if (!fp16) {
         const float scale = set.scales[k];
         if (!(scale > 0) || !std::isfinite(scale) || round_f16(scale) != scale)
           fail("sketch: {} table {} has scale {}, not a positive finite fp16 number", what, k, scale);
       }
+      for (const int16_t code : set.codes[k])
+        if (fp16 ? !std::isfinite(f16_to_f32(uint16_t(code))) : std::abs(code) > max_code(value_bits_))
+          fail("sketch: {} table {} has {} {}", what, k, fp16 ? "the non-finite fp16 value" : "the out-of-range code",
+               fp16 ? double(f16_to_f32(uint16_t(code))) : double(code));
     }
-    sets_.push_back({set.buckets, set.seeds, set.scales, {}});
+    sets_.push_back({set.buckets, set.seeds, set.scales, {}, value_bits_});
   }
 
   // Runtime tables, one zero-padded bucket per stride, the salient buckets after the main: the
   // codes themselves, a byte per element (4-bit ones packed two per byte, with a negated copy),
   // so 4x smaller than fp32 (q · step is exact in fp32, so the kernels decode the same values),
   // or fp32 for fp16 values.
-  const SketchTableLayout layout = fp16_values(value_bits)             ? SketchTableLayout::F32
-                                   : value_bits <= 4 && stride % 16 == 0 ? SketchTableLayout::Nibble
-                                                                         : SketchTableLayout::Int8;
+  const int64_t stride = sketch_bucket_stride(block);
+  const SketchTableLayout layout = fp16                                   ? SketchTableLayout::F32
+                                   : value_bits_ <= 4 && stride % 16 == 0 ? SketchTableLayout::Nibble
+                                                                          : SketchTableLayout::Int8;
   matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout, band_rows};
   const int64_t bucket_bytes = matrix_.bucket_bytes();
   for (int k = 0; k < rows; ++k) {
@@ -228,37 +251,15 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
     if (!table) fail("sketch: out of memory for a table of {} buckets", total);
     std::fill_n(table.get(), bytes, uint8_t{0});
     for (size_t s = 0; s < sets.size(); ++s) {
-      const std::vector<float>& values = sets[s].values[k];
-      const int64_t first = s == 0 ? 0 : main_buckets;
-      for (size_t i = 0; i < values.size(); ++i) {
-        const float v = values[i];
-        const int64_t at = (first + int64_t(i) / block) * stride + int64_t(i) % block;  // element
-        if (layout == SketchTableLayout::F32) {
-          if (!std::isfinite(v) || round_f16(v) != v)
-            fail("sketch: table {} value {} is not a finite fp16 number", k, v);
-          reinterpret_cast<float*>(table.get())[at] = v;
-          continue;
-        }
-        // On the grid: v = q · scale exactly, |q| <= max_code (so −0 reads back as +0).
-        const float scale = sets[s].scales[k];
-        const float q = std::nearbyint(v / scale);
-        if (!(std::fabs(q) <= float(max_code(value_bits))) || q * scale != v)
-          fail("sketch: table {} value {} is not a {}-bit multiple of the scale {}", k, v, value_bits, scale);
-        if (layout == SketchTableLayout::Int8) {
-          reinterpret_cast<int8_t*>(table.get())[at] = int8_t(q);
-        } else {
-          // Positive words, then negated ones (stride / 16 each per bucket).
-          const int64_t j = at % stride;
-          uint64_t* words = reinterpret_cast<uint64_t*>(table.get()) + at / stride * (stride / 8) + j / 16;
-          words[0] |= (uint64_t(int(q)) & 15) << (4 * sketch_nibble(j));
-          words[stride / 16] |= (uint64_t(-int(q)) & 15) << (4 * sketch_nibble(j));
-        }
-      }
+      const std::vector<int16_t>& codes = sets[s].codes[k];
+      const uint64_t first = s == 0 ? 0 : uint64_t(main_buckets);
+      for (size_t i = 0; i < codes.size(); ++i)
+        sketch_put_code(matrix_, table.get(), first + i / block, int64_t(i % block), codes[i]);
     }
     matrix_.hash_rows[k] = SketchHashRow{table.get(), uint64_t(main_buckets), sets[0].seeds[k],
                                          salient ? uint64_t(sets[1].buckets[k]) : 0, salient ? sets[1].seeds[k] : 0,
-                                         fp16_values(value_bits) ? 0.0f : sets[0].scales[k],
-                                         salient && !fp16_values(value_bits) ? sets[1].scales[k] : 0.0f};
+                                         fp16 ? 0.0f : sets[0].scales[k],
+                                         salient && !fp16 ? sets[1].scales[k] : 0.0f};
     tables_.push_back(std::move(table));
   }
   matrix_.salient_mask = salient ? salient_mask_.data() : nullptr;
@@ -345,24 +346,20 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
     SketchTableSet& set = table_sets[s];
     set.buckets = s == 0 ? p.buckets : p.salient_buckets;
     set.seeds.assign(seeds.begin() + s * p.rows, seeds.begin() + (s + 1) * p.rows);
+    set.value_bits = p.value_bits;
     for (int k = 0; k < p.rows; ++k) {
       std::vector<float>& v = value[s * p.rows + k];
       const std::vector<int32_t>& n = count[s * p.rows + k];
       if (p.rule == SketchRule::Mean)
         for (size_t i = 0; i < v.size(); ++i) v[i] = n[i] > 0 ? float(sum[s * p.rows + k][i] / n[i]) : 0.0f;
-      if (fp16_values(p.value_bits)) {
-        for (float& x : v) x = round_f16(x);
-      } else {
-        const float scale = choose_scale(v, n, p.value_bits);
-        const float q_max = float(max_code(p.value_bits));
-        for (float& x : v) x = std::clamp(std::nearbyint(x / scale), -q_max, q_max) * scale;
-        set.scales.push_back(scale);
-      }
-      set.values.push_back(std::move(v));
+      const float scale = fp16_values(p.value_bits) ? 0.0f : choose_scale(v, n, p.value_bits);
+      if (!fp16_values(p.value_bits)) set.scales.push_back(scale);
+      std::vector<int16_t> codes(v.size());
+      for (size_t i = 0; i < v.size(); ++i) codes[i] = sketch_code(v[i], p.value_bits, scale);
+      set.codes.push_back(std::move(codes));
     }
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.value_bits, p.band_rows, table_sets,
-                                        std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.band_rows, table_sets, std::move(mask));
 }
 
 void SketchLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
@@ -406,10 +403,10 @@ SketchTableSet SketchLinear::table_set(int set) const {
   const int64_t t = block();
   for (int k = 0; k < rows(); ++k) {
     const uint64_t first = set == 0 ? 0 : uint64_t(sets_[0].buckets[k]);
-    std::vector<float> values(out.buckets[k] * t);
+    std::vector<int16_t> codes(out.buckets[k] * t);
     for (int64_t i = 0; i < out.buckets[k]; ++i)
-      for (int64_t j = 0; j < t; ++j) values[i * t + j] = matrix_.value(k, first + uint64_t(i), j);
-    out.values.push_back(std::move(values));
+      for (int64_t j = 0; j < t; ++j) codes[i * t + j] = matrix_.code(k, first + uint64_t(i), j);
+    out.codes.push_back(std::move(codes));
   }
   return out;
 }
@@ -439,15 +436,13 @@ void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
     for (uint64_t seed : set.seeds) seeds.push_back(std::bit_cast<int64_t>(seed));
     scales.insert(scales.end(), set.scales.begin(), set.scales.end());
     for (int k = 0; k < rows(); ++k) {
-      const std::vector<float>& values = set.values[k];
       if (fp16_values(value_bits_)) {
-        put_f16(out, table_name(prefix, s, k), values);
+        put_f16(out, table_name(prefix, s, k), set.values(k));
         continue;
       }
       const int q_max = max_code(value_bits_);
-      std::vector<uint32_t> codes(values.size());
-      for (size_t i = 0; i < values.size(); ++i)
-        codes[i] = uint32_t(int(std::nearbyint(values[i] / set.scales[k])) + q_max);
+      std::vector<uint32_t> codes(set.codes[k].size());
+      for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint32_t(set.codes[k][i] + q_max);
       put_words(out, table_name(prefix, s, k), pack_codes(codes, value_bits_), 1);
     }
   }
@@ -490,6 +485,7 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
   std::vector<SketchTableSet> table_sets(sets);
   for (int s = 0; s < sets; ++s) {
     SketchTableSet& set = table_sets[s];
+    set.value_bits = value_bits;
     set.buckets = file.get_int_array(key(prefix, s == 0 ? "buckets" : "salient_buckets"));
     in_context([&] { check_buckets(set.buckets, rows, s == 0 ? "main" : "salient"); });
     for (int k = 0; k < rows; ++k) set.seeds.push_back(std::bit_cast<uint64_t>(seeds[s * rows + k]));
@@ -497,27 +493,29 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
     for (int k = 0; k < rows; ++k) {
       const int64_t n = set.buckets[k] * block;
       const std::string name = table_name(prefix, s, k);
+      std::vector<int16_t> codes(n);
       if (fp16_values(value_bits)) {
-        set.values.push_back(get_f16(file, name, n));  // the constructor refuses inf and NaN
+        const std::vector<float> values = get_f16(file, name, n);  // the constructor refuses inf and NaN
+        for (int64_t i = 0; i < n; ++i) codes[i] = int16_t(f32_to_f16(values[i]));  // exact: read from fp16
+        set.codes.push_back(std::move(codes));
         continue;
       }
       // The shape is checked before anything of the claimed size is allocated.
       const std::vector<uint64_t> words = get_words(file, name, 1, (n * value_bits + 63) / 64);
       const int q_max = max_code(value_bits);
-      std::vector<float> values(n);
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t code = get_bits(words.data(), i, value_bits);
         if (code > uint32_t(2 * q_max))
           fail("{}: tensor {}: code {} at element {} is out of range (0..{})", where, name, code, i, 2 * q_max);
-        values[i] = float(int(code) - q_max) * set.scales[k];
+        codes[i] = int16_t(int(code) - q_max);
       }
-      set.values.push_back(std::move(values));
+      set.codes.push_back(std::move(codes));
     }
   }
   std::vector<uint64_t> mask;
   if (salient) mask = get_words(file, prefix + ".sketch_mask", 1, (d_out * ((d_in + block - 1) / block) + 63) / 64);
   return in_context([&]() -> std::unique_ptr<Linear> {
-    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, value_bits, band_rows, table_sets, std::move(mask));
+    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, band_rows, table_sets, std::move(mask));
   });
 }
 

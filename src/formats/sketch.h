@@ -65,22 +65,33 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
                                    int block = 16, int value_bits = 4, double salient_frac = 0.0,
                                    int64_t band_buckets = kSketchBandBuckets);
 
-// The stored content of one table set.
+// The one quantizer of table values, used by the encoder, the file, the runtime tables and the
+// training graph: for value_bits 2..8 the signed code q = clamp(round_half_even(v / step),
+// ±(2^(value_bits-1) - 1)), whose value is q · step (exact in fp32); for 16-bit tables the fp16
+// number nearest v (clamped to fp16's finite range) as its bit pattern.
+int16_t sketch_code(float v, int value_bits, float step);
+float sketch_code_value(int16_t code, int value_bits, float step);
+
+// One table set as the file stores it and the runtime tables are packed from (the packing per
+// kernel layout lives in ops/sketch_matmul.h).
 struct SketchTableSet {
-  std::vector<int64_t> buckets;            // (rows)
-  std::vector<uint64_t> seeds;             // (rows)
-  std::vector<float> scales;               // (rows): fp16 quantization steps; empty for fp16 values
-  std::vector<std::vector<float>> values;  // (rows) x (buckets[k], block): code · scale, or fp16
+  std::vector<int64_t> buckets;              // (rows)
+  std::vector<uint64_t> seeds;               // (rows)
+  std::vector<float> scales;                 // (rows): fp16 quantization steps; empty for fp16 values
+  std::vector<std::vector<int16_t>> codes;   // (rows) x (buckets[k], block): sketch_code's codes
+  int value_bits = 0;
+  // Row k's values, sketch_code_value of each code.
+  std::vector<float> values(int k) const;
 };
 
 class SketchLinear final : public Linear {
  public:
-  // `sets` is {main} or {main, salient}; `salient_mask` (ceil(d_out · blocks_per_row / 64)
-  // words, bit r · blocks_per_row + b) is empty without a salient set. Everything is validated
-  // (table values must lie on their row's quantization grid, so save() is lossless); violations
-  // throw Error. band_rows: output rows per band (0: one band); every table needs at least one
-  // bucket per band.
-  SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int value_bits, int64_t band_rows,
+  // `sets` is {main} or {main, salient}, each of `value_bits` codes; `salient_mask`
+  // (ceil(d_out · blocks_per_row / 64) words, bit r · blocks_per_row + b) is empty without a
+  // salient set. Everything is validated (codes in range, fp16 values finite); violations throw
+  // Error. band_rows: output rows per band (0: one band); every table needs at least one bucket
+  // per band.
+  SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int64_t band_rows,
                const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask);
 
   // column_rms: (d_in) RMS of each input column over calibration tokens, or nullptr; it only
@@ -108,7 +119,7 @@ class SketchLinear final : public Linear {
   int64_t band_rows() const { return matrix_.band_rows; }
   int64_t blocks_per_row() const { return matrix_.blocks_per_row(); }
   int sets() const { return int(sets_.size()); }
-  // Set 0 is the main set, 1 the salient one; values are copied out unpadded.
+  // Set 0 is the main set, 1 the salient one; codes are copied out unpadded.
   SketchTableSet table_set(int set) const;
   const std::vector<uint64_t>& salient_mask() const { return salient_mask_; }
   const SketchMatrix& matrix() const { return matrix_; }
@@ -119,7 +130,7 @@ class SketchLinear final : public Linear {
 
  private:
   int value_bits_;
-  std::vector<SketchTableSet> sets_;  // buckets, seeds, scales; values live in tables_
+  std::vector<SketchTableSet> sets_;  // buckets, seeds, scales; the codes live in tables_
   // Per hash row: (main buckets + salient buckets) zero-padded buckets, fp32 values for fp16
   // layers, else the codes (matrix_ says how they are laid out and holds the steps).
   std::vector<hwy::AlignedFreeUniquePtr<uint8_t[]>> tables_;

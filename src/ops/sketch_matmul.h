@@ -31,6 +31,8 @@
 // order of the dot-product accumulation.
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace subbit {
 
 enum class SketchRule : uint8_t { AbsMinMax = 0, AbsMaxMin = 1, Mean = 2 };
@@ -145,20 +147,45 @@ struct SketchMatrix {
   // Element j of bucket `index` (main then salient numbering) of hash row k, unsigned.
   float value(int k, uint64_t index, int64_t j) const {
     const SketchHashRow& hr = hash_rows[k];
+    if (layout == SketchTableLayout::F32)
+      return static_cast<const float*>(hr.table)[index * uint64_t(stride()) + uint64_t(j)];
+    return float(code(k, index, j)) * (index < hr.buckets ? hr.scale : hr.salient_scale);
+  }
+  // The same element's stored code: the signed code q (value q · step), or for the F32 layout
+  // the fp16 bit pattern of the value (formats/sketch.h: sketch_code).
+  int16_t code(int k, uint64_t index, int64_t j) const {
+    const void* table = hash_rows[k].table;
     const uint64_t at = index * uint64_t(stride()) + uint64_t(j);
-    const float step = index < hr.buckets ? hr.scale : hr.salient_scale;
     switch (layout) {
-      case SketchTableLayout::F32: return static_cast<const float*>(hr.table)[at];
-      case SketchTableLayout::Int8: return float(static_cast<const int8_t*>(hr.table)[at]) * step;
+      case SketchTableLayout::F32: return int16_t(f32_to_f16(static_cast<const float*>(table)[at]));
+      case SketchTableLayout::Int8: return static_cast<const int8_t*>(table)[at];
       case SketchTableLayout::Nibble: {
-        const uint64_t word = static_cast<const uint64_t*>(hr.table)[index * uint64_t(stride() / 8) + uint64_t(j / 16)];
+        const uint64_t word = static_cast<const uint64_t*>(table)[index * uint64_t(stride() / 8) + uint64_t(j / 16)];
         const int nibble = int(word >> (4 * sketch_nibble(j))) & 15;
-        return float(nibble < 8 ? nibble : nibble - 16) * step;
+        return int16_t(nibble < 8 ? nibble : nibble - 16);
       }
     }
     return 0;
   }
 };
+
+// Writes code() of element j of bucket `index` into a zero-filled table of m's layout: the
+// packing the kernels read, kept beside them.
+inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, int64_t j, int16_t code) {
+  const int64_t stride = m.stride();
+  const uint64_t at = index * uint64_t(stride) + uint64_t(j);
+  switch (m.layout) {
+    case SketchTableLayout::F32: static_cast<float*>(table)[at] = f16_to_f32(uint16_t(code)); return;
+    case SketchTableLayout::Int8: static_cast<int8_t*>(table)[at] = int8_t(code); return;
+    case SketchTableLayout::Nibble: {
+      // Positive words, then negated ones (stride / 16 each per bucket).
+      uint64_t* words = static_cast<uint64_t*>(table) + index * uint64_t(stride / 8) + uint64_t(j / 16);
+      words[0] |= (uint64_t(code) & 15) << (4 * sketch_nibble(j));
+      words[stride / 16] |= (uint64_t(-code) & 15) << (4 * sketch_nibble(j));
+      return;
+    }
+  }
+}
 
 // Highway SIMD (dynamic dispatch), multithreaded over output rows; decoding is fused into the
 // products (sketch_matmul.cpp describes the kernels and their measured speed).
