@@ -64,6 +64,58 @@ torch::Tensor surrogate_sign(const torch::Tensor& x, SignSurrogate surrogate, do
   return smooth + (hard_sign(x) - smooth).detach();
 }
 
+namespace {
+
+// a · sign(latent) (or a · sign(latent)ᵀ), with surrogate_sign's gradient for the latent, as
+// one autograd node that keeps only its inputs: the ±1 matrix (as large as the latent, in fp32)
+// is rebuilt in the backward pass instead of being held from forward to backward for every
+// layer. That held copy, and the surrogate's, were twice the student's latents: most of QAT's
+// memory at the 1B shape (docs/distributed.md).
+struct SignProduct : public torch::autograd::Function<SignProduct> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
+                               const torch::Tensor& latent, bool transpose, int64_t surrogate, double alpha) {
+    ctx->save_for_backward({a, latent});
+    ctx->saved_data["transpose"] = transpose;
+    ctx->saved_data["surrogate"] = surrogate;
+    ctx->saved_data["alpha"] = alpha;
+    const torch::Tensor s = hard_sign(latent);
+    return torch::matmul(a, transpose ? s.t() : s);
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &a = saved[0], &latent = saved[1];
+    const bool transpose = ctx->saved_data["transpose"].toBool();
+    const auto surrogate = SignSurrogate(ctx->saved_data["surrogate"].toInt());
+    const double alpha = ctx->saved_data["alpha"].toDouble();
+    const torch::Tensor& grad = grads[0];  // (..., n)
+    const torch::Tensor s = hard_sign(latent);
+    torch::Tensor grad_a, grad_latent;
+    if (ctx->needs_input_grad(0)) grad_a = torch::matmul(grad, transpose ? s : s.t());
+    if (ctx->needs_input_grad(1) && surrogate != SignSurrogate::Frozen) {
+      // The gradient of the ±1 matrix the product used, then through the surrogate.
+      const torch::Tensor a2 = a.reshape({-1, a.size(-1)}), g2 = grad.reshape({-1, grad.size(-1)});
+      torch::Tensor grad_s = transpose ? g2.t().mm(a2) : a2.t().mm(g2);  // latent's shape
+      if (surrogate == SignSurrogate::Tanh) {
+        const torch::Tensor t = torch::tanh(alpha * latent);
+        grad_latent = grad_s * (1 - t * t) * alpha;
+      } else {
+        grad_latent = grad_s * (latent >= -1.0).logical_and(latent <= 1.0);
+      }
+    }
+    return {grad_a, grad_latent, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// a (..., k) · sign(latent), latent (k, n); transpose: latent (n, k), a · sign(latent)ᵀ.
+torch::Tensor sign_product(const torch::Tensor& a, const torch::Tensor& latent, bool transpose,
+                           SignSurrogate surrogate, double alpha) {
+  return SignProduct::apply(a, latent, transpose, int64_t(surrogate), alpha);
+}
+
+}  // namespace
+
 LittleBitTrainable::LittleBitTrainable(const torch::Tensor& w, int64_t rank, bool residual,
                                        SignSurrogate surrogate, double alpha,
                                        const TruncatedSvdOptions& svd_options)
@@ -86,8 +138,8 @@ LittleBitTrainable::LittleBitTrainable(const torch::Tensor& w, int64_t rank, boo
 torch::Tensor LittleBitTrainable::forward(const torch::Tensor& x) {
   torch::Tensor y;
   for (const LatentFactors& f : paths_) {
-    torch::Tensor z = torch::matmul(x * f.g, surrogate_sign(f.v, surrogate_, alpha_)) * f.l;
-    torch::Tensor out = torch::matmul(z, surrogate_sign(f.u, surrogate_, alpha_).t()) * f.h;
+    const torch::Tensor z = sign_product(x * f.g, f.v, /*transpose=*/false, surrogate_, alpha_) * f.l;  // (..., r)
+    const torch::Tensor out = sign_product(z, f.u, /*transpose=*/true, surrogate_, alpha_) * f.h;       // (..., d_out)
     y = y.defined() ? y + out : out;
   }
   return y;
