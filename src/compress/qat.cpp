@@ -105,7 +105,7 @@ QatResult train_blockwise(TorchLlama& teacher, TorchLlama& student, std::span<co
     if (owner(l) != ranks.rank()) continue;
     std::vector<torch::Tensor> params;
     const std::vector<torch::Tensor> block_params = student.block_parameters(l);
-    for (size_t i = 0; i < block_params.size(); ++i)
+    for (size_t i = 0; i < block_params.size(); ++i)  // the first two are the block's norms
       if (block_params[i].requires_grad() && (o.train_norms || i >= 2)) params.push_back(block_params[i]);
     torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
     std::vector<double> losses;
