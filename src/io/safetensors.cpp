@@ -266,8 +266,11 @@ SafetensorsArchive SafetensorsArchive::open_model_dir(const fs::path& dir) {
   std::map<std::string, std::string> shard_of;  // tensor name -> shard, to report duplicates
   for (const auto& [shard_name, expected] : tensors_by_shard) {
     const fs::path shard_path = dir / shard_name;
-    if (!fs::exists(shard_path))
-      fail("{}: shard {} named in weight_map does not exist", index_where, shard_path.string());
+    // A name the file system refuses (too long, ...) is a bad index, not an exception to escape.
+    std::error_code error;
+    if (!fs::exists(shard_path, error))
+      fail("{}: shard {} named in weight_map {}", index_where, shard_path.string(),
+           error ? "cannot be looked up: " + error.message() : std::string("does not exist"));
     std::map<std::string, TensorView> views = archive.load_file(shard_path);
     for (const std::string& name : expected)
       if (!views.contains(name))
