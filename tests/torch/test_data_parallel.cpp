@@ -50,6 +50,13 @@ std::string rank_flags(int rank, int world, int port) {
          std::to_string(port);
 }
 
+// The same QAT command for ranks 0 and 1 of a world of two, meeting at a free port.
+std::vector<std::string> two_rank_commands(const fs::path& out, int64_t batch, const std::string& extra) {
+  const int port = free_port();
+  return {qat_command(out, batch, extra + " " + rank_flags(0, 2, port)),
+          qat_command(out, batch, extra + " " + rank_flags(1, 2, port))};
+}
+
 // Runs the commands at once (one per rank) and returns each one's exit code and output.
 std::vector<testing::CommandResult> run_together(const std::vector<std::string>& commands, const fs::path& dir) {
   std::string script;
@@ -141,12 +148,8 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
   const fs::path one = dir / "one.gguf", two = dir / "two.gguf";
   const auto single = testing::run_command(qat_command(one, 4, "--no-checkpoint"));
   ASSERT_EQ(single.exit_code, 0) << single.err;
-  const int port = free_port();
-  const auto ranks = run_together({qat_command(two, 2, "--no-checkpoint " + rank_flags(0, 2, port)),
-                                   qat_command(two, 2, "--no-checkpoint " + rank_flags(1, 2, port))},
-                                  dir);
-  ASSERT_EQ(ranks[0].exit_code, 0) << ranks[0].err;
-  ASSERT_EQ(ranks[1].exit_code, 0) << ranks[1].err;
+  const auto ranks = run_together(two_rank_commands(two, 2, "--no-checkpoint"), dir);
+  for (const auto& r : ranks) ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(ranks[1].out.find("rank 1 of 2: trained 8 steps"), std::string::npos) << ranks[1].out;
 
   const ModelBundle a = load_model(one), b = load_model(two);
@@ -171,12 +174,8 @@ TEST(DataParallel, BlockwiseDistillationOnTwoRanksWritesTheSingleProcessFile) {
   const fs::path one = dir / "one.gguf", two = dir / "two.gguf";
   const auto single = testing::run_command(qat_command(one, 2, "--blockwise"));
   ASSERT_EQ(single.exit_code, 0) << single.err;
-  const int port = free_port();
-  const auto ranks = run_together(
-      {qat_command(two, 2, "--blockwise " + rank_flags(0, 2, port)), qat_command(two, 2, "--blockwise " + rank_flags(1, 2, port))},
-      dir);
-  ASSERT_EQ(ranks[0].exit_code, 0) << ranks[0].err;
-  ASSERT_EQ(ranks[1].exit_code, 0) << ranks[1].err;
+  const auto ranks = run_together(two_rank_commands(two, 2, "--blockwise"), dir);
+  for (const auto& r : ranks) ASSERT_EQ(r.exit_code, 0) << r.err;
   // Blocks train independently, each on one rank, on the same windows as in one process.
   EXPECT_TRUE(testing::file_bytes(one) == testing::file_bytes(two))
       << "block-wise distillation on two ranks wrote another file than one process";
@@ -191,15 +190,11 @@ TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedF
   const fs::path dir = testing::temp_dir("dp-kill");
   const fs::path reference = dir / "reference.gguf", out = dir / "out.gguf";
   const std::string every = "--checkpoint-every 2 ";
-  int port = free_port();
-  auto ranks = run_together({qat_command(reference, 2, every + rank_flags(0, 2, port)),
-                             qat_command(reference, 2, every + rank_flags(1, 2, port))},
-                            dir);
-  ASSERT_EQ(ranks[0].exit_code, 0) << ranks[0].err;
-  ASSERT_EQ(ranks[1].exit_code, 0) << ranks[1].err;
+  auto ranks = run_together(two_rank_commands(reference, 2, every), dir);
+  for (const auto& r : ranks) ASSERT_EQ(r.exit_code, 0) << r.err;
 
   // Rank 1 is killed once rank 0 has written its first checkpoint.
-  port = free_port();
+  const int port = free_port();
   const fs::path checkpoint = out.string() + ".ckpt";
   const std::string script = qat_command(out, 2, every + rank_flags(0, 2, port)) + " >" + (dir / "r0.out").string() +
                              " 2>" + (dir / "r0.err").string() + " & r0=$!; " +
@@ -215,12 +210,8 @@ TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedF
   EXPECT_NE(error.find("failed"), std::string::npos) << error;
   EXPECT_FALSE(fs::exists(out)) << "the run that lost a rank wrote an output";
 
-  port = free_port();
-  ranks = run_together({qat_command(out, 2, every + rank_flags(0, 2, port)),
-                        qat_command(out, 2, every + rank_flags(1, 2, port))},
-                       dir);
-  ASSERT_EQ(ranks[0].exit_code, 0) << ranks[0].err;
-  ASSERT_EQ(ranks[1].exit_code, 0) << ranks[1].err;
+  ranks = run_together(two_rank_commands(out, 2, every), dir);
+  for (const auto& r : ranks) ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(ranks[0].out.find("(resumed at step"), std::string::npos) << ranks[0].out;
   EXPECT_TRUE(testing::file_bytes(out) == testing::file_bytes(reference))
       << "the resumed two-rank run wrote another file than the uninterrupted one";
