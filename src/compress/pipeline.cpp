@@ -117,8 +117,6 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   if (!trainable && train)
     fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
   const bool root = !o.qat.data_parallel || o.qat.data_parallel->is_root();
-  if (o.qat.data_parallel && o.qat.data_parallel->world_size() > 1 && !train)
-    fail("--world-size {}: only QAT runs on several ranks (give --train-tokens)", o.qat.data_parallel->world_size());
   if (o.budget != "linear" && o.budget != "whole") fail("--budget must be linear or whole, got \"{}\"", o.budget);
   if (o.allocate != "uniform" && o.allocate != "sensitivity")
     fail("--allocate must be uniform or sensitivity, got \"{}\"", o.allocate);
