@@ -5,6 +5,7 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include "ops/matmul_tile-inl.h"
 #include "ops/parallel.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -32,14 +33,13 @@ HWY_INLINE float load_weight_scalar(const void* row, int64_t i) {
   else return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
 }
 
-// Register tile: kRows weight rows x kTokens activation rows, one accumulator vector each,
-// so every loaded vector feeds several FMAs.
+// kRows weight rows x kTokens activation rows (ops/matmul_tile-inl.h), then the columns past the
+// last whole vector.
 template <DType kType, int kRows, int kTokens>
 HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t token0,
                      float* y) {
   const DF d;
   const int64_t n_in = w.n_in;
-  const int64_t lanes = hn::Lanes(d);
   const size_t row_bytes = n_in * dtype_size(kType);
   const void* rows[kRows];
   for (int r = 0; r < kRows; ++r)
@@ -48,22 +48,12 @@ HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t
   for (int t = 0; t < kTokens; ++t) xs[t] = x + (token0 + t) * n_in;
 
   hn::Vec<DF> acc[kRows][kTokens];
-  for (int r = 0; r < kRows; ++r)
-    for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(d);
-
-  int64_t i = 0;
-  for (; i + lanes <= n_in; i += lanes) {
-    hn::Vec<DF> wv[kRows];
-    for (int r = 0; r < kRows; ++r) wv[r] = load_weights<kType>(d, rows[r], i);
-    for (int t = 0; t < kTokens; ++t) {
-      const auto xv = hn::LoadU(d, xs[t] + i);
-      for (int r = 0; r < kRows; ++r) acc[r][t] = hn::MulAdd(wv[r], xv, acc[r][t]);
-    }
-  }
+  const int64_t whole = TileDots<kRows, kTokens>(
+      d, n_in, [&](int r, int64_t i) HWY_ATTR __attribute__((always_inline)) { return load_weights<kType>(d, rows[r], i); }, xs, acc);
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kTokens; ++t) {
       float sum = hn::GetLane(hn::SumOfLanes(d, acc[r][t]));
-      for (int64_t j = i; j < n_in; ++j) sum += load_weight_scalar<kType>(rows[r], j) * xs[t][j];
+      for (int64_t j = whole; j < n_in; ++j) sum += load_weight_scalar<kType>(rows[r], j) * xs[t][j];
       y[(token0 + t) * w.n_out + row0 + r] = sum;
     }
   }

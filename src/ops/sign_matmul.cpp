@@ -3,7 +3,6 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/sign_matmul.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
-#include <hwy/aligned_allocator.h>
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "ops/parallel.h"
+#include "ops/thread_scratch.h"
 
 // Two kernels:
 //
@@ -473,8 +473,6 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
   }
 }
 
-float* Scratch(int slot, size_t n);
-
 // Rows [r0, r1) of tokens [t, t + nt) over the columns [cb, ce) whose tables were built.
 template <bool kFromBlocks>
 HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb, int64_t ce,
@@ -506,7 +504,8 @@ HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb,
 void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t r1, int64_t t0,
               int64_t t1, int64_t c0, int64_t c1, bool accumulate) {
   const int64_t col_block = t1 - t0 >= kTokTile ? kLutColBlockBatched : kLutColBlockSingle;
-  float* tables = Scratch(1, size_t((kTokTile - 1) * (kLutColBlockSingle / 4) * 16));  // this thread's
+  float* tables = thread_scratch<float>(ThreadScratchSlot::SignTables,
+                                       size_t((kTokTile - 1) * (kLutColBlockSingle / 4) * 16));
   static_assert(kTokTile * kLutColBlockBatched <= (kTokTile - 1) * kLutColBlockSingle);
   for (int64_t cb = c0; cb < c1; cb += col_block) {
     const int64_t ce = std::min(c1, cb + col_block);
@@ -527,18 +526,6 @@ void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t
 #endif  // HWY_TARGET <= HWY_AVX2
 
 // ------------------------------------------------------------------------------- dispatch
-
-// Per-thread, vector-aligned scratch; slot 0 belongs to SignMatmul (partial sums), slot 1 to
-// LutRange (tables).
-float* Scratch(int slot, size_t n) {
-  thread_local hwy::AlignedFreeUniquePtr<float[]> buffers[2];
-  thread_local size_t sizes[2] = {0, 0};
-  if (sizes[slot] < n) {
-    buffers[slot] = hwy::AllocateAligned<float>(n);
-    sizes[slot] = n;
-  }
-  return buffers[slot].get();
-}
 
 // y[t][r] = Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [ra, rb), tokens [ta, tb). Rows below
 // lut_rows (a multiple of N) use the lookup-table kernel, the others the wide kernel.
@@ -599,7 +586,7 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     // for a handful of rows. Each part sums over its columns, then the parts are added.
     const int64_t per = ((cols + threads - 1) / threads + 63) & ~int64_t{63};
     const int64_t parts = (cols + per - 1) / per;
-    float* partial = Scratch(0, size_t((parts - 1) * tokens * rows));
+    float* partial = thread_scratch<float>(ThreadScratchSlot::SignPartialSums, size_t((parts - 1) * tokens * rows));
     parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         float* out = k == 0 ? y : partial + (k - 1) * tokens * rows;

@@ -188,7 +188,7 @@ inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, 
 }
 
 // Highway SIMD (dynamic dispatch), multithreaded over output rows; decoding is fused into the
-// products (sketch_matmul.cpp describes the kernels and their measured speed).
+// products (ops/sketch_kernels.h describes the kernels and where each part lives).
 void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens);
 // Plain scalar reference: decodes each row, double accumulation rounded to fp32.
 void sketch_matmul_reference(const SketchMatrix& m, const float* x, float* y, int64_t tokens);
