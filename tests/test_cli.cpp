@@ -14,11 +14,12 @@
 namespace subbit {
 namespace {
 
+using testing::cli;
+using testing::expect_clean_failure;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using testing::run_command;
-
-std::string cli() { return testing::cli_path().string(); }
-fs::path model_dir(const std::string& name) { return testing::shared_dir() / "models" / name; }
 
 // A copy of a model directory made of symlinks, minus `omit`, so single files can be broken.
 fs::path linked_copy(const fs::path& source, const std::string& omit) {
@@ -26,12 +27,6 @@ fs::path linked_copy(const fs::path& source, const std::string& omit) {
   for (const auto& entry : fs::directory_iterator(source))
     if (entry.path().filename() != omit) fs::create_symlink(entry.path(), dir / entry.path().filename());
   return dir;
-}
-
-void expect_clean_failure(const testing::CommandResult& r, const std::string& fragment) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
 }
 
 TEST(Cli, GreedyRunPrintsPromptAndGoldenContinuation) {

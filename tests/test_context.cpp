@@ -15,11 +15,11 @@
 namespace subbit {
 namespace {
 
+using testing::cli;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using testing::run_command;
-
-std::string cli() { return testing::cli_path().string(); }
-fs::path model_dir(const std::string& name) { return testing::shared_dir() / "models" / name; }
 
 void expect_refused(const testing::CommandResult& r, const std::string& model, const std::string& option) {
   EXPECT_EQ(r.exit_code, 1) << r.err;

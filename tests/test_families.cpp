@@ -19,10 +19,10 @@
 namespace subbit {
 namespace {
 
+using testing::model_dir;
+
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-fs::path model_dir(const std::string& name) { return testing::shared_dir() / "models" / name; }
 
 struct FamilyGolden {
   std::vector<int32_t> tokens;

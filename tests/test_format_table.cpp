@@ -18,13 +18,9 @@
 namespace subbit {
 namespace {
 
-constexpr int64_t kOut = 24, kIn = 100;  // awkward sizes: partial sign words, partial groups
+using testing::dequantized;
 
-std::vector<float> dequantized(const Linear& layer) {
-  std::vector<float> w(layer.n_out() * layer.n_in());
-  layer.dequantize(w.data());
-  return w;
-}
+constexpr int64_t kOut = 24, kIn = 100;  // awkward sizes: partial sign words, partial groups
 
 // One small layer of every format in the table, by name.
 std::map<std::string, std::unique_ptr<Linear>> sample_layers() {

@@ -22,15 +22,11 @@
 namespace subbit {
 namespace {
 
+using testing::dequantized;
+
 using testing::random_vector;
 
 float to_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
-
-std::vector<float> dequantized(const Linear& layer) {
-  std::vector<float> w(layer.n_out() * layer.n_in());
-  layer.dequantize(w.data());
-  return w;
-}
 
 // x · Ŵᵀ in double, from the decoded weights.
 std::vector<double> product(const std::vector<float>& w, const std::vector<float>& x, int64_t d_out, int64_t d_in,

@@ -18,6 +18,11 @@
 namespace subbit {
 namespace {
 
+using testing::error_of;
+using testing::expect_contains;
+using testing::read_all;
+using testing::to_bytes;
+
 namespace fs = std::filesystem;
 using testing::temp_dir;
 using Bytes = std::vector<uint8_t>;
@@ -28,22 +33,10 @@ constexpr size_t kTensorCountAt = 8;
 constexpr size_t kKvCountAt = 16;
 constexpr size_t kFirstKvAt = 24;
 
-template <typename T>
-Bytes to_bytes(const std::vector<T>& values) {
-  Bytes bytes(values.size() * sizeof(T));
-  if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
-  return bytes;
-}
-
 Bytes counting_bytes(size_t n, uint8_t start = 1) {
   Bytes bytes(n);
   for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<uint8_t>(start + i * 7);
   return bytes;
-}
-
-Bytes read_all(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 void write_all(const fs::path& path, const Bytes& bytes) {
@@ -91,26 +84,12 @@ TensorInfoFields tensor_info_at(const Bytes& bytes, const std::string& name) {
   return {n_dims, n_dims + 4, n_dims + 4 + 8 * dims, n_dims + 4 + 8 * dims + 4};
 }
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error thrown)";
-}
-
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
-  for (const std::string& part : parts)
-    EXPECT_TRUE(contains(message, part)) << "expected \"" << part << "\" in: " << message;
-}
-
 // Opening `file` must fail with a message naming the file and the problem.
-void expect_rejected(const fs::path& file, std::initializer_list<std::string> problem) {
+void expect_gguf_rejected(const fs::path& file, std::initializer_list<std::string> problem) {
   const std::string message = error_of([&] { GgufFile::open(file); });
   expect_contains(message, {file.string()});
   expect_contains(message, problem);
@@ -384,18 +363,18 @@ TEST(Gguf, TruncatedInsideLargeStringIsRejected) {
 
 TEST(Gguf, RejectsBadHeader) {
   const Sample sample = write_sample(temp_dir("gguf-bad-header"));
-  expect_rejected(patched(sample, [](Bytes& b) { b[0] = 'X'; }), {"bad magic"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 1, 4); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { b[0] = 'X'; }), {"bad magic"});
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 1, 4); }),
                   {"unsupported GGUF version 1"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 4, 4); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 4, 4); }),
                   {"unsupported GGUF version 4"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 3u << 24, 4); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 3u << 24, 4); }),
                   {"big-endian"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, 1ull << 62, 8); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, 1ull << 62, 8); }),
                   {"tensor_count"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, ~0ull, 8); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, ~0ull, 8); }),
                   {"tensor_count"});
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kKvCountAt, ~0ull, 8); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kKvCountAt, ~0ull, 8); }),
                   {"metadata_kv_count"});
 }
 
@@ -404,32 +383,32 @@ TEST(Gguf, RejectsBadMetadata) {
   const Bytes& b0 = sample.bytes;
   ASSERT_EQ(find_gguf_string(b0, "test.alpha"), kFirstKvAt);
 
-  expect_rejected(patched(sample, [](Bytes& b) { put_le(b, kFirstKvAt, 1ull << 63, 8); }),
+  expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kFirstKvAt, 1ull << 63, 8); }),
                   {"string length", "past the end"});
-  expect_rejected(
+  expect_gguf_rejected(
       patched(sample, [&](Bytes& b) { put_le(b, value_type_at(b0, "test.alpha"), 99, 4); }),
       {"test.alpha", "unknown value type 99"});
   // Renaming test.bravo to test.alpha, same length.
-  expect_rejected(patched(sample,
+  expect_gguf_rejected(patched(sample,
                           [&](Bytes& b) {
                             const size_t at = find_gguf_string(b0, "test.bravo") + 8;
                             std::memcpy(&b[at], "test.alpha", 10);
                           }),
                   {"duplicate", "test.alpha"});
-  expect_rejected(patched(sample, [&](Bytes& b) { b[value_type_at(b0, "test.flag") + 4] = 2; }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { b[value_type_at(b0, "test.flag") + 4] = 2; }),
                   {"test.flag", "bool"});
   const size_t names_type = value_type_at(b0, "test.names");
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 4, 9, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 4, 9, 4); }),
                   {"test.names", "nested arrays"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 8, 1ull << 61, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 8, 1ull << 61, 8); }),
                   {"test.names", "array length"});
   // The array's second string claims more bytes than the file has.
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 16 + 9, 1ull << 40, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 16 + 9, 1ull << 40, 8); }),
                   {"test.names", "string length"});
   const size_t alignment_value = value_type_at(b0, "general.alignment") + 4;
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 48, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 48, 4); }),
                   {"general.alignment", "power of two"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 0, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 0, 4); }),
                   {"general.alignment", "power of two"});
 }
 
@@ -439,32 +418,32 @@ TEST(Gguf, RejectsBadTensorInfos) {
   const TensorInfoFields a = tensor_info_at(b0, "tensor.a");
   const TensorInfoFields c = tensor_info_at(b0, "tensor.c");
 
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 12, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 12, 4); }),
                   {"tensor.c", "unsupported ggml type 12", "Q4_K"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 1000, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 1000, 4); }),
                   {"tensor.c", "unsupported ggml type 1000"});
-  expect_rejected(
+  expect_gguf_rejected(
       patched(sample, [&](Bytes& b) { put_le(b, c.offset, get_le(b0, c.offset, 8) + 4, 8); }),
       {"tensor.c", "not a multiple of the alignment 32"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 1ull << 20, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 1ull << 20, 8); }),
                   {"tensor.c", "past the end"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, ~0ull << 5, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, ~0ull << 5, 8); }),
                   {"tensor.c", "past the end"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 0, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 0, 8); }),
                   {"overlaps", "tensor.a", "tensor.c"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 5, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 5, 4); }),
                   {"tensor.a", "5 dimensions"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 0, 4); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 0, 4); }),
                   {"tensor.a", "0 dimensions"});
-  expect_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.ne, 1ull << 63, 8); }),
+  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.ne, 1ull << 63, 8); }),
                   {"tensor.a", "too large"});
-  expect_rejected(patched(sample,
+  expect_gguf_rejected(patched(sample,
                           [&](Bytes& b) {
                             put_le(b, a.ne, 1ull << 40, 8);
                             put_le(b, a.ne + 8, 1ull << 40, 8);
                           }),
                   {"tensor.a", "overflows"});
-  expect_rejected(patched(sample,
+  expect_gguf_rejected(patched(sample,
                           [&](Bytes& b) {
                             const size_t at = find_gguf_string(b0, "tensor.c") + 8;
                             std::memcpy(&b[at], "tensor.a", 8);

@@ -13,9 +13,8 @@ namespace fs = std::filesystem;
 
 const char* const kExportedFiles[] = {"config.json", "model.safetensors", "tokenizer.json"};
 
-fs::path sb8m() { return testing::source_dir() / "models" / "sb-8m"; }
 std::string export_command(const fs::path& out) {
-  return testing::cli_path().string() + " export " + sb8m().string() + " -o " + out.string();
+  return testing::cli_path().string() + " export " + testing::embedded_sb8m().string() + " -o " + out.string();
 }
 
 // Entries of `dir` whose names start with `prefix`: the output and any temporary beside it.
@@ -27,7 +26,7 @@ std::vector<std::string> entries_starting_with(const fs::path& dir, const std::s
 }
 
 TEST(Interrupted, ExportKilledAtRandomMomentsLeavesNoPartialCheckpoint) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
   const fs::path dir = testing::temp_dir("export-kill");
   const fs::path reference = dir / "reference", out = dir / "out";
   // Timed on a warm page cache: a cold first run would make the kill moments too late for the
@@ -64,7 +63,7 @@ TEST(Interrupted, ExportKilledAtRandomMomentsLeavesNoPartialCheckpoint) {
 }
 
 TEST(DiskFull, ExportFailsCleanlyAndLeavesNothing) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
   const fs::path dir = testing::temp_dir("export-full");
   // A 1 MiB limit on file size (RLIMIT_FSIZE) stands in for a full disk: writes past it fail
   // with EFBIG once SIGXFSZ, which would kill the process instead, is ignored.

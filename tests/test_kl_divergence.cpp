@@ -15,6 +15,10 @@
 namespace subbit {
 namespace {
 
+using testing::cli;
+using testing::expect_clean_failure;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using testing::run_command;
 
@@ -212,8 +216,6 @@ TEST(KlDivergence, FailedWriteLeavesNoFile) {
 
 // ---- end to end, on stories260K (tiny and fast) ----
 
-std::string cli() { return testing::cli_path().string(); }
-fs::path model_dir(const std::string& name) { return testing::shared_dir() / "models" / name; }
 fs::path text_file() { return testing::shared_dir() / "text" / "tinystories_validation_100.txt"; }
 
 nlohmann::json last_json_line(const std::string& out) {
@@ -300,12 +302,6 @@ TEST(KlDivergenceCli, PerturbedModelAndSavedBaseAgree) {
   }
   fs::remove_all(dir);
   fs::remove_all(perturbed);
-}
-
-void expect_clean_failure(const testing::CommandResult& r, const std::string& fragment) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
 }
 
 TEST(KlDivergenceCli, BadBasesAndMismatchesRejected) {

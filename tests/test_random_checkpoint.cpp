@@ -14,22 +14,12 @@
 namespace subbit {
 namespace {
 
+using testing::error_of;
+using testing::expect_contains;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing::run_command;
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
-  for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
-}
 
 int64_t parameter_count(const std::vector<TensorSpec>& tensors) {
   int64_t n = 0;

@@ -17,16 +17,14 @@
 namespace subbit {
 namespace {
 
+using testing::error_of;
+using testing::expect_contains;
+using testing::read_all;
+using testing::to_bytes;
+
 namespace fs = std::filesystem;
 using testing::shared_dir;
 using testing::temp_dir;
-
-template <typename T>
-std::vector<uint8_t> to_bytes(const std::vector<T>& values) {
-  std::vector<uint8_t> bytes(values.size() * sizeof(T));
-  if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
-  return bytes;
-}
 
 void write_bytes(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -51,31 +49,11 @@ fs::path write_raw(const fs::path& dir, const std::string& header, size_t data_s
 }
 
 // The Error message of `action`, or a note that it did not throw.
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error thrown)";
-}
-
-void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
-  for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos)
-        << "expected \"" << part << "\" in: " << message;
-}
-
 // Opens a raw file and checks the error names the file and the problem.
-void expect_rejected(const fs::path& file, std::initializer_list<std::string> problem) {
+void expect_safetensors_rejected(const fs::path& file, std::initializer_list<std::string> problem) {
   std::string message = error_of([&] { SafetensorsArchive::open_file(file); });
   expect_contains(message, {file.filename().string()});
   expect_contains(message, problem);
-}
-
-std::vector<uint8_t> read_all(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 TEST(Safetensors, RoundTripAllDtypesScalarAndEmpty) {
@@ -283,7 +261,7 @@ TEST(Safetensors, RejectsTruncatedRealFile) {
   std::vector<uint8_t> bytes = read_all(real);
   fs::path cut = temp_dir("st-trunc") / "model.safetensors";
   write_bytes(cut, std::string(bytes.begin(), bytes.begin() + bytes.size() / 2));
-  expect_rejected(cut, {"out of range", "truncated"});
+  expect_safetensors_rejected(cut, {"out of range", "truncated"});
   fs::remove_all(cut.parent_path());
 }
 
@@ -291,58 +269,58 @@ TEST(Safetensors, RejectsBadFraming) {
   fs::path dir = temp_dir("st-framing");
   fs::path tiny = dir / "tiny.safetensors";
   write_bytes(tiny, std::string("\x02\0\0\0", 4));
-  expect_rejected(tiny, {"too short"});
+  expect_safetensors_rejected(tiny, {"too short"});
 
-  expect_rejected(write_raw(dir, "{}", 0, 4096), {"past the end"});
-  expect_rejected(write_raw(dir, "{}", 0, 200'000'000), {"header too large"});
-  expect_rejected(write_raw(dir, "{}", 0, ~uint64_t{0}), {"header too large"});
+  expect_safetensors_rejected(write_raw(dir, "{}", 0, 4096), {"past the end"});
+  expect_safetensors_rejected(write_raw(dir, "{}", 0, 200'000'000), {"header too large"});
+  expect_safetensors_rejected(write_raw(dir, "{}", 0, ~uint64_t{0}), {"header too large"});
 }
 
 TEST(Safetensors, RejectsBadJson) {
   fs::path dir = temp_dir("st-json");
-  expect_rejected(write_raw(dir, R"({"a": {"dtype": "F32",)", 0), {"not valid JSON"});
-  expect_rejected(write_raw(dir, "[1, 2]", 0), {"not a JSON object"});
-  expect_rejected(write_raw(dir, R"({"__metadata__": {"format": 1}})", 0), {"__metadata__"});
-  expect_rejected(write_raw(dir, R"({"__metadata__": ["pt"]})", 0), {"__metadata__"});
-  expect_rejected(write_raw(dir, R"({"a": [1]})", 0), {"'a'", "not a JSON object"});
-  expect_rejected(write_raw(dir, R"({"a": {"dtype": "F32", "shape": []}})", 4),
+  expect_safetensors_rejected(write_raw(dir, R"({"a": {"dtype": "F32",)", 0), {"not valid JSON"});
+  expect_safetensors_rejected(write_raw(dir, "[1, 2]", 0), {"not a JSON object"});
+  expect_safetensors_rejected(write_raw(dir, R"({"__metadata__": {"format": 1}})", 0), {"__metadata__"});
+  expect_safetensors_rejected(write_raw(dir, R"({"__metadata__": ["pt"]})", 0), {"__metadata__"});
+  expect_safetensors_rejected(write_raw(dir, R"({"a": [1]})", 0), {"'a'", "not a JSON object"});
+  expect_safetensors_rejected(write_raw(dir, R"({"a": {"dtype": "F32", "shape": []}})", 4),
                   {"'a'", "data_offsets"});
   // Padding with spaces is legal; padding with anything else is not JSON.
-  expect_rejected(write_raw(dir, std::string("{}\0\0\0\0\0\0", 8), 0), {"not valid JSON"});
+  expect_safetensors_rejected(write_raw(dir, std::string("{}\0\0\0\0\0\0", 8), 0), {"not valid JSON"});
   SafetensorsArchive::open_file(write_raw(dir, "{}      ", 0));
 }
 
 TEST(Safetensors, RejectsBadTensorEntries) {
   fs::path dir = temp_dir("st-entries");
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 16]}})", 8),
       {"'w'", "out of range"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})", 4),
       {"'w'", "does not match"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "I8", "shape": [4], "data_offsets": [0, 4]}})", 4),
       {"'w'", "unsupported dtype I8"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "f32", "shape": [1], "data_offsets": [0, 4]}})", 4),
       {"'w'", "unsupported dtype"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4),
       {"'w'", "shape", "non-negative integers"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", 4),
       {"'w'", "shape", "non-negative integers"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": 1, "data_offsets": [0, 4]}})", 4),
       {"'w'", "shape"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}})", 4),
       {"'w'", "data_offsets"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})", 4),
       {"'w'", "data_offsets"});
   // 2^32 * 2^32 elements wraps to 0 in 64 bits; it must not pass as an empty tensor.
-  expect_rejected(write_raw(dir,
+  expect_safetensors_rejected(write_raw(dir,
                             R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296],
                           "data_offsets": [0, 0]}})",
                             0),
@@ -351,22 +329,22 @@ TEST(Safetensors, RejectsBadTensorEntries) {
 
 TEST(Safetensors, RejectsOverlapsGapsAndTrailingBytes) {
   fs::path dir = temp_dir("st-layout");
-  expect_rejected(write_raw(dir, R"({
+  expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
                             12),
                   {"'b'", "overlaps", "'a'"});
-  expect_rejected(write_raw(dir, R"({
+  expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
                             8),
                   {"overlaps"});
-  expect_rejected(write_raw(dir, R"({
+  expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
       "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
                             12),
                   {"gap", "[4, 8)"});
-  expect_rejected(
+  expect_safetensors_rejected(
       write_raw(dir, R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 6),
       {"trailing bytes", "[4, 6)"});
 

@@ -18,8 +18,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path sb8m() { return testing::source_dir() / "models" / "sb-8m"; }
-
 std::string run_to_end(server::Engine& engine, server::CompletionRequest request, server::FinishReason* reason,
                        int64_t* tokens = nullptr) {
   auto job = engine.submit(std::move(request));
@@ -31,8 +29,8 @@ std::string run_to_end(server::Engine& engine, server::CompletionRequest request
 }
 
 TEST(ServeEngine, GreedyTextMatchesGenerate) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
-  const ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
+  const ModelBundle bundle = load_model(testing::embedded_sb8m());
   const auto prompt = bundle.tokenizer->encode("The history of the United States", true);
   const std::vector<int32_t> reference = generate(*bundle.model, prompt, 40, {}, std::nullopt, nullptr);
   std::vector<int32_t> all = prompt;
@@ -64,8 +62,8 @@ TEST(ServeEngine, GreedyTextMatchesGenerate) {
 }
 
 TEST(ServeEngine, StopStringsTokensAndLimits) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
-  const ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
+  const ModelBundle bundle = load_model(testing::embedded_sb8m());
   server::Engine engine(*bundle.model, *bundle.tokenizer, 2, 64, 4);
   server::CompletionRequest base;
   base.prompt = bundle.tokenizer->encode("The history of the United States", true);
@@ -105,8 +103,8 @@ TEST(ServeEngine, StopStringsTokensAndLimits) {
 }
 
 TEST(ServeEngine, FullQueueRefusesAndCancelFreesTheSlot) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
-  const ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
+  const ModelBundle bundle = load_model(testing::embedded_sb8m());
   server::Engine engine(*bundle.model, *bundle.tokenizer, 1, 512, 0);
   server::CompletionRequest r;
   r.prompt = bundle.tokenizer->encode("Once upon a time", true);
@@ -148,8 +146,8 @@ TEST(ServeChat, TemplateFromTokenizerConfig) {
 }
 
 TEST(ServeChat, ModelFileCarriesTheChatTemplate) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
-  const ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
+  const ModelBundle bundle = load_model(testing::embedded_sb8m());
   EXPECT_EQ(bundle.chat_template, "");  // sb-8m is a base model
   EXPECT_FALSE(chat_format_for(bundle).has_template());
   const fs::path dir = testing::temp_dir("chat_file");
@@ -165,8 +163,8 @@ TEST(ServeChat, ModelFileCarriesTheChatTemplate) {
 }
 
 TEST(ServeChat, EndOfTurnTokensIncludeEos) {
-  SKIP_UNLESS_EXISTS(sb8m() / "model.safetensors");
-  const ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
+  const ModelBundle bundle = load_model(testing::embedded_sb8m());
   const auto ids = end_of_turn_tokens(bundle);
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids[0], *bundle.model->config().eos_token_id);
@@ -183,7 +181,7 @@ TEST(ServeText, CompleteUtf8Prefix) {
 
 // Request bodies as the server reads them (src/server/requests.h), without sockets.
 TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
-  const Tokenizer tokenizer = Tokenizer::from_file(sb8m() / "tokenizer.json");
+  const Tokenizer tokenizer = Tokenizer::from_file(testing::embedded_sb8m() / "tokenizer.json");
   const chat::ChatFormat plain("", "none", "<s>", "</s>");
   const server::ModelInterface model{&tokenizer, &plain, true, {7}, tokenizer.vocab_size()};
   const int64_t context = 64;

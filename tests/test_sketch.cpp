@@ -23,6 +23,8 @@
 namespace subbit {
 namespace {
 
+using testing::dequantized;
+
 float round_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
 
 // Normal weights rounded to fp16, so that fp16 tables hold them exactly.
@@ -42,12 +44,6 @@ SketchParams small_params(SketchRule rule, int rows, int block, int value_bits, 
   p.value_bits = value_bits;
   p.buckets = std::move(buckets);
   return p;
-}
-
-std::vector<float> dequantized(const Linear& layer) {
-  std::vector<float> w(layer.n_out() * layer.n_in());
-  layer.dequantize(w.data());
-  return w;
 }
 
 TEST(SketchHash, OutputsArePinned) {

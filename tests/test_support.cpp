@@ -1,5 +1,6 @@
 #include "test_support.h"
 
+#include "common/error.h"
 #include "ops/sign_matmul.h"
 
 #include <signal.h>
@@ -86,5 +87,42 @@ bool run_and_kill_after(const std::string& command, double seconds) {
 }
 
 std::string file_bytes(const std::filesystem::path& file) { return slurp(file); }
+
+std::vector<uint8_t> read_all(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string run_cli(const std::string& args) {
+  const CommandResult r = run_command(cli() + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+  return r.out;
+}
+
+void expect_clean_failure(const CommandResult& r, const std::string& fragment) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
+}
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error thrown)";
+}
+
+void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
+  for (const std::string& part : parts)
+    EXPECT_NE(message.find(part), std::string::npos) << "expected \"" << part << "\" in: " << message;
+}
+
+std::vector<float> dequantized(const Linear& layer) {
+  std::vector<float> w(layer.n_out() * layer.n_in());
+  layer.dequantize(w.data());
+  return w;
+}
 
 }  // namespace subbit::testing

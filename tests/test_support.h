@@ -4,7 +4,13 @@
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
+#include "formats/linear.h"
+
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +21,13 @@ namespace subbit::testing {
 std::filesystem::path shared_dir();
 std::filesystem::path source_dir();
 std::filesystem::path cli_path();  // the built `subbit` executable
+inline std::string cli() { return cli_path().string(); }
+
+// Shared material by name: a checkpoint under shared_dir()/models, the calibration text.
+inline std::filesystem::path model_dir(const std::string& name) { return shared_dir() / "models" / name; }
+inline std::filesystem::path calib_text() { return shared_dir() / "text" / "train" / "calib.txt"; }
+// The sb-8m copy in the repository (models/sb-8m), present in every checkout.
+inline std::filesystem::path embedded_sb8m() { return source_dir() / "models" / "sb-8m"; }
 
 // Runs a shell command, returns its exit code; stdout and stderr are captured.
 struct CommandResult {
@@ -23,6 +36,15 @@ struct CommandResult {
   std::string err;
 };
 CommandResult run_command(const std::string& command);
+// A command that must fail cleanly: exit 1 and an "error: ..." message containing `fragment`.
+void expect_clean_failure(const CommandResult& r, const std::string& fragment);
+// `subbit ARGS`, expected to exit 0; its standard output.
+std::string run_cli(const std::string& args);
+
+// The message of the subbit::Error that `action` throws; "(no error thrown)" when none.
+std::string error_of(const std::function<void()>& action);
+// Expects each part somewhere in `message`.
+void expect_contains(const std::string& message, std::initializer_list<std::string> parts);
 
 std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per call
 
@@ -31,6 +53,16 @@ std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per ca
 bool run_and_kill_after(const std::string& command, double seconds);
 // A whole file's bytes ("" when absent), for byte-for-byte comparisons.
 std::string file_bytes(const std::filesystem::path& file);
+std::vector<uint8_t> read_all(const std::filesystem::path& file);
+template <typename T>
+std::vector<uint8_t> to_bytes(const std::vector<T>& values) {
+  std::vector<uint8_t> bytes(values.size() * sizeof(T));
+  if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
+  return bytes;
+}
+
+// The layer's dense matrix, (n_out, n_in).
+std::vector<float> dequantized(const Linear& layer);
 
 // n samples of a standard normal, for kernel tests against their references.
 std::vector<float> random_vector(size_t n, std::mt19937& rng);

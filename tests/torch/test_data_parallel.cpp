@@ -18,12 +18,12 @@
 namespace subbit {
 namespace {
 
+using testing::calib_text;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using compress::rank_window_positions;
 using compress::resolve_data_parallel;
-
-fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
-fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
 
 // A port nothing listens on now (the kernel's pick for a socket bound to port 0).
 int free_port() {
@@ -40,7 +40,7 @@ int free_port() {
 
 // `subbit compress` of sb-8m to LittleBit 0.3 with a few QAT steps on one thread.
 std::string qat_command(const fs::path& out, int64_t batch, const std::string& extra = "") {
-  return testing::cli_path().string() + " compress " + sb8m().string() + " --method littlebit --bpw 0.3" +
+  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() + " --method littlebit --bpw 0.3" +
          " --train-text " + calib_text().string() + " --train-tokens 4096 --seq 128 --lr 3e-3 -t 1" +
          " --batch " + std::to_string(batch) + " -o " + out.string() + " " + extra;
 }
@@ -142,7 +142,7 @@ double largest_relative_difference(const LlamaWeights& a, const LlamaWeights& b)
 }
 
 TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-equal");
   const fs::path one = dir / "one.gguf", two = dir / "two.gguf";
@@ -168,7 +168,7 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
 }
 
 TEST(DataParallel, BlockwiseDistillationOnTwoRanksWritesTheSingleProcessFile) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-blockwise");
   const fs::path one = dir / "one.gguf", two = dir / "two.gguf";
@@ -185,7 +185,7 @@ TEST(DataParallel, BlockwiseDistillationOnTwoRanksWritesTheSingleProcessFile) {
 }
 
 TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedFile) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-kill");
   const fs::path reference = dir / "reference.gguf", out = dir / "out.gguf";
@@ -220,7 +220,7 @@ TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedF
 }
 
 TEST(DataParallel, ARankWhoseOthersNeverComeFailsAfterTheTimeout) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-alone");
   const auto r = testing::run_command(
@@ -233,7 +233,7 @@ TEST(DataParallel, ARankWhoseOthersNeverComeFailsAfterTheTimeout) {
 }
 
 TEST(DataParallel, RanksWithDifferentTrainingOptionsAreRefused) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-differ");
   const int port = free_port();
@@ -252,9 +252,9 @@ TEST(DataParallel, RanksWithDifferentTrainingOptionsAreRefused) {
 }
 
 TEST(DataParallel, SeveralRanksNeedTraining) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const fs::path dir = testing::temp_dir("dp-ptq");
-  const auto r = testing::run_command(testing::cli_path().string() + " compress " + sb8m().string() +
+  const auto r = testing::run_command(testing::cli_path().string() + " compress " + model_dir("sb-8m").string() +
                                       " --method littlebit --bpw 0.3 --world-size 2 -o " +
                                       (dir / "out.gguf").string());
   EXPECT_EQ(r.exit_code, 1);

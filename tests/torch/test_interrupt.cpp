@@ -10,13 +10,13 @@
 namespace subbit {
 namespace {
 
+using testing::calib_text;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 
-fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
-fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
-
 std::string compress_command(const std::string& args, const fs::path& out) {
-  return testing::cli_path().string() + " compress " + sb8m().string() + " " + args + " -t 1 -o " +
+  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() + " " + args + " -t 1 -o " +
          out.string();
 }
 
@@ -62,12 +62,12 @@ void expect_kills_leave_no_output_and_rerun_identical(const std::string& args, i
 }
 
 TEST(Interrupted, PostTrainingCompressKilledAtRandomMoments) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   expect_kills_leave_no_output_and_rerun_identical("--method sign", 4, "kill-sign");
 }
 
 TEST(Interrupted, QatWithCheckpointsKilledAtRandomMomentsResumesToTheSameFile) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   expect_kills_leave_no_output_and_rerun_identical(
       "--method littlebit --bpw 0.3 --train-text " + calib_text().string() +
@@ -76,7 +76,7 @@ TEST(Interrupted, QatWithCheckpointsKilledAtRandomMomentsResumesToTheSameFile) {
 }
 
 TEST(DiskFull, CompressFailsCleanlyAndLeavesNothing) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const fs::path dir = testing::temp_dir("compress-full");
   // RLIMIT_FSIZE of 1 MiB (the file is over 4 MiB) stands in for a full disk; SIGXFSZ ignored,
   // writes past the limit fail with EFBIG.

@@ -21,11 +21,11 @@
 namespace subbit {
 namespace {
 
+using testing::calib_text;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using namespace subbit::compress;
-
-fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
-fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
 
 TEST(LittleBitBits, FormulaMatchesThePaper) {
   // bits = 2·r·(d_in + d_out + 16) + 32·(d_in + d_out) with the residual path.
@@ -105,10 +105,10 @@ TEST(LittleBitTrainable, GradientsReachLatentFactors) {
 }
 
 TEST(Qat, ShortRunLowersDistillationLoss) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   torch::manual_seed(0);
-  ModelBundle bundle = load_model(sb8m());
+  ModelBundle bundle = load_model(model_dir("sb-8m"));
   TorchLlama teacher(*bundle.model), student(*bundle.model);
   for (int64_t l = 0; l < student.config().num_layers; ++l)
     for (int i = 0; i < kLinearsPerBlock; ++i) {
@@ -185,42 +185,36 @@ TEST(Qat, NormsTrainOnlyWhenAsked) {
 }
 
 TEST(Qat, RefusesTheEvaluationText) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
-  ModelBundle bundle = load_model(sb8m());
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  ModelBundle bundle = load_model(model_dir("sb-8m"));
   EXPECT_THROW(load_training_tokens({testing::shared_dir() / "text" / "wiki.test.raw"}, *bundle.tokenizer, 100),
                Error);
 }
 
-std::string run(const std::string& args) {
-  const auto r = testing::run_command(testing::cli_path().string() + " " + args);
-  EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
-  return r.out;
-}
-
 TEST(LittleBitFile, PerplexityEqualsItsDenseExport) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(testing::shared_dir() / "text" / "wikitext2.valid.tokens");
   const auto dir = testing::temp_dir("lbfile");
   const std::string file = (dir / "sb8m-lb.gguf").string();
-  run("compress " + sb8m().string() + " -o " + file + " --method littlebit --bpw 0.55");
-  run("export " + file + " -o " + (dir / "exported").string());
+  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file + " --method littlebit --bpw 0.55");
+  testing::run_cli("export " + file + " -o " + (dir / "exported").string());
   testing::expect_export_holds_the_files_model(file, dir / "exported", testing::shared_dir() / "text" / "wikitext2.valid.tokens",
                                                256, 6);
-  const std::string info = run("info " + file);
+  const std::string info = testing::run_cli("info " + file);
   EXPECT_NE(info.find("littlebit"), std::string::npos);
   EXPECT_NE(info.find("rank"), std::string::npos);
   fs::remove_all(dir);
 }
 
 TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const auto dir = testing::temp_dir("resume");
-  const std::string common = "compress " + sb8m().string() + " --method littlebit --bpw 0.3 --train-text " +
+  const std::string common = "compress " + model_dir("sb-8m").string() + " --method littlebit --bpw 0.3 --train-text " +
                              calib_text().string() + " --train-tokens 2048 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
                              "--checkpoint-every 2 ";
   const std::string straight = (dir / "straight.gguf").string(), resumed = (dir / "resumed.gguf").string();
-  run(common + "-o " + straight);
+  testing::run_cli(common + "-o " + straight);
 
   // Start the same run, kill it (SIGKILL) as soon as its first checkpoint exists, then rerun.
   const std::string cmd = testing::cli_path().string() + " " + common + "-o " + resumed;
@@ -231,7 +225,7 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
   ASSERT_EQ(r.exit_code, 0);
   ASSERT_TRUE(fs::exists(ckpt)) << "no checkpoint was written before the kill";
   ASSERT_FALSE(fs::exists(resumed)) << "a killed run must not leave an output file";
-  const std::string out = run(common + "-o " + resumed);
+  const std::string out = testing::run_cli(common + "-o " + resumed);
   EXPECT_NE(out.find("resumed at step"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed once the output is written";
 
@@ -242,10 +236,10 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
 }
 
 TEST(LittleBitFile, CorruptOrTruncatedFilesFailCleanly) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("corrupt");
   const fs::path file = dir / "m.gguf";
-  run("compress " + sb8m().string() + " -o " + file.string() + " --method littlebit --bpw 0.1");
+  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file.string() + " --method littlebit --bpw 0.1");
   const auto size = fs::file_size(file);
   for (double fraction : {0.001, 0.3, 0.9, 0.9999}) {
     fs::copy_file(file, dir / "cut.gguf", fs::copy_options::overwrite_existing);

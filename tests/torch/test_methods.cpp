@@ -14,10 +14,10 @@
 namespace subbit {
 namespace {
 
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 using namespace subbit::compress;
-
-fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
 
 // The compression details a method records after parsing `args` (its defaults when empty).
 nlohmann::json recorded(std::string_view method, const std::string& args) {
@@ -91,10 +91,10 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
 }
 
 TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("methods");
   const std::string file = (dir / "rtn.gguf").string();
-  const auto r = compress(sb8m().string() + " -o " + file + " --method rtn --bits 3 -t 1");
+  const auto r = compress(model_dir("sb-8m").string() + " -o " + file + " --method rtn --bits 3 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // 3-bit codes and two fp16 numbers per group of 128; every sb-8m row is a whole number of words.
   std::smatch m;
@@ -114,12 +114,12 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
 // Each block's layers are built side by side, one thread each, so the file is the same bytes
 // whatever --threads says (here with the Gram route, which auto picks on large layers).
 TEST(CompressMethods, PostTrainingFilesDoNotDependOnTheThreadCount) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("threads");
   std::string bytes[2];
   for (int t : {1, 2}) {
     const fs::path file = dir / fmt::format("t{}.gguf", t);
-    const auto r = compress(fmt::format("{} -o {} --method littlebit --bpw 0.55 --svd gram -t {}", sb8m().string(),
+    const auto r = compress(fmt::format("{} -o {} --method littlebit --bpw 0.55 --svd gram -t {}", model_dir("sb-8m").string(),
                                         file.string(), t));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     std::ifstream in(file, std::ios::binary);
@@ -139,11 +139,11 @@ double number_after(const std::string& text, const std::string& pattern) {
 // sb-8m is tied: an embedding type without a head type stores the table once, for both uses;
 // a head type of its own stores it twice, which info reports.
 TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
-  SKIP_UNLESS_EXISTS(sb8m() / "config.json");
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("embed-types");
   const std::string cli = testing::cli_path().string();
   const std::string once = (dir / "once.gguf").string(), twice = (dir / "twice.gguf").string();
-  auto r = compress(sb8m().string() + " -o " + once + " --method littlebit --bpw 0.55 --embed-type rtn:4 -t 1");
+  auto r = compress(model_dir("sb-8m").string() + " -o " + once + " --method littlebit --bpw 0.55 --embed-type rtn:4 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = testing::run_command(cli + " info " + once);
   ASSERT_EQ(info.exit_code, 0) << info.err;
@@ -160,7 +160,7 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
   const auto run = testing::run_command(cli + " run " + once + " -p \"The history\" -n 4");
   EXPECT_EQ(run.exit_code, 0) << run.err;
 
-  r = compress(sb8m().string() + " -o " + twice + " --method littlebit --bpw 0.55 --embed-type rtn:4 --head-type sign -t 1");
+  r = compress(model_dir("sb-8m").string() + " -o " + twice + " --method littlebit --bpw 0.55 --embed-type rtn:4 --head-type sign -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   info = testing::run_command(cli + " info --tensors " + twice);
   EXPECT_NE(info.out.find("stored twice"), std::string::npos) << info.out;
@@ -168,7 +168,7 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
 
   // --budget whole: every stored bit over every parameter lands at (or just under) the target.
   const std::string budget = (dir / "budget.gguf").string();
-  r = compress(sb8m().string() + " -o " + budget + " --method littlebit --bpw 1.2 --budget whole --embed-type rtn:2 -t 1");
+  r = compress(model_dir("sb-8m").string() + " -o " + budget + " --method littlebit --bpw 1.2 --budget whole --embed-type rtn:2 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const double reached = number_after(r.out, "whole file: ([0-9.]+) bits/param");
   EXPECT_LE(reached, 1.2 * 1.01) << r.out;
@@ -184,7 +184,7 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
            // sb-8m's minimum ranks (8, two paths) alone take ~0.91 bits per parameter.
            {"--budget whole --bpw 0.8 --embed-type rtn:2", "minimum rank"},
        }) {
-    r = compress(sb8m().string() + " -o " + (dir / "bad.gguf").string() + " --method littlebit " + args);
+    r = compress(model_dir("sb-8m").string() + " -o " + (dir / "bad.gguf").string() + " --method littlebit " + args);
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_NE(r.err.find(error), std::string::npos) << args << "\n" << r.err;
     EXPECT_FALSE(fs::exists(dir / "bad.gguf")) << args;

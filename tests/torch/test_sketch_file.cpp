@@ -9,17 +9,12 @@
 namespace subbit {
 namespace {
 
+using testing::calib_text;
+using testing::model_dir;
+
 namespace fs = std::filesystem;
 
-fs::path sb8m() { return testing::shared_dir() / "models" / "sb-8m"; }
-fs::path calib_text() { return testing::shared_dir() / "text" / "train" / "calib.txt"; }
 fs::path dev_text() { return testing::shared_dir() / "text" / "wikitext2.valid.tokens"; }
-
-std::string run(const std::string& args) {
-  const auto r = testing::run_command(testing::cli_path().string() + " " + args);
-  EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
-  return r.out;
-}
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -29,14 +24,14 @@ std::string slurp(const fs::path& p) {
 class SketchFile : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(sb8m() / "config.json") || !fs::exists(calib_text()) || !fs::exists(dev_text()))
+    if (!fs::exists(model_dir("sb-8m") / "config.json") || !fs::exists(calib_text()) || !fs::exists(dev_text()))
       GTEST_SKIP() << "shared model or text absent (skipped)";
     dir_ = testing::temp_dir("sketch");
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string compress(const std::string& name, const std::string& extra) {
     const std::string file = (dir_ / name).string();
-    last_output_ = run("compress " + sb8m().string() + " -o " + file + " --method sketch --bpw 0.5 --calib-text " +
+    last_output_ = testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file + " --method sketch --bpw 0.5 --calib-text " +
                        calib_text().string() + " --calib-tokens 4096 " + extra);
     return file;
   }
@@ -46,12 +41,12 @@ class SketchFile : public ::testing::Test {
 
 TEST_F(SketchFile, PerplexityEqualsDenseExportAndBitsMeetTarget) {
   const std::string file = compress("s.gguf", "--salient-frac 0.05");
-  run("export " + file + " -o " + (dir_ / "exported").string());
+  testing::run_cli("export " + file + " -o " + (dir_ / "exported").string());
   testing::expect_export_holds_the_files_model(file, dir_ / "exported", dev_text(), 256, 6);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << last_output_;
   EXPECT_NEAR(std::stod(m[1]), 0.5, 0.005) << "bits per weight of the linear layers, all stored bits counted";
-  EXPECT_NE(run("info " + file).find("sketch"), std::string::npos);
+  EXPECT_NE(testing::run_cli("info " + file).find("sketch"), std::string::npos);
 }
 
 TEST_F(SketchFile, SameSeedSameFile) {
