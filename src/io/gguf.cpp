@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "common/error.h"
+#include "common/shape.h"
 #include "io/atomic_file.h"
 
 namespace subbit {
@@ -101,17 +102,6 @@ uint64_t min_encoded_size(GgufValueType t) {
     default:
       return 8;
   }
-}
-
-std::optional<uint64_t> checked_nbytes(const std::vector<int64_t>& shape, GgmlType type) {
-  uint64_t total = ggml_type_size(type);
-  for (int64_t dim : shape)
-    if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;
-  return total;
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
 // Bounds-checked little-endian cursor over the mapped file. `context` arguments say what is
@@ -309,7 +299,7 @@ std::vector<GgufTensor> place_tensors(std::vector<TensorInfo>& infos, std::span<
   ranges.reserve(infos.size());
   tensors.reserve(infos.size());
   for (TensorInfo& info : infos) {
-    const std::optional<uint64_t> nbytes = checked_nbytes(info.shape, info.type);
+    const std::optional<uint64_t> nbytes = checked_nbytes(info.shape, ggml_type_size(info.type));
     if (!nbytes)
       fail("{}: tensor '{}': shape {} is too large (byte size overflows)", where, info.name,
            shape_string(info.shape));
@@ -627,7 +617,7 @@ void GgufWriter::add_tensor(std::string name, GgmlType type, std::vector<int64_t
         name, shape_string(shape), shape.size(), kMaxDims);
   if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
     fail("GGUF tensor '{}': negative dimension in shape {}", name, shape_string(shape));
-  const std::optional<uint64_t> expected = checked_nbytes(shape, type);
+  const std::optional<uint64_t> expected = checked_nbytes(shape, ggml_type_size(type));
   if (!expected || *expected != bytes.size())
     fail("GGUF tensor '{}': {} bytes given, but shape {} of {} needs {}", name, bytes.size(),
          shape_string(shape), ggml_type_name(type),

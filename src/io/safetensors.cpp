@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "common/error.h"
+#include "common/shape.h"
 #include "io/atomic_file.h"
 
 namespace subbit {
@@ -37,16 +38,6 @@ std::optional<DType> parse_dtype(std::string_view name) {
 // Bytes needed by a tensor of this shape (dimensions already known to be non-negative), or
 // nullopt when the product overflows 64 bits: a hostile header must not wrap around to a
 // small, plausible size.
-std::optional<uint64_t> checked_nbytes(const std::vector<int64_t>& shape, DType dtype) {
-  uint64_t total = dtype_size(dtype);
-  for (int64_t dim : shape)
-    if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;
-  return total;
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  return fmt::format("[{}]", fmt::join(shape, ", "));
-}
 
 // nlohmann parses every non-negative integer literal as number_unsigned, negative ones as
 // number_integer and anything with a fraction or exponent as number_float.
@@ -106,7 +97,7 @@ EntryInfo validate_entry(const std::string& file, const std::string& name, const
         "bytes (file truncated?)",
         file, name, *begin, *end, data_size);
 
-  const std::optional<uint64_t> expected = checked_nbytes(shape, *dtype);
+  const std::optional<uint64_t> expected = checked_nbytes(shape, dtype_size(*dtype));
   if (!expected)
     fail("{}: tensor '{}': shape {} is too large (byte size overflows)", file, name,
          shape_string(shape));
@@ -304,7 +295,7 @@ void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& t
   for (const TensorToWrite& t : tensors) {
     // Checked before the output is created; the streamed writer checks again as it writes.
     const bool valid_shape = std::none_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; });
-    const std::optional<uint64_t> expected = valid_shape ? checked_nbytes(t.shape, t.dtype) : std::nullopt;
+    const std::optional<uint64_t> expected = valid_shape ? checked_nbytes(t.shape, dtype_size(t.dtype)) : std::nullopt;
     if (valid_shape && (!expected || *expected != t.bytes.size()))
       fail("{}: tensor '{}': {} bytes given, but shape {} of {} needs {}", file.string(), t.name,
            t.bytes.size(), shape_string(t.shape), dtype_name(t.dtype),
@@ -332,7 +323,7 @@ void write_safetensors_streamed(const fs::path& file, const std::vector<TensorSp
     if (header.contains(t.name)) fail("{}: tensor '{}' given twice", where, t.name);
     if (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; }))
       fail("{}: tensor '{}': negative dimension in shape {}", where, t.name, shape_string(t.shape));
-    const std::optional<uint64_t> size = checked_nbytes(t.shape, t.dtype);
+    const std::optional<uint64_t> size = checked_nbytes(t.shape, dtype_size(t.dtype));
     if (!size) fail("{}: tensor '{}': shape {} needs more than 2^64 bytes", where, t.name, shape_string(t.shape));
     nlohmann::ordered_json& entry = header[t.name];
     entry["dtype"] = std::string(dtype_name(t.dtype));
