@@ -281,7 +281,7 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
 }
 
 // Registered shape by shape so each shape's data is built once.
-[[maybe_unused]] const bool registered = [] {
+[[maybe_unused]] const bool gemv_benchmarks_registered = [] {
   for (int si = 0; si < int(std::size(kShapes)); ++si) {
     const std::string prefix = "gemv/" + shape_name(kShapes[si]) + "/";
     benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16, 1)

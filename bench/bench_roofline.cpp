@@ -119,7 +119,7 @@ void BM_Compute(benchmark::State& state, bool supported, double flops_per_instru
 }
 #endif
 
-[[maybe_unused]] const bool registered = [] {
+[[maybe_unused]] const bool roofline_benchmarks_registered = [] {
   benchmark::RegisterBenchmark("roofline/read", BM_Read, kReadFloats)->Unit(benchmark::kMillisecond)->UseRealTime();
   benchmark::RegisterBenchmark("roofline/read_32MiB", BM_Read, kCacheFloats)
       ->Unit(benchmark::kMicrosecond)->UseRealTime();
