@@ -22,13 +22,13 @@
 // LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
 // and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absmaxmin, 2 hash rows,
 // block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets); `_one_band` is the same
-// layer with plain hashing over whole tables (no row bands). Their tables are filled directly with random codes
-// and fp16 steps instead of running SketchLinear::encode on a random matrix: encode would need
-// the whole fp32 matrix (940 MB at 28672x8192) and seconds per layer, and the kernel's speed does
-// not depend on the values (it is branch-free; only the table sizes and hashes matter, and those
-// are the real ones). `table_MB` is the tables' size in memory at run time (SketchLinear::
-// runtime_bytes: a byte per weight of code, twice the stored 4 bits), which is what decides
-// whether the random bucket loads hit the caches.
+// layer with plain hashing over whole tables (no row bands). Their tables are filled directly with
+// random codes and fp16 steps instead of running SketchLinear::encode on a random matrix: encode
+// would need the whole fp32 matrix (940 MB at 28672x8192) and seconds per layer, and the kernel's
+// speed does not depend on the values (it is branch-free; only the table sizes and hashes matter,
+// and those are the real ones). `table_MB` is the tables' size in memory at run time
+// (SketchLinear:: runtime_bytes: a byte per weight of code, twice the stored 4 bits), which is what
+// decides whether the random bucket loads hit the caches.
 //
 // Memory: one shape's data is alive at a time (the 28672x8192 F32 matrix is 940 MB, BF16 470 MB),
 // allocated when its first benchmark runs and filled with cheap pseudo-random data.
@@ -70,7 +70,8 @@ std::string shape_name(const Shape& s) {
 // multiples of 8, littlebit_rank_for_bpw).
 std::string littlebit_name(const Shape& s, int bpw_index) {
   const double bpw = kLittleBitBpw[bpw_index];
-  return "littlebit_bpw" + bpw_name(bpw) + "_r" + std::to_string(littlebit_rank_for_bpw(s.n_in, s.n_out, bpw, 2));
+  return "littlebit_bpw" + bpw_name(bpw) + "_r" +
+         std::to_string(littlebit_rank_for_bpw(s.n_in, s.n_out, bpw, 2));
 }
 
 // splitmix64: fast enough to fill a gigabyte in about a second.
@@ -108,10 +109,11 @@ struct ShapeData {
   std::vector<uint16_t> dense_bf16;
   std::vector<float> dense_f32;
   std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
-  std::vector<uint64_t> sign_1bit;   // (n_out, n_in)
+  std::vector<uint64_t> sign_1bit;                          // (n_out, n_in)
   std::vector<float> sign_row_scale, sign_col_scale;
   // Built by the sketch benchmarks: row-banded (the default), and plain hashing (one band).
-  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)], sketch_one_band[std::size(kSketchBpw)];
+  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)],
+      sketch_one_band[std::size(kSketchBpw)];
   // Work buffers.
   std::vector<float> y, t;
 };
@@ -200,12 +202,14 @@ void BM_Dense(benchmark::State& state, int shape_index, DType dtype, int64_t tok
   state.SetLabel(shape_name(d.shape) + " dense " + std::string(dtype_name(dtype)));
   set_common_counters(state, d, double(d.shape.n_out * d.shape.n_in) * double(dtype_size(dtype)));
   state.counters["tokens"] = double(tokens);
-  state.counters["GFLOPS"] = benchmark::Counter(
-      double(state.iterations()) * 2.0 * double(d.shape.n_out * d.shape.n_in) * double(tokens) / 1e9,
-      benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(double(state.iterations()) * 2.0 * double(d.shape.n_out * d.shape.n_in) *
+                             double(tokens) / 1e9,
+                         benchmark::Counter::kIsRate);
 }
 
-// The format's own product (LittleBitLinear::forward): y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙ x)).
+// The format's own product (LittleBitLinear::forward): y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙
+// x)).
 void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index, int64_t tokens) {
   ShapeData& d = data_for(shape_index);
   const LittleBitLinear& layer = *d.littlebit[bpw_index];
@@ -219,8 +223,9 @@ void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index, int64
     benchmark::ClobberMemory();
   }
   const int64_t rank = layer.paths()[0].rank;
-  state.SetLabel(shape_name(d.shape) + " littlebit nominal_bpw=" +
-                 std::to_string(kLittleBitBpw[bpw_index]).substr(0, 4) + " rank=" + std::to_string(rank));
+  state.SetLabel(shape_name(d.shape) +
+                 " littlebit nominal_bpw=" + std::to_string(kLittleBitBpw[bpw_index]).substr(0, 4) +
+                 " rank=" + std::to_string(rank));
   state.counters["rank"] = double(rank);
   state.counters["tokens"] = double(tokens);
   // Signs are 1 bit; g, l, h stored as fp16 (the formula's 16 and 32 terms).
@@ -244,8 +249,10 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
 }
 
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
-std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int64_t band_buckets, uint64_t seed) {
-  const SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0, band_buckets);
+std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int64_t band_buckets,
+                                            uint64_t seed) {
+  const SketchParams p =
+      sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0, band_buckets);
   Rng rng{seed};
   const int q_max = (1 << (p.value_bits - 1)) - 1;
   SketchTableSet set;
@@ -260,22 +267,24 @@ std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int6
   }
   set.value_bits = p.value_bits;
   return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.band_rows,
-                                        std::vector<SketchTableSet>{std::move(set)}, std::vector<uint64_t>{});
+                                        std::vector<SketchTableSet>{std::move(set)},
+                                        std::vector<uint64_t>{});
 }
 
 void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one_band) {
   ShapeData& d = data_for(shape_index);
   auto& layer = one_band ? d.sketch_one_band[bpw_index] : d.sketch[bpw_index];
   if (!layer)
-    layer = random_sketch(d.shape, kSketchBpw[bpw_index], one_band ? 0 : kSketchBandBuckets, 0x5ce7c4 + uint64_t(bpw_index));
+    layer = random_sketch(d.shape, kSketchBpw[bpw_index], one_band ? 0 : kSketchBandBuckets,
+                          0x5ce7c4 + uint64_t(bpw_index));
   Scratch scratch;
   for (auto _ : state) {
     layer->forward(d.x.data(), d.y.data(), 1, scratch);
     benchmark::DoNotOptimize(d.y.data());
     benchmark::ClobberMemory();
   }
-  state.SetLabel(shape_name(d.shape) + " sketch nominal_bpw=" + bpw_name(kSketchBpw[bpw_index]) + " " +
-                 layer->describe());
+  state.SetLabel(shape_name(d.shape) + " sketch nominal_bpw=" + bpw_name(kSketchBpw[bpw_index]) +
+                 " " + layer->describe());
   set_common_counters(state, d, double(layer->storage_bits()) / 8.0);
   state.counters["table_MB"] = double(layer->runtime_bytes()) / 1e6;  // what the kernel reads from
 }
@@ -285,30 +294,42 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
   for (int si = 0; si < int(std::size(kShapes)); ++si) {
     const std::string prefix = "gemv/" + shape_name(kShapes[si]) + "/";
     benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16, 1)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark((prefix + "dense_f32").c_str(), BM_Dense, si, DType::F32, 1)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi)
-      benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(), BM_LittleBit, si, bi, 1)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(), BM_LittleBit,
+                                   si, bi, 1)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     benchmark::RegisterBenchmark((prefix + "sign_1bit").c_str(), BM_Sign1Bit, si)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
       for (bool one_band : {false, true})
-        benchmark::RegisterBenchmark((prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + (one_band ? "_one_band" : "")).c_str(),
-                                     BM_Sketch, si, bi, one_band)
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(
+            (prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + (one_band ? "_one_band" : ""))
+                .c_str(),
+            BM_Sketch, si, bi, one_band)
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
   }
   // Several tokens per product (ggml's MUL_MAT with n = 8 and 512): batched decoding, prompts.
   for (int si = 0; si < int(std::size(kShapes)); ++si)
     for (int64_t tokens : {8, 512}) {
-      const std::string prefix = "gemm/" + shape_name(kShapes[si]) + "/n" + std::to_string(tokens) + "/";
-      benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16, tokens)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      const std::string prefix =
+          "gemm/" + shape_name(kShapes[si]) + "/n" + std::to_string(tokens) + "/";
+      benchmark::RegisterBenchmark((prefix + "dense_bf16").c_str(), BM_Dense, si, DType::BF16,
+                                   tokens)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
       for (int bi = 0; bi < int(std::size(kLittleBitBpw)); ++bi)
-        benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(), BM_LittleBit, si, bi,
-                                     tokens)
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark((prefix + littlebit_name(kShapes[si], bi)).c_str(),
+                                     BM_LittleBit, si, bi, tokens)
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
     }
   return true;
 }();

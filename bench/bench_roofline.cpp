@@ -112,25 +112,32 @@ void BM_Compute(benchmark::State& state, bool supported, double flops_per_instru
     benchmark::DoNotOptimize(total);
   }
   const double instructions = double(kComputeSteps) * kChains * num_threads();
-  state.counters["GFLOPS"] = benchmark::Counter(double(state.iterations()) * instructions *
-                                                    flops_per_instruction / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPS"] =
+      benchmark::Counter(double(state.iterations()) * instructions * flops_per_instruction / 1e9,
+                         benchmark::Counter::kIsRate);
   state.counters["threads"] = num_threads();
 }
 #endif
 
 [[maybe_unused]] const bool roofline_benchmarks_registered = [] {
-  benchmark::RegisterBenchmark("roofline/read", BM_Read, kReadFloats)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("roofline/read", BM_Read, kReadFloats)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("roofline/read_32MiB", BM_Read, kCacheFloats)
-      ->Unit(benchmark::kMicrosecond)->UseRealTime();
-  benchmark::RegisterBenchmark("roofline/triad", BM_Triad)->Unit(benchmark::kMillisecond)->UseRealTime();
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("roofline/triad", BM_Triad)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   benchmark::RegisterBenchmark("roofline/fma_f32", BM_Compute<fma_chains>,
                                __builtin_cpu_supports("avx512f") != 0, 32.0)
-      ->Unit(benchmark::kMillisecond)->UseRealTime();
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("roofline/dpbf16", BM_Compute<dpbf16_chains>,
                                __builtin_cpu_supports("avx512bf16") != 0, 64.0)
-      ->Unit(benchmark::kMillisecond)->UseRealTime();
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
 #endif
   return true;
 }();

@@ -14,7 +14,7 @@
 using namespace subbit;
 
 int subbit::fuzz::run_encode(const Tokenizer& tokenizer, bool byte_level, const uint8_t* data,
-                            size_t size) {
+                             size_t size) {
   const std::string_view text = fuzz::as_text(data, size);
   const int32_t vocab = tokenizer.vocab_size();
   for (bool special : {false, true}) {

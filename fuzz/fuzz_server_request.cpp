@@ -28,7 +28,10 @@ struct ServedModel {
       : tokenizer(Tokenizer::from_file(source_dir / "models" / "sb-8m" / "tokenizer.json")),
         chat_format(read_text(source_dir / "tests" / "data" / "chat_templates" / "llama3.1.jinja"),
                     "llama3.1.jinja", "<|begin_of_text|>", "<|eot_id|>"),
-        interface{&tokenizer, &chat_format, true, {0}, tokenizer.vocab_size()} {}
+        interface {
+    &tokenizer, &chat_format, true, {0}, tokenizer.vocab_size()
+  } {
+  }
 
   static std::string read_text(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -40,17 +43,22 @@ struct ServedModel {
 };
 
 void check_accepted(const server::CompletionRequest& r, const server::ModelInterface& model) {
-  fuzz::check(!r.prompt.empty() && int64_t(r.prompt.size()) < kContext, "the prompt fits the context");
-  for (int32_t id : r.prompt) fuzz::check(id >= 0 && id < model.vocab_size, "prompt ids are in the vocabulary");
+  fuzz::check(!r.prompt.empty() && int64_t(r.prompt.size()) < kContext,
+              "the prompt fits the context");
+  for (int32_t id : r.prompt)
+    fuzz::check(id >= 0 && id < model.vocab_size, "prompt ids are in the vocabulary");
   fuzz::check(r.max_tokens >= 1, "at least one token is asked for");
-  fuzz::check(r.sampling.temperature >= 0 && r.sampling.top_p >= 0 && r.sampling.top_p <= 1 && r.sampling.top_k >= 0,
+  fuzz::check(r.sampling.temperature >= 0 && r.sampling.top_p >= 0 && r.sampling.top_p <= 1 &&
+                  r.sampling.top_k >= 0,
               "sampling parameters are in range");
-  for (const std::string& stop : r.stop_strings) fuzz::check(!stop.empty(), "stop strings are not empty");
+  for (const std::string& stop : r.stop_strings)
+    fuzz::check(!stop.empty(), "stop strings are not empty");
 }
 
 }  // namespace
 
-int subbit::fuzz::run_server_request(const std::filesystem::path& source_dir, const uint8_t* data, size_t size) {
+int subbit::fuzz::run_server_request(const std::filesystem::path& source_dir, const uint8_t* data,
+                                     size_t size) {
   static const ServedModel served(source_dir);
   const server::ModelInterface& model = served.interface;
   if (size == 0) return 0;
@@ -59,7 +67,8 @@ int subbit::fuzz::run_server_request(const std::filesystem::path& source_dir, co
     switch (data[0] % 4) {
       case 0:
       case 1:
-        check_accepted(server::parse_completion(body, data[0] % 4 == 1, model, kContext).request, model);
+        check_accepted(server::parse_completion(body, data[0] % 4 == 1, model, kContext).request,
+                       model);
         break;
       case 2: {
         const server::TokenizeRequest request = server::parse_tokenize(body);
@@ -71,7 +80,8 @@ int subbit::fuzz::run_server_request(const std::filesystem::path& source_dir, co
         break;
     }
   } catch (const server::RequestError& e) {
-    fuzz::check(e.status >= 400 && e.status < 500 && !e.message.empty(), "a refusal is a 4xx with a message");
+    fuzz::check(e.status >= 400 && e.status < 500 && !e.message.empty(),
+                "a refusal is a 4xx with a message");
   }
   return 0;
 }

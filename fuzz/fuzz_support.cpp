@@ -14,7 +14,8 @@ namespace fs = std::filesystem;
 struct ScratchDir {
   fs::path path;
   ScratchDir() {
-    const fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
+    const fs::path base =
+        fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
     path = base / ("subbit-fuzz-" + std::to_string(::getpid()));
     fs::create_directories(path);
   }

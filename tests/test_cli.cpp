@@ -1,9 +1,8 @@
 // The command-line tool end to end: real output on good input, a clear error and a non-zero
 // exit (never a crash) on bad input.
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "io/text_file.h"
@@ -25,13 +24,15 @@ using testing::run_command;
 fs::path linked_copy(const fs::path& source, const std::string& omit) {
   const fs::path dir = testing::temp_dir("model");
   for (const auto& entry : fs::directory_iterator(source))
-    if (entry.path().filename() != omit) fs::create_symlink(entry.path(), dir / entry.path().filename());
+    if (entry.path().filename() != omit)
+      fs::create_symlink(entry.path(), dir / entry.path().filename());
   return dir;
 }
 
 TEST(Cli, GreedyRunPrintsPromptAndGoldenContinuation) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "golden.json");
-  const auto golden = nlohmann::json::parse(std::ifstream(model_dir("sb-8m") / "golden.json"))["greedy"];
+  const auto golden =
+      nlohmann::json::parse(std::ifstream(model_dir("sb-8m") / "golden.json"))["greedy"];
   const auto r = run_command(cli() + " run " + model_dir("sb-8m").string() + " -p '" +
                              golden["prompt"].get<std::string>() + "' -n 48 --temp 0 -t 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -48,7 +49,8 @@ TEST(Cli, PplJsonLastLine) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
   const auto j = nlohmann::json::parse(last);
-  for (const char* key : {"ppl", "nll_mean", "scored_tokens", "text_tokens", "ctx", "windows", "seconds"})
+  for (const char* key :
+       {"ppl", "nll_mean", "scored_tokens", "text_tokens", "ctx", "windows", "seconds"})
     EXPECT_TRUE(j.contains(key)) << key;
   EXPECT_EQ(j["windows"], 3);
   EXPECT_EQ(j["ctx"], 256);
@@ -70,21 +72,27 @@ TEST(Cli, InfoAndBenchRun) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // stories260K's config.json, and its 5 x 7 fp32 linear layers: 5 · (2·64·64 + 2·32·64 + 3·172·64)
   // = 226,560 weights of 32 bits.
-  EXPECT_NE(r.out.find("5 layers, hidden 64, heads 8 / kv 4 (head_dim 8), ffn 172, vocab 512, max ctx 512"),
-            std::string::npos) << r.out;
+  EXPECT_NE(
+      r.out.find(
+          "5 layers, hidden 64, heads 8 / kv 4 (head_dim 8), ffn 172, vocab 512, max ctx 512"),
+      std::string::npos)
+      << r.out;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("linear layers +([0-9]+) +([0-9.]+ K) +[0-9.]+ KiB +([0-9.]+)  F32")))
+  ASSERT_TRUE(std::regex_search(
+      r.out, m, std::regex("linear layers +([0-9]+) +([0-9.]+ K) +[0-9.]+ KiB +([0-9.]+)  F32")))
       << r.out;
   EXPECT_EQ(m[1], "35");
   EXPECT_EQ(m[2], "226.56 K");
   EXPECT_EQ(m[3], "32.000");
-  r = run_command(cli() + " bench " + model_dir("stories260K").string() + " -p 32 -n 8 -r 2 -t 1,2");
+  r = run_command(cli() + " bench " + model_dir("stories260K").string() +
+                  " -p 32 -n 8 -r 2 -t 1,2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // One row per test and thread count, each with a positive speed.
   for (const std::string test : {"pp32", "tg8"}) {
     const std::regex row("\\| +([12]) \\| +" + test + " \\| +([0-9.]+) ± +([0-9.]+) \\|");
     int rows = 0;
-    for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator(); ++it, ++rows)
+    for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row);
+         it != std::sregex_iterator(); ++it, ++rows)
       EXPECT_GT(std::stod((*it)[2]), 0.0) << it->str();
     EXPECT_EQ(rows, 2) << test << "\n" << r.out;
   }
@@ -121,8 +129,8 @@ TEST(Cli, TextNotUtf8) {
   SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
   const auto dir = testing::temp_dir("text");
   std::ofstream(dir / "bad.txt", std::ios::binary) << "Once upon a time \xff\xfe there was";
-  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
-                                   (dir / "bad.txt").string()),
+  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() +
+                                   " --text " + (dir / "bad.txt").string()),
                        "UTF-8");
   fs::remove_all(dir);
 }
@@ -131,8 +139,8 @@ TEST(Cli, CtxLargerThanModelMaximum) {
   SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
   const auto text = testing::shared_dir() / "text" / "tinystories_validation_100.txt";
   SKIP_UNLESS_EXISTS(text);
-  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
-                                   text.string() + " --ctx 4096"),
+  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() +
+                                   " --text " + text.string() + " --ctx 4096"),
                        "maximum context");
 }
 

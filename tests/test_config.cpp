@@ -1,8 +1,7 @@
 // config.json parsing: what is supported loads, everything else is refused by name.
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "model/config.h"
@@ -50,9 +49,12 @@ TEST(LlamaConfig, RefusesWhatTheEngineDoesNotImplement) {
   expect_refused(with("model_type", "gemma"), "model_type");
   expect_refused(with("architectures", json::array({"LlamaModel"})), "architectures");
   expect_refused(with("architectures", json::array({"Qwen2ForCausalLM"})), "architectures");
-  expect_refused(with("rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}), "rope_scaling.rope_type \"yarn\"");
-  expect_refused(with("rope_parameters", {{"rope_type", "dynamic"}, {"factor", 2.0}}), "rope_parameters.rope_type");
-  expect_refused(with("rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}), "low_freq_factor");
+  expect_refused(with("rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}),
+                 "rope_scaling.rope_type \"yarn\"");
+  expect_refused(with("rope_parameters", {{"rope_type", "dynamic"}, {"factor", 2.0}}),
+                 "rope_parameters.rope_type");
+  expect_refused(with("rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}),
+                 "low_freq_factor");
   expect_refused(with("rope_scaling", {{"type", "linear"}}), "rope_scaling.factor");
   expect_refused(with("rope_scaling", {{"type", "linear"}, {"factor", -2.0}}), "factor");
   expect_refused(with("rope_scaling", "linear"), "rope_scaling");
@@ -108,8 +110,11 @@ TEST(LlamaConfig, ReadsEachFamily) {
 
 TEST(LlamaConfig, RoundTripsThroughJson) {
   json llama3 = base_config();
-  llama3["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
-                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  llama3["rope_scaling"] = {{"rope_type", "llama3"},
+                            {"factor", 32.0},
+                            {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 8192}};
   json qwen = base_config();
   qwen["model_type"] = "qwen2";
   qwen["architectures"] = {"Qwen2ForCausalLM"};
@@ -147,8 +152,11 @@ TEST(LlamaConfig, RopeScalingFrequencies) {
   ASSERT_EQ(plain.size(), 32u);
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
   const std::vector<float> linear = rope_inverse_frequencies(parse_llama_config(j, "cfg.json"));
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
-                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 32.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 64}};
   const std::vector<float> llama3 = rope_inverse_frequencies(parse_llama_config(j, "cfg.json"));
   int kept = 0, divided = 0, smoothed = 0;
   for (size_t i = 0; i < plain.size(); ++i) {

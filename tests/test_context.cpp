@@ -1,10 +1,9 @@
 // Context length: a --ctx beyond max_position_embeddings is refused naming the model and the
 // field, the KV cache memory is reported, and scoring in chunks at long contexts (8192 on a
 // tiny random model) gives the same result as one pass.
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "model/loader.h"
@@ -21,7 +20,8 @@ using testing::model_dir;
 namespace fs = std::filesystem;
 using testing::run_command;
 
-void expect_refused(const testing::CommandResult& r, const std::string& model, const std::string& option) {
+void expect_refused(const testing::CommandResult& r, const std::string& model,
+                    const std::string& option) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(r.err.rfind("error: " + model + ": " + option, 0), 0u) << r.err;
   EXPECT_NE(r.err.find("max_position_embeddings = 512"), std::string::npos) << r.err;
@@ -33,7 +33,8 @@ TEST(Context, BeyondMaxPositionEmbeddingsRefused) {
   SKIP_UNLESS_EXISTS(model / "config.json");
   SKIP_UNLESS_EXISTS(text);
   const std::string m = model.string();
-  expect_refused(run_command(cli() + " ppl " + m + " --text " + text.string() + " --ctx 513"), m, "--ctx 513");
+  expect_refused(run_command(cli() + " ppl " + m + " --text " + text.string() + " --ctx 513"), m,
+                 "--ctx 513");
   expect_refused(run_command(cli() + " run " + m + " -p 'Once' --ctx 600 -n 4"), m, "--ctx 600");
   expect_refused(run_command(cli() + " run " + m + " -p 'Once' -n 600"), m, "prompt + -n");
   expect_refused(run_command(cli() + " info " + m + " --ctx 1024"), m, "--ctx 1024");
@@ -43,7 +44,10 @@ TEST(Context, BeyondMaxPositionEmbeddingsRefused) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("exceed --ctx 8"), std::string::npos) << r.err;
   // At the maximum it runs.
-  EXPECT_EQ(run_command(cli() + " ppl " + m + " --text " + text.string() + " --ctx 512 --max-windows 1").exit_code, 0);
+  EXPECT_EQ(
+      run_command(cli() + " ppl " + m + " --text " + text.string() + " --ctx 512 --max-windows 1")
+          .exit_code,
+      0);
 }
 
 TEST(Context, KvCacheMemoryReported) {
@@ -52,12 +56,15 @@ TEST(Context, KvCacheMemoryReported) {
   SKIP_UNLESS_EXISTS(model / "config.json");
   auto r = run_command(cli() + " info " + model.string() + " --ctx 256");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("kv cache:     640.00 KiB at max ctx 512 (f32 keys + values, 1.25 KiB per token); "
-                       "320.00 KiB at --ctx 256"),
-            std::string::npos) << r.out;
+  EXPECT_NE(
+      r.out.find("kv cache:     640.00 KiB at max ctx 512 (f32 keys + values, 1.25 KiB per token); "
+                 "320.00 KiB at --ctx 256"),
+      std::string::npos)
+      << r.out;
   r = run_command(cli() + " bench " + model.string() + " -p 64 -n 16 -r 1 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("kv cache: 0.08 MiB for pp64, 0.02 MiB for tg16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("kv cache: 0.08 MiB for pp64, 0.02 MiB for tg16"), std::string::npos)
+      << r.out;
 
   // Llama-3.2-1B's shape at 8192 positions: 16 layers x 8 kv heads x 64 x 2 x 4 bytes = 512 MiB.
   LlamaConfig c;
@@ -70,11 +77,18 @@ TEST(Context, KvCacheMemoryReported) {
 // A tiny random Llama with max_position_embeddings 8192 and the SmolLM2 tokenizer.
 fs::path tiny_long_context_model() {
   const fs::path dir = testing::temp_dir("long-ctx");
-  const nlohmann::json config = {
-      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 64},
-      {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-      {"intermediate_size", 96}, {"vocab_size", 49152}, {"max_position_embeddings", 8192},
-      {"rms_norm_eps", 1e-5}, {"rope_theta", 500000.0}, {"tie_word_embeddings", true}};
+  const nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
+                                 {"model_type", "llama"},
+                                 {"hidden_size", 64},
+                                 {"num_hidden_layers", 2},
+                                 {"num_attention_heads", 4},
+                                 {"num_key_value_heads", 2},
+                                 {"intermediate_size", 96},
+                                 {"vocab_size", 49152},
+                                 {"max_position_embeddings", 8192},
+                                 {"rms_norm_eps", 1e-5},
+                                 {"rope_theta", 500000.0},
+                                 {"tie_word_embeddings", true}};
   // A larger std than a real model's init so attention is not uniform.
   write_random_checkpoint(dir, config, {0.2, 1, model_dir("smollm2-tokenizer")});
   return dir;
@@ -93,7 +107,8 @@ TEST(Context, ChunkedScoringEqualsOnePass) {
   std::vector<float> logits(ctx * vocab);
   model.forward(tokens, 0, cache, logits.data(), /*all_logits=*/true);
   double sum = 0;
-  for (int64_t p = 1; p < ctx; ++p) sum += token_nll(logits.data() + (p - 1) * vocab, vocab, tokens[p]);
+  for (int64_t p = 1; p < ctx; ++p)
+    sum += token_nll(logits.data() + (p - 1) * vocab, vocab, tokens[p]);
   const PerplexityResult r = evaluate_perplexity(model, tokens, ctx, 1);
   EXPECT_EQ(r.scored_tokens, ctx - 1);
   EXPECT_NEAR(r.nll_mean, sum / double(ctx - 1), 1e-6 * r.nll_mean);

@@ -1,12 +1,11 @@
 // The families beside plain Llama: Llama-3.x RoPE scaling, Qwen2's q/k/v biases, Mistral. Each is
 // checked against the independent fp32 references in ../shared/models/*/golden.json, and each test
 // also shows that ignoring the family's feature would have failed it.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "io/safetensors.h"
@@ -33,12 +32,15 @@ struct FamilyGolden {
 
 FamilyGolden read_golden(const fs::path& dir) {
   const json g = json::parse(std::ifstream(dir / "golden.json"));
-  FamilyGolden golden{g["token_ids"].get<std::vector<int32_t>>(), g["positions"].get<std::vector<int64_t>>(),
-                      {}, g["max_abs_logit"].get<float>()};
+  FamilyGolden golden{g["token_ids"].get<std::vector<int32_t>>(),
+                      g["positions"].get<std::vector<int64_t>>(),
+                      {},
+                      g["max_abs_logit"].get<float>()};
   const auto shape = g["shape"].get<std::vector<int64_t>>();
   golden.logits.resize(shape[0] * shape[1]);
   std::ifstream(dir / g["logits_file"].get<std::string>(), std::ios::binary)
-      .read(reinterpret_cast<char*>(golden.logits.data()), std::streamsize(golden.logits.size() * 4));
+      .read(reinterpret_cast<char*>(golden.logits.data()),
+            std::streamsize(golden.logits.size() * 4));
   return golden;
 }
 
@@ -51,7 +53,8 @@ float max_deviation(const LlamaModel& model, const FamilyGolden& golden) {
   float worst = 0;
   for (size_t i = 0; i < golden.positions.size(); ++i)
     for (int64_t v = 0; v < vocab; ++v)
-      worst = std::max(worst, std::fabs(logits[golden.positions[i] * vocab + v] - golden.logits[i * vocab + v]));
+      worst = std::max(
+          worst, std::fabs(logits[golden.positions[i] * vocab + v] - golden.logits[i * vocab + v]));
   return worst;
 }
 
@@ -69,7 +72,8 @@ LlamaModel variant(const LlamaModel& model, LlamaConfig config, bool drop_biases
     layer.norm = s.norm;
     if (!drop_biases) layer.bias = s.bias;
     for (int i = 0; i < kLinearsPerBlock; ++i)
-      layer.linear[i] = std::make_unique<DenseLinear>(dynamic_cast<const DenseLinear&>(*s.linear[i]).matrix());
+      layer.linear[i] =
+          std::make_unique<DenseLinear>(dynamic_cast<const DenseLinear&>(*s.linear[i]).matrix());
     w.layers.push_back(std::move(layer));
   }
   if (drop_biases) config.qkv_bias = config.o_bias = config.mlp_bias = false;
@@ -109,10 +113,11 @@ TEST_P(Family, ModelFileAndExportKeepTheFamily) {
   ModelBundle bundle = load_model(dir);
   const float direct = max_deviation(*bundle.model, golden);
   const fs::path tmp = testing::temp_dir("family");
-  save_model_file(tmp / "m.gguf", bundle.model->config(), bundle.tokenizer_json, bundle.model->weights(),
-                  {GetParam(), "none", "{}", ""});
+  save_model_file(tmp / "m.gguf", bundle.model->config(), bundle.tokenizer_json,
+                  bundle.model->weights(), {GetParam(), "none", "{}", ""});
   ModelBundle from_file = load_model(tmp / "m.gguf");
-  EXPECT_EQ(llama_config_to_json(from_file.model->config()), llama_config_to_json(bundle.model->config()));
+  EXPECT_EQ(llama_config_to_json(from_file.model->config()),
+            llama_config_to_json(bundle.model->config()));
   EXPECT_EQ(max_deviation(*from_file.model, golden), direct);  // biases and norms stored as f32
   export_hf_checkpoint(from_file, tmp / "hf");
   ModelBundle exported = load_model(tmp / "hf");
@@ -180,7 +185,8 @@ TEST(Families, BiasTensorsMustMatchTheConfig) {
     load_model(dir);
     FAIL() << "a Qwen2 checkpoint without biases loaded";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.q_proj.bias is missing"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.q_proj.bias is missing"),
+              std::string::npos)
         << e.what();
   }
   fs::remove_all(dir);
@@ -188,9 +194,15 @@ TEST(Families, BiasTensorsMustMatchTheConfig) {
 
 TEST(Families, WrongBiasShapeOrUndeclaredBiasIsRefused) {
   const fs::path dir = testing::temp_dir("badbias");
-  json config = {{"architectures", {"Qwen2ForCausalLM"}}, {"model_type", "qwen2"}, {"hidden_size", 8},
-                 {"num_hidden_layers", 1}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
-                 {"intermediate_size", 16}, {"vocab_size", 4}, {"max_position_embeddings", 16},
+  json config = {{"architectures", {"Qwen2ForCausalLM"}},
+                 {"model_type", "qwen2"},
+                 {"hidden_size", 8},
+                 {"num_hidden_layers", 1},
+                 {"num_attention_heads", 2},
+                 {"num_key_value_heads", 1},
+                 {"intermediate_size", 16},
+                 {"vocab_size", 4},
+                 {"max_position_embeddings", 16},
                  {"tie_word_embeddings", true}};
   const std::string tokenizer = R"({"version": "1.0", "added_tokens": [], "normalizer": null,
     "pre_tokenizer": null, "post_processor": null, "decoder": null,
@@ -202,9 +214,11 @@ TEST(Families, WrongBiasShapeOrUndeclaredBiasIsRefused) {
     return TensorToWrite{name, DType::F32, shape, std::vector<uint8_t>(n * 4, 0)};
   };
   auto write = [&](int64_t q_bias_size, bool o_bias) {
-    std::vector<TensorToWrite> t = {tensor("model.embed_tokens.weight", {4, 8}), tensor("model.norm.weight", {8})};
+    std::vector<TensorToWrite> t = {tensor("model.embed_tokens.weight", {4, 8}),
+                                    tensor("model.norm.weight", {8})};
     const std::string p = "model.layers.0.";
-    for (const char* n : {"input_layernorm", "post_attention_layernorm"}) t.push_back(tensor(p + n + ".weight", {8}));
+    for (const char* n : {"input_layernorm", "post_attention_layernorm"})
+      t.push_back(tensor(p + n + ".weight", {8}));
     t.push_back(tensor(p + "self_attn.q_proj.weight", {8, 8}));
     t.push_back(tensor(p + "self_attn.q_proj.bias", {q_bias_size}));
     t.push_back(tensor(p + "self_attn.k_proj.weight", {4, 8}));

@@ -30,18 +30,21 @@ std::map<std::string, std::unique_ptr<Linear>> sample_layers() {
 
   std::vector<uint8_t> bytes(w.size() * sizeof(float));
   std::memcpy(bytes.data(), w.data(), bytes.size());
-  layers["dense"] = std::make_unique<DenseLinear>(DenseMatrix{DType::F32, nullptr, kOut, kIn}, std::move(bytes));
+  layers["dense"] =
+      std::make_unique<DenseLinear>(DenseMatrix{DType::F32, nullptr, kOut, kIn}, std::move(bytes));
 
   const int64_t rank = 3;
   LittleBitPath path;
   path.rank = rank;
   path.u_signs.assign(kOut * sign_words_per_row(rank), 0x5ull);
   path.vt_signs.assign(rank * sign_words_per_row(kIn), 0x0F0F0F0F0F0F0F0Full);
-  for (int64_t r = 0; r < rank; ++r) path.vt_signs[r * sign_words_per_row(kIn) + 1] &= (1ull << (kIn - 64)) - 1;
+  for (int64_t r = 0; r < rank; ++r)
+    path.vt_signs[r * sign_words_per_row(kIn) + 1] &= (1ull << (kIn - 64)) - 1;
   path.h.assign(kOut, 0.5f);
   path.g.assign(kIn, 0.25f);
   path.l.assign(rank, 2.0f);
-  layers["littlebit"] = std::make_unique<LittleBitLinear>(kOut, kIn, std::vector<LittleBitPath>{path});
+  layers["littlebit"] =
+      std::make_unique<LittleBitLinear>(kOut, kIn, std::vector<LittleBitPath>{path});
 
   layers["sign"] = SignLinear::encode(w.data(), kOut, kIn);
   layers["rtn"] = RtnLinear::encode(w.data(), kOut, kIn, 3);
@@ -63,7 +66,8 @@ TEST(FormatTable, EveryRowLoadsWhatItsLayersSave) {
     layer.save(out, "blk.0.ffn_up");
     out.write(dir / "layer.gguf");
     const GgufFile file = GgufFile::open(dir / "layer.gguf");
-    const auto loaded = find_linear_format(layer.format_name(), file).load(file, "blk.0.ffn_up", kOut, kIn);
+    const auto loaded =
+        find_linear_format(layer.format_name(), file).load(file, "blk.0.ffn_up", kOut, kIn);
     EXPECT_EQ(loaded->format_name(), format.name);
     EXPECT_EQ(loaded->storage_bits(), layer.storage_bits());
     EXPECT_EQ(dequantized(*loaded), dequantized(layer));

@@ -29,17 +29,18 @@ using testing::random_vector;
 float to_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
 
 // x · Ŵᵀ in double, from the decoded weights.
-std::vector<double> product(const std::vector<float>& w, const std::vector<float>& x, int64_t d_out, int64_t d_in,
-                            int64_t tokens) {
+std::vector<double> product(const std::vector<float>& w, const std::vector<float>& x, int64_t d_out,
+                            int64_t d_in, int64_t tokens) {
   std::vector<double> y(tokens * d_out, 0.0);
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t o = 0; o < d_out; ++o)
-      for (int64_t i = 0; i < d_in; ++i) y[t * d_out + o] += double(w[o * d_in + i]) * x[t * d_in + i];
+      for (int64_t i = 0; i < d_in; ++i)
+        y[t * d_out + o] += double(w[o * d_in + i]) * x[t * d_in + i];
   return y;
 }
 
-void expect_forward_matches_product(const Linear& layer, const std::vector<float>& w_hat, uint32_t seed,
-                                    const std::string& what) {
+void expect_forward_matches_product(const Linear& layer, const std::vector<float>& w_hat,
+                                    uint32_t seed, const std::string& what) {
   const int64_t d_out = layer.n_out(), d_in = layer.n_in();
   std::mt19937 rng(seed);
   // A format must not read its temporaries before writing them: start from NaN-filled scratch,
@@ -57,7 +58,8 @@ void expect_forward_matches_product(const Linear& layer, const std::vector<float
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t o = 0; o < d_out; ++o) {
         double magnitude = 0;  // Σ|ŵ·x|: fp32 sums in any order stay within a few ulps of it
-        for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(double(w_hat[o * d_in + i]) * x[t * d_in + i]);
+        for (int64_t i = 0; i < d_in; ++i)
+          magnitude += std::fabs(double(w_hat[o * d_in + i]) * x[t * d_in + i]);
         ASSERT_NEAR(y[t * d_out + o], expected[t * d_out + o], 1e-5 * magnitude + 1e-6)
             << what << " token " << t << " output " << o;
       }
@@ -80,7 +82,8 @@ void expect_identical_outputs(const Linear& a, const Linear& b, const std::strin
     Scratch scratch;
     a.forward(x.data(), ya.data(), tokens, scratch);
     b.forward(x.data(), yb.data(), tokens, scratch);
-    EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)), 0) << what << " tokens " << tokens;
+    EXPECT_EQ(std::memcmp(ya.data(), yb.data(), ya.size() * sizeof(float)), 0)
+        << what << " tokens " << tokens;
   }
   EXPECT_EQ(dequantized(a), dequantized(b)) << what;
 }
@@ -90,9 +93,9 @@ void expect_identical_outputs(const Linear& a, const Linear& b, const std::strin
 // clamped to 0..2^bits-1, packed LSB first into a bitstream per row that starts on a new word.
 
 struct RtnReference {
-  std::vector<int64_t> codes;           // (d_out, d_in)
-  std::vector<float> minimum, scale;    // (d_out, groups)
-  std::vector<float> weights;           // (d_out, d_in) decoded
+  std::vector<int64_t> codes;         // (d_out, d_in)
+  std::vector<float> minimum, scale;  // (d_out, groups)
+  std::vector<float> weights;         // (d_out, d_in) decoded
 };
 
 RtnReference rtn_reference(const std::vector<float>& w, int64_t d_out, int64_t d_in, int bits) {
@@ -149,8 +152,10 @@ TEST_P(RtnShapes, EncodeDecodeAndProductMatchTheReference) {
       }
       // Rounding error: half a step inside the range; at its ends, what rounding min down or
       // the scale to fp16 (2^-11 relative) leaves uncovered.
-      const double bound = 0.5 * scale + levels * scale * 0x1p-10 + std::fabs(minimum) * 0x1p-11 + 1e-7;
-      ASSERT_LE(std::fabs(double(w_hat[at]) - w[at]), bound) << what << " row " << o << " column " << i;
+      const double bound =
+          0.5 * scale + levels * scale * 0x1p-10 + std::fabs(minimum) * 0x1p-11 + 1e-7;
+      ASSERT_LE(std::fabs(double(w_hat[at]) - w[at]), bound)
+          << what << " row " << o << " column " << i;
     }
   for (int64_t i = 0; i < std::min<int64_t>(d_in, 128); ++i) EXPECT_EQ(w_hat[2 * d_in + i], 0.375f);
   expect_forward_matches_product(*layer, w_hat, 7, what);
@@ -236,8 +241,8 @@ TEST(RtnFile, UnsupportedBitsAreRefused) {
 // singular pair, σ split evenly), a and b stored in fp16, sign(0) = +1.
 
 // Top singular pair of a non-negative matrix by power iteration in double, run to convergence.
-void top_singular_pair(const std::vector<float>& m, int64_t rows, int64_t cols, std::vector<double>& u,
-                       std::vector<double>& v, double& sigma) {
+void top_singular_pair(const std::vector<float>& m, int64_t rows, int64_t cols,
+                       std::vector<double>& u, std::vector<double>& v, double& sigma) {
   u.assign(rows, 1.0 / std::sqrt(double(rows)));
   v.assign(cols, 0.0);
   for (int iteration = 0; iteration < 500; ++iteration) {
@@ -281,15 +286,18 @@ TEST_P(SignShapes, EncodeDecodeAndProductMatchTheReference) {
     for (int64_t i = 0; i < d_in; ++i) {
       const double expected = (w[o * d_in + i] < 0 ? -1.0 : 1.0) * sigma * u[o] * v[i];
       // Two fp16 roundings (2 · 2^-11 relative) and the encoder's 30 power iterations.
-      ASSERT_NEAR(w_hat[o * d_in + i], expected, 2e-3 * std::fabs(expected) + 1e-7) << what << " at " << o << "," << i;
-      ASSERT_EQ(std::signbit(w_hat[o * d_in + i]), w[o * d_in + i] < 0) << what << " at " << o << "," << i;
+      ASSERT_NEAR(w_hat[o * d_in + i], expected, 2e-3 * std::fabs(expected) + 1e-7)
+          << what << " at " << o << "," << i;
+      ASSERT_EQ(std::signbit(w_hat[o * d_in + i]), w[o * d_in + i] < 0)
+          << what << " at " << o << "," << i;
     }
   expect_forward_matches_product(*layer, w_hat, 9, what);
   EXPECT_EQ(layer->storage_bits(), d_out * d_in + 16 * (d_out + d_in));
 }
 
 INSTANTIATE_TEST_SUITE_P(Awkward, SignShapes,
-                         ::testing::Combine(::testing::Values(1, 3, 17), ::testing::Values(1, 5, 63, 64, 65, 129)));
+                         ::testing::Combine(::testing::Values(1, 3, 17),
+                                            ::testing::Values(1, 5, 63, 64, 65, 129)));
 
 TEST(SignFile, RoundTripIsBitIdentical) {
   std::mt19937 rng(5);
@@ -335,7 +343,8 @@ TEST(LittleBitProduct, TwoPathsOfOddRanksOnAnyThreadCount) {
   const int saved = num_threads();
   for (int threads : {1, 2, 3}) {
     set_num_threads(threads);
-    expect_forward_matches_product(layer, w_hat, 5, "littlebit, threads " + std::to_string(threads));
+    expect_forward_matches_product(layer, w_hat, 5,
+                                   "littlebit, threads " + std::to_string(threads));
   }
   set_num_threads(saved);
 }

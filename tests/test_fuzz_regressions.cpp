@@ -36,7 +36,9 @@ const std::map<std::string, RunFn>& targets() {
       {"model_file", fuzz::run_model_file},
       {"chat_template", fuzz::run_chat_template},
       {"server_request",
-       [](const uint8_t* data, size_t size) { return fuzz::run_server_request(testing::source_dir(), data, size); }},
+       [](const uint8_t* data, size_t size) {
+         return fuzz::run_server_request(testing::source_dir(), data, size);
+       }},
       {"encode_byte_level",
        [](const uint8_t* data, size_t size) {
          const auto file = testing::source_dir() / "models" / "sb-8m" / "tokenizer.json";

@@ -365,17 +365,17 @@ TEST(Gguf, RejectsBadHeader) {
   const Sample sample = write_sample(temp_dir("gguf-bad-header"));
   expect_gguf_rejected(patched(sample, [](Bytes& b) { b[0] = 'X'; }), {"bad magic"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 1, 4); }),
-                  {"unsupported GGUF version 1"});
+                       {"unsupported GGUF version 1"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 4, 4); }),
-                  {"unsupported GGUF version 4"});
+                       {"unsupported GGUF version 4"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kVersionAt, 3u << 24, 4); }),
-                  {"big-endian"});
+                       {"big-endian"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, 1ull << 62, 8); }),
-                  {"tensor_count"});
+                       {"tensor_count"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kTensorCountAt, ~0ull, 8); }),
-                  {"tensor_count"});
+                       {"tensor_count"});
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kKvCountAt, ~0ull, 8); }),
-                  {"metadata_kv_count"});
+                       {"metadata_kv_count"});
 }
 
 TEST(Gguf, RejectsBadMetadata) {
@@ -384,32 +384,34 @@ TEST(Gguf, RejectsBadMetadata) {
   ASSERT_EQ(find_gguf_string(b0, "test.alpha"), kFirstKvAt);
 
   expect_gguf_rejected(patched(sample, [](Bytes& b) { put_le(b, kFirstKvAt, 1ull << 63, 8); }),
-                  {"string length", "past the end"});
+                       {"string length", "past the end"});
   expect_gguf_rejected(
       patched(sample, [&](Bytes& b) { put_le(b, value_type_at(b0, "test.alpha"), 99, 4); }),
       {"test.alpha", "unknown value type 99"});
   // Renaming test.bravo to test.alpha, same length.
   expect_gguf_rejected(patched(sample,
-                          [&](Bytes& b) {
-                            const size_t at = find_gguf_string(b0, "test.bravo") + 8;
-                            std::memcpy(&b[at], "test.alpha", 10);
-                          }),
-                  {"duplicate", "test.alpha"});
-  expect_gguf_rejected(patched(sample, [&](Bytes& b) { b[value_type_at(b0, "test.flag") + 4] = 2; }),
-                  {"test.flag", "bool"});
+                               [&](Bytes& b) {
+                                 const size_t at = find_gguf_string(b0, "test.bravo") + 8;
+                                 std::memcpy(&b[at], "test.alpha", 10);
+                               }),
+                       {"duplicate", "test.alpha"});
+  expect_gguf_rejected(
+      patched(sample, [&](Bytes& b) { b[value_type_at(b0, "test.flag") + 4] = 2; }),
+      {"test.flag", "bool"});
   const size_t names_type = value_type_at(b0, "test.names");
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 4, 9, 4); }),
-                  {"test.names", "nested arrays"});
+                       {"test.names", "nested arrays"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 8, 1ull << 61, 8); }),
-                  {"test.names", "array length"});
+                       {"test.names", "array length"});
   // The array's second string claims more bytes than the file has.
-  expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, names_type + 16 + 9, 1ull << 40, 8); }),
-                  {"test.names", "string length"});
+  expect_gguf_rejected(
+      patched(sample, [&](Bytes& b) { put_le(b, names_type + 16 + 9, 1ull << 40, 8); }),
+      {"test.names", "string length"});
   const size_t alignment_value = value_type_at(b0, "general.alignment") + 4;
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 48, 4); }),
-                  {"general.alignment", "power of two"});
+                       {"general.alignment", "power of two"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, alignment_value, 0, 4); }),
-                  {"general.alignment", "power of two"});
+                       {"general.alignment", "power of two"});
 }
 
 TEST(Gguf, RejectsBadTensorInfos) {
@@ -419,36 +421,36 @@ TEST(Gguf, RejectsBadTensorInfos) {
   const TensorInfoFields c = tensor_info_at(b0, "tensor.c");
 
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 12, 4); }),
-                  {"tensor.c", "unsupported ggml type 12", "Q4_K"});
+                       {"tensor.c", "unsupported ggml type 12", "Q4_K"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.type, 1000, 4); }),
-                  {"tensor.c", "unsupported ggml type 1000"});
+                       {"tensor.c", "unsupported ggml type 1000"});
   expect_gguf_rejected(
       patched(sample, [&](Bytes& b) { put_le(b, c.offset, get_le(b0, c.offset, 8) + 4, 8); }),
       {"tensor.c", "not a multiple of the alignment 32"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 1ull << 20, 8); }),
-                  {"tensor.c", "past the end"});
+                       {"tensor.c", "past the end"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, ~0ull << 5, 8); }),
-                  {"tensor.c", "past the end"});
+                       {"tensor.c", "past the end"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, c.offset, 0, 8); }),
-                  {"overlaps", "tensor.a", "tensor.c"});
+                       {"overlaps", "tensor.a", "tensor.c"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 5, 4); }),
-                  {"tensor.a", "5 dimensions"});
+                       {"tensor.a", "5 dimensions"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.n_dims, 0, 4); }),
-                  {"tensor.a", "0 dimensions"});
+                       {"tensor.a", "0 dimensions"});
   expect_gguf_rejected(patched(sample, [&](Bytes& b) { put_le(b, a.ne, 1ull << 63, 8); }),
-                  {"tensor.a", "too large"});
+                       {"tensor.a", "too large"});
   expect_gguf_rejected(patched(sample,
-                          [&](Bytes& b) {
-                            put_le(b, a.ne, 1ull << 40, 8);
-                            put_le(b, a.ne + 8, 1ull << 40, 8);
-                          }),
-                  {"tensor.a", "overflows"});
+                               [&](Bytes& b) {
+                                 put_le(b, a.ne, 1ull << 40, 8);
+                                 put_le(b, a.ne + 8, 1ull << 40, 8);
+                               }),
+                       {"tensor.a", "overflows"});
   expect_gguf_rejected(patched(sample,
-                          [&](Bytes& b) {
-                            const size_t at = find_gguf_string(b0, "tensor.c") + 8;
-                            std::memcpy(&b[at], "tensor.a", 8);
-                          }),
-                  {"duplicate tensor name 'tensor.a'"});
+                               [&](Bytes& b) {
+                                 const size_t at = find_gguf_string(b0, "tensor.c") + 8;
+                                 std::memcpy(&b[at], "tensor.a", 8);
+                               }),
+                       {"duplicate tensor name 'tensor.a'"});
 }
 
 // Random corruption of the header area must end in a clean Error or a valid file, never a

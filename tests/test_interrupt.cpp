@@ -14,14 +14,16 @@ namespace fs = std::filesystem;
 const char* const kExportedFiles[] = {"config.json", "model.safetensors", "tokenizer.json"};
 
 std::string export_command(const fs::path& out) {
-  return testing::cli_path().string() + " export " + testing::embedded_sb8m().string() + " -o " + out.string();
+  return testing::cli_path().string() + " export " + testing::embedded_sb8m().string() + " -o " +
+         out.string();
 }
 
 // Entries of `dir` whose names start with `prefix`: the output and any temporary beside it.
 std::vector<std::string> entries_starting_with(const fs::path& dir, const std::string& prefix) {
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.path().filename().string().starts_with(prefix)) names.push_back(entry.path().filename());
+    if (entry.path().filename().string().starts_with(prefix))
+      names.push_back(entry.path().filename());
   return names;
 }
 
@@ -35,7 +37,8 @@ TEST(Interrupted, ExportKilledAtRandomMomentsLeavesNoPartialCheckpoint) {
   const auto start = std::chrono::steady_clock::now();
   const auto r = testing::run_command(export_command(reference));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   std::mt19937 rng(2026);
   std::uniform_real_distribution<double> moment(0.0, 0.8 * seconds);
@@ -67,7 +70,8 @@ TEST(DiskFull, ExportFailsCleanlyAndLeavesNothing) {
   const fs::path dir = testing::temp_dir("export-full");
   // A 1 MiB limit on file size (RLIMIT_FSIZE) stands in for a full disk: writes past it fail
   // with EFBIG once SIGXFSZ, which would kill the process instead, is ignored.
-  const auto r = testing::run_command("trap '' XFSZ; ulimit -f 1024; " + export_command(dir / "out"));
+  const auto r =
+      testing::run_command("trap '' XFSZ; ulimit -f 1024; " + export_command(dir / "out"));
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;

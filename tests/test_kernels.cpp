@@ -23,7 +23,8 @@ TEST_P(DenseMatmulShapes, SimdMatchesReferenceOnEveryTarget) {
   const auto w_f32 = random_vector(n_out * n_in, rng);
   std::vector<uint16_t> w_bf16(w_f32.size());
   for (size_t i = 0; i < w_f32.size(); ++i) w_bf16[i] = f32_to_bf16(w_f32[i]);
-  const DenseMatrix w{dtype, dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_bf16.data(),
+  const DenseMatrix w{dtype,
+                      dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_bf16.data(),
                       n_out, n_in};
   const auto x = random_vector(tokens * n_in, rng);
   std::vector<float> reference(tokens * n_out);
@@ -34,7 +35,8 @@ TEST_P(DenseMatmulShapes, SimdMatchesReferenceOnEveryTarget) {
     dense_matmul(w, x.data(), fast.data(), tokens);
     // fp32 accumulation in a different order: relative error ~ 1e-6 * sqrt(n_in).
     for (size_t i = 0; i < fast.size(); ++i)
-      ASSERT_NEAR(fast[i], reference[i], 1e-4 * std::sqrt(double(n_in)) * (1 + std::fabs(reference[i])))
+      ASSERT_NEAR(fast[i], reference[i],
+                  1e-4 * std::sqrt(double(n_in)) * (1 + std::fabs(reference[i])))
           << hwy::TargetName(target) << " element " << i;
   }
 }
@@ -55,23 +57,26 @@ TEST(DenseMatmulReference, EqualsTheProductOfTheStoredWeights) {
   }
   for (DType dtype : {DType::F32, DType::BF16}) {
     const std::vector<float>& values = dtype == DType::F32 ? w_f32 : widened;
-    const DenseMatrix w{dtype, dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_bf16.data(),
-                        n_out, n_in};
+    const DenseMatrix w{
+        dtype, dtype == DType::F32 ? static_cast<const void*>(w_f32.data()) : w_bf16.data(), n_out,
+        n_in};
     std::vector<float> y(tokens * n_out);
     dense_matmul_reference(w, x.data(), y.data(), tokens);
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t o = 0; o < n_out; ++o) {
         double sum = 0;
         for (int64_t i = 0; i < n_in; ++i) sum += double(values[o * n_in + i]) * x[t * n_in + i];
-        EXPECT_EQ(y[t * n_out + o], float(sum)) << dtype_name(dtype) << " token " << t << " output " << o;
+        EXPECT_EQ(y[t * n_out + o], float(sum))
+            << dtype_name(dtype) << " token " << t << " output " << o;
       }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Awkward, DenseMatmulShapes,
-    ::testing::Combine(::testing::Values(DType::F32, DType::BF16), ::testing::Values(1, 3, 7, 33, 130),
-                       ::testing::Values(1, 5, 16, 67, 259), ::testing::Values(1, 2, 5, 70)));
+INSTANTIATE_TEST_SUITE_P(Awkward, DenseMatmulShapes,
+                         ::testing::Combine(::testing::Values(DType::F32, DType::BF16),
+                                            ::testing::Values(1, 3, 7, 33, 130),
+                                            ::testing::Values(1, 5, 16, 67, 259),
+                                            ::testing::Values(1, 2, 5, 70)));
 
 TEST(VectorOps, DotAndAxpyMatchScalar) {
   std::mt19937 rng(7);

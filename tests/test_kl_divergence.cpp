@@ -1,11 +1,11 @@
 // KL-divergence against a reference: the per-position arithmetic, the saved base file (round
 // trip, precision, rejection of malformed files) and `subbit ppl --kl-divergence` end to end.
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "common/error.h"
@@ -123,7 +123,8 @@ TEST(KlDivergence, BaseWithWholeVocabularyEqualsExact) {
       const int64_t row = (w * (s.ctx - 1) + p) * s.vocab;
       const int32_t target = s.tokens[w * s.ctx + p + 1];
       const PositionKld exact = position_kld(&s.reference[row], &s.model[row], s.vocab, target);
-      const PositionKld saved_kld = position_kld(base.position(w, p), &s.model[row], s.vocab, target);
+      const PositionKld saved_kld =
+          position_kld(base.position(w, p), &s.model[row], s.vocab, target);
       // float32 log-probabilities: agreement to ~1e-6 relative
       EXPECT_NEAR(saved_kld.kld, exact.kld, 1e-5 * exact.kld + 1e-7);
       EXPECT_NEAR(saved_kld.reference_nll, exact.reference_nll, 1e-5);
@@ -155,7 +156,8 @@ TEST(KlDivergence, TopKBaseIsALowerBoundWithExactTop1AndPerplexity) {
 
 // Writes a valid base, applies `corrupt` to its bytes and expects KldBase (or reading position
 // (0, 0)) to fail with a message naming the file and containing `fragment`.
-void expect_rejected(const std::function<void(std::vector<char>&)>& corrupt, const std::string& fragment) {
+void expect_rejected(const std::function<void(std::vector<char>&)>& corrupt,
+                     const std::string& fragment) {
   std::mt19937 rng(4);
   const SyntheticBase s(rng);
   const fs::path file = testing::temp_dir("kld") / "bad.kld";
@@ -163,7 +165,8 @@ void expect_rejected(const std::function<void(std::vector<char>&)>& corrupt, con
   std::vector<char> bytes(fs::file_size(file));
   std::ifstream(file, std::ios::binary).read(bytes.data(), std::streamsize(bytes.size()));
   corrupt(bytes);
-  std::ofstream(file, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
+  std::ofstream(file, std::ios::binary | std::ios::trunc)
+      .write(bytes.data(), std::streamsize(bytes.size()));
   try {
     KldBase base(file);
     base.position(0, 0);
@@ -193,13 +196,17 @@ TEST(KlDivergence, MalformedBasesRejected) {
   expect_rejected([](auto& b) { poke<uint64_t>(b, 32, uint64_t(1) << 40); }, "window count");
   expect_rejected([](auto& b) { poke<float>(b, kFirstRecord, NAN); }, "target log-probability");
   expect_rejected([](auto& b) { poke<float>(b, kFirstRecord + 4, 1.0f); }, "remaining mass");
-  expect_rejected([](auto& b) { poke<int32_t>(b, kFirstRecord + 8, 300); }, "outside the vocabulary");
-  expect_rejected([](auto& b) { poke<int32_t>(b, kFirstRecord + 8, -1); }, "outside the vocabulary");
-  expect_rejected([](auto& b) {
-    int32_t second;
-    std::memcpy(&second, b.data() + kFirstRecord + 12, 4);
-    poke<int32_t>(b, kFirstRecord + 8, second);
-  }, "listed twice");
+  expect_rejected([](auto& b) { poke<int32_t>(b, kFirstRecord + 8, 300); },
+                  "outside the vocabulary");
+  expect_rejected([](auto& b) { poke<int32_t>(b, kFirstRecord + 8, -1); },
+                  "outside the vocabulary");
+  expect_rejected(
+      [](auto& b) {
+        int32_t second;
+        std::memcpy(&second, b.data() + kFirstRecord + 12, 4);
+        poke<int32_t>(b, kFirstRecord + 8, second);
+      },
+      "listed twice");
   expect_rejected([](auto& b) { poke<float>(b, kFirstRecord + 24 + 4, 0.0f); }, "order");
   expect_rejected([](auto& b) { poke<float>(b, kFirstRecord + 24, -50.0f); }, "order");
   expect_rejected([](auto& b) { poke<float>(b, kFirstRecord + 4, -30.0f); }, "sum to");
@@ -226,7 +233,8 @@ nlohmann::json last_json_line(const std::string& out) {
 fs::path perturbed_model() {
   const fs::path dir = testing::temp_dir("perturbed");
   for (const auto& entry : fs::directory_iterator(model_dir("stories260K")))
-    if (entry.path().filename() != "config.json") fs::create_symlink(entry.path(), dir / entry.path().filename());
+    if (entry.path().filename() != "config.json")
+      fs::create_symlink(entry.path(), dir / entry.path().filename());
   auto config = nlohmann::json::parse(std::ifstream(model_dir("stories260K") / "config.json"));
   config["rope_theta"] = 300.0;
   std::ofstream(dir / "config.json") << config.dump();
@@ -259,7 +267,8 @@ TEST(KlDivergenceCli, PerturbedModelAndSavedBaseAgree) {
   SKIP_UNLESS_EXISTS(model_dir("stories260K") / "config.json");
   SKIP_UNLESS_EXISTS(text_file());
   const fs::path perturbed = perturbed_model();
-  const auto exact = run_command(ppl_command(perturbed, "--kl-divergence " + model_dir("stories260K").string()));
+  const auto exact =
+      run_command(ppl_command(perturbed, "--kl-divergence " + model_dir("stories260K").string()));
   ASSERT_EQ(exact.exit_code, 0) << exact.err;
   const auto e = last_json_line(exact.out);
   EXPECT_GT(e["kld_mean"].get<double>(), 1e-3);
@@ -268,20 +277,22 @@ TEST(KlDivergenceCli, PerturbedModelAndSavedBaseAgree) {
   EXPECT_LE(e["kld_median"].get<double>(), e["kld_p90"].get<double>());
   EXPECT_LE(e["kld_p90"].get<double>(), e["kld_p99"].get<double>());
   EXPECT_LE(e["kld_p99"].get<double>(), e["kld_p999"].get<double>());
-  EXPECT_NEAR(e["ppl_ratio"].get<double>(), e["ppl"].get<double>() / e["reference_ppl"].get<double>(), 1e-9);
+  EXPECT_NEAR(e["ppl_ratio"].get<double>(),
+              e["ppl"].get<double>() / e["reference_ppl"].get<double>(), 1e-9);
 
   const fs::path dir = testing::temp_dir("kld-cli");
   for (const int top_k : {512, 16}) {  // 512 = the whole vocabulary of stories260K
     const fs::path base = dir / fmt::format("top{}.kld", top_k);
-    const auto save = run_command(ppl_command(model_dir("stories260K"),
-                                              fmt::format("--save-logits {} --save-top-k {}", base.string(), top_k)));
+    const auto save = run_command(
+        ppl_command(model_dir("stories260K"),
+                    fmt::format("--save-logits {} --save-top-k {}", base.string(), top_k)));
     ASSERT_EQ(save.exit_code, 0) << save.err;
     // The saved run is the reference's own perplexity.
     EXPECT_NEAR(last_json_line(save.out)["ppl"].get<double>(), e["reference_ppl"].get<double>(),
                 1e-9 * e["reference_ppl"].get<double>());
-    const auto from_base = run_command(cli() + " ppl " + perturbed.string() + " --text " +
-                                       text_file().string() + " --max-windows 3 -t 2 --json " +
-                                       "--kl-divergence-base " + base.string());
+    const auto from_base =
+        run_command(cli() + " ppl " + perturbed.string() + " --text " + text_file().string() +
+                    " --max-windows 3 -t 2 --json " + "--kl-divergence-base " + base.string());
     ASSERT_EQ(from_base.exit_code, 0) << from_base.err;
     const auto b = last_json_line(from_base.out);
     EXPECT_EQ(b["ctx"], 128);  // taken from the base
@@ -291,8 +302,10 @@ TEST(KlDivergenceCli, PerturbedModelAndSavedBaseAgree) {
     EXPECT_NEAR(b["reference_ppl"].get<double>(), e["reference_ppl"].get<double>(),
                 1e-5 * e["reference_ppl"].get<double>());
     if (top_k == 512) {
-      EXPECT_NEAR(b["kld_mean"].get<double>(), e["kld_mean"].get<double>(), 1e-5 * e["kld_mean"].get<double>());
-      EXPECT_NEAR(b["kld_p99"].get<double>(), e["kld_p99"].get<double>(), 1e-4 * e["kld_p99"].get<double>());
+      EXPECT_NEAR(b["kld_mean"].get<double>(), e["kld_mean"].get<double>(),
+                  1e-5 * e["kld_mean"].get<double>());
+      EXPECT_NEAR(b["kld_p99"].get<double>(), e["kld_p99"].get<double>(),
+                  1e-4 * e["kld_p99"].get<double>());
       EXPECT_EQ(b["reference_rest_mass"].get<double>(), 0.0);
     } else {
       EXPECT_LE(b["kld_mean"].get<double>(), e["kld_mean"].get<double>() * (1 + 1e-6));
@@ -310,18 +323,23 @@ TEST(KlDivergenceCli, BadBasesAndMismatchesRejected) {
   const fs::path dir = testing::temp_dir("kld-bad");
   const fs::path garbage = dir / "garbage.kld";
   std::ofstream(garbage) << "this is not a base file, just text long enough for a header";
-  expect_clean_failure(run_command(ppl_command(model_dir("stories260K"), "--kl-divergence-base " + garbage.string())),
+  expect_clean_failure(run_command(ppl_command(model_dir("stories260K"),
+                                               "--kl-divergence-base " + garbage.string())),
                        "not a subbit KL-divergence base");
-  expect_clean_failure(run_command(ppl_command(model_dir("stories260K"), "--kl-divergence-base " +
-                                                                         (dir / "absent.kld").string())),
-                       "absent.kld");
+  expect_clean_failure(
+      run_command(ppl_command(model_dir("stories260K"),
+                              "--kl-divergence-base " + (dir / "absent.kld").string())),
+      "absent.kld");
 
   const fs::path base = dir / "base.kld";
-  ASSERT_EQ(run_command(ppl_command(model_dir("stories260K"), "--save-logits " + base.string())).exit_code, 0);
+  ASSERT_EQ(run_command(ppl_command(model_dir("stories260K"), "--save-logits " + base.string()))
+                .exit_code,
+            0);
   // Another --ctx than the base's.
-  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
-                                   text_file().string() + " --ctx 64 --kl-divergence-base " + base.string()),
-                       "saved with --ctx 128");
+  expect_clean_failure(
+      run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
+                  text_file().string() + " --ctx 64 --kl-divergence-base " + base.string()),
+      "saved with --ctx 128");
   // Another text: the windows hold other tokens.
   const fs::path other = dir / "other.txt";
   {
@@ -329,13 +347,15 @@ TEST(KlDivergenceCli, BadBasesAndMismatchesRejected) {
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::ofstream(other) << "Once upon a time. " << text;
   }
-  expect_clean_failure(run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
-                                   other.string() + " --kl-divergence-base " + base.string()),
-                       "other tokens");
+  expect_clean_failure(
+      run_command(cli() + " ppl " + model_dir("stories260K").string() + " --text " +
+                  other.string() + " --kl-divergence-base " + base.string()),
+      "other tokens");
   // A truncated base.
   fs::resize_file(base, fs::file_size(base) - 3);
-  expect_clean_failure(run_command(ppl_command(model_dir("stories260K"), "--kl-divergence-base " + base.string())),
-                       "truncated");
+  expect_clean_failure(
+      run_command(ppl_command(model_dir("stories260K"), "--kl-divergence-base " + base.string())),
+      "truncated");
   // A reference with another vocabulary.
   if (fs::exists(model_dir("sb-8m") / "config.json"))
     expect_clean_failure(run_command(ppl_command(model_dir("stories260K"),

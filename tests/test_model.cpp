@@ -1,17 +1,16 @@
 // The engine against the PyTorch/transformers references in ../shared/models/*/golden.json.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
-#include <cmath>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
+#include "io/text_file.h"
 #include "model/generate.h"
 #include "model/loader.h"
 #include "model/perplexity.h"
-#include "io/text_file.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -54,9 +53,9 @@ TEST_P(GoldenModel, LogitsMatchTransformers) {
     max_diff_batched = std::max(max_diff_batched, std::fabs(expected[i] - batched[i]));
     max_diff_stepped = std::max(max_diff_stepped, std::fabs(expected[i] - stepped[i]));
   }
-  std::cout << GetParam() << ": max |logit| " << max_abs << ", max deviation batched " << max_diff_batched
-            << " (" << max_diff_batched / max_abs << " of max), token by token " << max_diff_stepped << " ("
-            << max_diff_stepped / max_abs << " of max)\n";
+  std::cout << GetParam() << ": max |logit| " << max_abs << ", max deviation batched "
+            << max_diff_batched << " (" << max_diff_batched / max_abs << " of max), token by token "
+            << max_diff_stepped << " (" << max_diff_stepped / max_abs << " of max)\n";
   // fp32 sums in another order than PyTorch's: docs/results.md measured below 1e-6 of max |logit|.
   EXPECT_LT(max_diff_batched, kLogitTolerance * max_abs);
   EXPECT_LT(max_diff_stepped, kLogitTolerance * max_abs);
@@ -69,8 +68,9 @@ TEST_P(GoldenModel, GreedyContinuationMatches) {
   const auto output_ids = g["output_ids"].get<std::vector<int32_t>>();
   ModelBundle bundle = load_model(dir());
   EXPECT_EQ(bundle.tokenizer->encode(g["prompt"].get<std::string>(), true), prompt_ids);
-  const auto generated = generate(*bundle.model, prompt_ids,
-                                  int64_t(output_ids.size() - prompt_ids.size()), {}, std::nullopt, {});
+  const auto generated =
+      generate(*bundle.model, prompt_ids, int64_t(output_ids.size() - prompt_ids.size()), {},
+               std::nullopt, {});
   std::vector<int32_t> all = prompt_ids;
   all.insert(all.end(), generated.begin(), generated.end());
   EXPECT_EQ(all, output_ids);
@@ -102,7 +102,8 @@ TEST_P(GoldenPerplexity, WholeTextMatchesTransformers) {
   const auto text_path = testing::shared_dir() / "text" / p.text_file;
   SKIP_UNLESS_EXISTS(dir / "golden.json");
   SKIP_UNLESS_EXISTS(text_path);
-  const json g = json::parse(std::ifstream(dir / "golden.json"))["ppl/" + p.golden_text + "/ctx" + std::to_string(p.ctx)];
+  const json g = json::parse(
+      std::ifstream(dir / "golden.json"))["ppl/" + p.golden_text + "/ctx" + std::to_string(p.ctx)];
   ASSERT_TRUE(g.is_object()) << "golden.json has no ppl/" << p.golden_text << "/ctx" << p.ctx;
   ModelBundle bundle = load_model(dir);
   const auto tokens = bundle.tokenizer->encode(read_text_file(text_path), true);
@@ -110,19 +111,23 @@ TEST_P(GoldenPerplexity, WholeTextMatchesTransformers) {
   EXPECT_EQ(int64_t(tokens.size()), g["text_tokens"].get<int64_t>());
   EXPECT_EQ(r.scored_tokens, g["scored_tokens"].get<int64_t>());
   const double expected = g["ppl"].get<double>();
-  std::cout << p.model << " " << p.golden_text << " ctx " << p.ctx << ": ppl " << std::setprecision(10) << r.ppl
-            << ", golden " << expected << ", relative difference " << std::fabs(r.ppl - expected) / expected << "\n";
+  std::cout << p.model << " " << p.golden_text << " ctx " << p.ctx << ": ppl "
+            << std::setprecision(10) << r.ppl << ", golden " << expected << ", relative difference "
+            << std::fabs(r.ppl - expected) / expected << "\n";
   EXPECT_NEAR(r.ppl, expected, 1e-6 * expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     WholeText, GoldenPerplexity,
-    ::testing::Values(GoldenPplCase{"stories260K", "tinystories_validation_100.txt", "tinystories_validation_100.txt", 256},
-                      GoldenPplCase{"stories260K", "tinystories_validation_100.txt", "tinystories_validation_100.txt", 512},
+    ::testing::Values(GoldenPplCase{"stories260K", "tinystories_validation_100.txt",
+                                    "tinystories_validation_100.txt", 256},
+                      GoldenPplCase{"stories260K", "tinystories_validation_100.txt",
+                                    "tinystories_validation_100.txt", 512},
                       GoldenPplCase{"stories260K", "wiki.test.raw", "wiki.test.raw", 512},
                       GoldenPplCase{"sb-8m", "wiki.test.raw", "wiki.test.raw", 512}),
     [](const ::testing::TestParamInfo<GoldenPplCase>& info) {
-      std::string name = info.param.model + "_" + info.param.golden_text + "_ctx" + std::to_string(info.param.ctx);
+      std::string name =
+          info.param.model + "_" + info.param.golden_text + "_ctx" + std::to_string(info.param.ctx);
       for (char& ch : name)
         if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
       return name;
@@ -159,7 +164,8 @@ INSTANTIATE_TEST_SUITE_P(WikiTest, WindowedPerplexity,
                                            PplCase{"sb-30m", 1024, 2, 65.81023},
                                            PplCase{"stories260K", 512, 8, 129.97443}),
                          [](const ::testing::TestParamInfo<PplCase>& info) {
-                           std::string name = info.param.model + "_ctx" + std::to_string(info.param.ctx);
+                           std::string name =
+                               info.param.model + "_ctx" + std::to_string(info.param.ctx);
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });

@@ -1,10 +1,10 @@
 // `subbit random-model`: the named configs (checked through their published parameter counts),
 // the streamed bf16 safetensors, determinism across thread counts, and loading the result.
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "io/safetensors.h"
@@ -44,7 +44,9 @@ TEST(RandomCheckpoint, PresetsHaveThePublishedParameterCounts) {
                                                       {"llama-3.1-8b", 8'030'261'248},
                                                       {"qwen2.5-1.5b", 1'543'714'304}};
   for (const auto& [name, params] : expected)
-    EXPECT_EQ(parameter_count(random_checkpoint_tensors(random_checkpoint_preset(name), name)), params) << name;
+    EXPECT_EQ(parameter_count(random_checkpoint_tensors(random_checkpoint_preset(name), name)),
+              params)
+        << name;
 }
 
 TEST(RandomCheckpoint, PresetConfigsAndShapes) {
@@ -58,14 +60,16 @@ TEST(RandomCheckpoint, PresetConfigsAndShapes) {
   const auto t1b = random_checkpoint_tensors(llama1b, "1b");
   EXPECT_EQ(find(t1b, "lm_head.weight"), nullptr);  // tied
   ASSERT_NE(find(t1b, "model.layers.15.self_attn.k_proj.weight"), nullptr);
-  EXPECT_EQ(find(t1b, "model.layers.15.self_attn.k_proj.weight")->shape, (std::vector<int64_t>{512, 2048}));
+  EXPECT_EQ(find(t1b, "model.layers.15.self_attn.k_proj.weight")->shape,
+            (std::vector<int64_t>{512, 2048}));
   EXPECT_EQ(find(t1b, "model.embed_tokens.weight")->shape, (std::vector<int64_t>{128256, 2048}));
 
   EXPECT_EQ(random_checkpoint_preset("llama-3.1-8b")["rope_scaling"]["factor"], 8.0);
   EXPECT_TRUE(random_checkpoint_preset("llama-2-7b")["rope_scaling"].is_null());
   const auto t8b = random_checkpoint_tensors(random_checkpoint_preset("llama-3.1-8b"), "8b");
   ASSERT_NE(find(t8b, "lm_head.weight"), nullptr);
-  EXPECT_EQ(find(t8b, "model.layers.0.mlp.down_proj.weight")->shape, (std::vector<int64_t>{4096, 14336}));
+  EXPECT_EQ(find(t8b, "model.layers.0.mlp.down_proj.weight")->shape,
+            (std::vector<int64_t>{4096, 14336}));
 
   const json qwen = random_checkpoint_preset("qwen2.5-1.5b");
   EXPECT_EQ(qwen["model_type"], "qwen2");
@@ -83,19 +87,27 @@ TEST(RandomCheckpoint, BadNamesAndConfigsRejected) {
   json config = random_checkpoint_preset("llama-3.2-1b");
   config.erase("hidden_size");
   expect_contains(error_of([&] { random_checkpoint_tensors(config, "my.json"); }),
-                           {"my.json", "hidden_size"});
+                  {"my.json", "hidden_size"});
   config = random_checkpoint_preset("llama-3.2-1b");
   config["model_type"] = "gpt2";
   expect_contains(error_of([&] { random_checkpoint_tensors(config, "my.json"); }),
-                           {"my.json", "gpt2"});
+                  {"my.json", "gpt2"});
 }
 
 // A tiny Llama whose vocabulary exceeds the SmolLM2 tokenizer's 49152 entries.
 json tiny_config() {
-  return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 64},
-          {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
-          {"intermediate_size", 96}, {"vocab_size", 49216}, {"max_position_embeddings", 8192},
-          {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"hidden_size", 64},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"intermediate_size", 96},
+          {"vocab_size", 49216},
+          {"max_position_embeddings", 8192},
+          {"rms_norm_eps", 1e-5},
+          {"rope_theta", 10000.0},
+          {"tie_word_embeddings", false},
           {"torch_dtype", "bfloat16"}};
 }
 
@@ -107,9 +119,10 @@ TEST(RandomCheckpoint, TinyCheckpointIsGaussianDeterministicAndLoads) {
   std::ofstream(dir / "tiny.json") << tiny_config().dump();
   const std::string cli = testing::cli_path().string();
   for (const char* threads : {"1", "2"}) {
-    const auto r = run_command(cli + " random-model --config " + (dir / "tiny.json").string() + " -o " +
-                               (dir / fmt::format("t{}", threads)).string() + " --tokenizer " +
-                               tokenizer_dir().string() + " --seed 7 -t " + threads);
+    const auto r =
+        run_command(cli + " random-model --config " + (dir / "tiny.json").string() + " -o " +
+                    (dir / fmt::format("t{}", threads)).string() + " --tokenizer " +
+                    tokenizer_dir().string() + " --seed 7 -t " + threads);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   const auto read = [](const fs::path& file) {
@@ -135,7 +148,8 @@ TEST(RandomCheckpoint, TinyCheckpointIsGaussianDeterministicAndLoads) {
       sum += v;
       sum_sq += v * v;
     }
-    const double mean = sum / double(t.numel()), std = std::sqrt(sum_sq / double(t.numel()) - mean * mean);
+    const double mean = sum / double(t.numel()),
+                 std = std::sqrt(sum_sq / double(t.numel()) - mean * mean);
     if (spec.name.ends_with("norm.weight")) {
       EXPECT_EQ(mean, 1.0) << spec.name;
       EXPECT_EQ(std, 0.0) << spec.name;

@@ -280,13 +280,15 @@ TEST(Safetensors, RejectsBadJson) {
   fs::path dir = temp_dir("st-json");
   expect_safetensors_rejected(write_raw(dir, R"({"a": {"dtype": "F32",)", 0), {"not valid JSON"});
   expect_safetensors_rejected(write_raw(dir, "[1, 2]", 0), {"not a JSON object"});
-  expect_safetensors_rejected(write_raw(dir, R"({"__metadata__": {"format": 1}})", 0), {"__metadata__"});
+  expect_safetensors_rejected(write_raw(dir, R"({"__metadata__": {"format": 1}})", 0),
+                              {"__metadata__"});
   expect_safetensors_rejected(write_raw(dir, R"({"__metadata__": ["pt"]})", 0), {"__metadata__"});
   expect_safetensors_rejected(write_raw(dir, R"({"a": [1]})", 0), {"'a'", "not a JSON object"});
   expect_safetensors_rejected(write_raw(dir, R"({"a": {"dtype": "F32", "shape": []}})", 4),
-                  {"'a'", "data_offsets"});
+                              {"'a'", "data_offsets"});
   // Padding with spaces is legal; padding with anything else is not JSON.
-  expect_safetensors_rejected(write_raw(dir, std::string("{}\0\0\0\0\0\0", 8), 0), {"not valid JSON"});
+  expect_safetensors_rejected(write_raw(dir, std::string("{}\0\0\0\0\0\0", 8), 0),
+                              {"not valid JSON"});
   SafetensorsArchive::open_file(write_raw(dir, "{}      ", 0));
 }
 
@@ -321,10 +323,10 @@ TEST(Safetensors, RejectsBadTensorEntries) {
       {"'w'", "data_offsets"});
   // 2^32 * 2^32 elements wraps to 0 in 64 bits; it must not pass as an empty tensor.
   expect_safetensors_rejected(write_raw(dir,
-                            R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296],
+                                        R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296],
                           "data_offsets": [0, 0]}})",
-                            0),
-                  {"'w'", "overflows"});
+                                        0),
+                              {"'w'", "overflows"});
 }
 
 TEST(Safetensors, RejectsOverlapsGapsAndTrailingBytes) {
@@ -332,18 +334,18 @@ TEST(Safetensors, RejectsOverlapsGapsAndTrailingBytes) {
   expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
-                            12),
-                  {"'b'", "overlaps", "'a'"});
+                                        12),
+                              {"'b'", "overlaps", "'a'"});
   expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
       "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
-                            8),
-                  {"overlaps"});
+                                        8),
+                              {"overlaps"});
   expect_safetensors_rejected(write_raw(dir, R"({
       "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
       "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
-                            12),
-                  {"gap", "[4, 8)"});
+                                        12),
+                              {"gap", "[4, 8)"});
   expect_safetensors_rejected(
       write_raw(dir, R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 6),
       {"trailing bytes", "[4, 6)"});

@@ -18,8 +18,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string run_to_end(server::Engine& engine, server::CompletionRequest request, server::FinishReason* reason,
-                       int64_t* tokens = nullptr) {
+std::string run_to_end(server::Engine& engine, server::CompletionRequest request,
+                       server::FinishReason* reason, int64_t* tokens = nullptr) {
   auto job = engine.submit(std::move(request));
   if (!job) throw std::runtime_error("refused");
   const server::Job::Update u = job->wait_all();
@@ -32,12 +32,15 @@ TEST(ServeEngine, GreedyTextMatchesGenerate) {
   SKIP_UNLESS_EXISTS(testing::embedded_sb8m() / "model.safetensors");
   const ModelBundle bundle = load_model(testing::embedded_sb8m());
   const auto prompt = bundle.tokenizer->encode("The history of the United States", true);
-  const std::vector<int32_t> reference = generate(*bundle.model, prompt, 40, {}, std::nullopt, nullptr);
+  const std::vector<int32_t> reference =
+      generate(*bundle.model, prompt, 40, {}, std::nullopt, nullptr);
   std::vector<int32_t> all = prompt;
   all.insert(all.end(), reference.begin(), reference.end());
-  const std::string expected = bundle.tokenizer->decode(all).substr(bundle.tokenizer->decode(prompt).size());
+  const std::string expected =
+      bundle.tokenizer->decode(all).substr(bundle.tokenizer->decode(prompt).size());
 
-  server::Engine engine(*bundle.model, *bundle.tokenizer, /*slots=*/3, /*context=*/256, /*max_queue=*/8);
+  server::Engine engine(*bundle.model, *bundle.tokenizer, /*slots=*/3, /*context=*/256,
+                        /*max_queue=*/8);
   // Three requests at once share the inference thread; each must equal the sequential result.
   std::vector<std::shared_ptr<server::Job>> jobs;
   for (int i = 0; i < 5; ++i) {
@@ -114,7 +117,8 @@ TEST(ServeEngine, FullQueueRefusesAndCancelFreesTheSlot) {
   EXPECT_FALSE(engine.submit(r));  // one slot, no queue
   first->cancel();
   EXPECT_EQ(first->wait_all().finish, server::FinishReason::Cancelled);
-  for (int i = 0; i < 100 && engine.load().busy != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 100 && engine.load().busy != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   r.max_tokens = 2;
   auto second = engine.submit(r);
   ASSERT_TRUE(second);
@@ -125,13 +129,16 @@ TEST(ServeEngine, FullQueueRefusesAndCancelFreesTheSlot) {
 
 TEST(ServeChat, TemplateFromTokenizerConfig) {
   const fs::path dir = testing::temp_dir("chat_config");
-  auto write = [&](const std::string& text) { std::ofstream(dir / "tokenizer_config.json") << text; };
+  auto write = [&](const std::string& text) {
+    std::ofstream(dir / "tokenizer_config.json") << text;
+  };
   EXPECT_EQ(read_hf_chat_template(dir / "tokenizer_config.json"), "");  // absent file
   write(R"({"eos_token": "</s>"})");
   EXPECT_EQ(read_hf_chat_template(dir / "tokenizer_config.json"), "");
   write(R"({"chat_template": "{{ messages[0].content }}"})");
   EXPECT_EQ(read_hf_chat_template(dir / "tokenizer_config.json"), "{{ messages[0].content }}");
-  write(R"({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})");
+  write(
+      R"({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})");
   EXPECT_EQ(read_hf_chat_template(dir / "tokenizer_config.json"), "D");
   write(R"({"chat_template": 5})");
   EXPECT_THROW(read_hf_chat_template(dir / "tokenizer_config.json"), Error);
@@ -151,10 +158,11 @@ TEST(ServeChat, ModelFileCarriesTheChatTemplate) {
   EXPECT_EQ(bundle.chat_template, "");  // sb-8m is a base model
   EXPECT_FALSE(chat_format_for(bundle).has_template());
   const fs::path dir = testing::temp_dir("chat_file");
-  const std::string chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}";
+  const std::string chat_template =
+      "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}";
   for (const std::string& carried : {std::string(), chat_template}) {
-    save_model_file(dir / "m.gguf", bundle.model->config(), bundle.tokenizer_json, bundle.model->weights(),
-                    {"sb-8m", "none", "{}", carried});
+    save_model_file(dir / "m.gguf", bundle.model->config(), bundle.tokenizer_json,
+                    bundle.model->weights(), {"sb-8m", "none", "{}", carried});
     const ModelBundle loaded = load_model(dir / "m.gguf");
     EXPECT_EQ(loaded.chat_template, carried);
     EXPECT_EQ(chat_format_for(loaded).has_template(), !carried.empty());
@@ -172,9 +180,9 @@ TEST(ServeChat, EndOfTurnTokensIncludeEos) {
 
 TEST(ServeText, CompleteUtf8Prefix) {
   EXPECT_EQ(complete_utf8_prefix("abc"), 3u);
-  EXPECT_EQ(complete_utf8_prefix("a\xC3"), 1u);          // first byte of a 2-byte character
-  EXPECT_EQ(complete_utf8_prefix("a\xC3\xA9"), 3u);      // é complete
-  EXPECT_EQ(complete_utf8_prefix("\xE4\xB8"), 0u);       // 2 of 3 bytes
+  EXPECT_EQ(complete_utf8_prefix("a\xC3"), 1u);      // first byte of a 2-byte character
+  EXPECT_EQ(complete_utf8_prefix("a\xC3\xA9"), 3u);  // é complete
+  EXPECT_EQ(complete_utf8_prefix("\xE4\xB8"), 0u);   // 2 of 3 bytes
   EXPECT_EQ(complete_utf8_prefix("\xF0\x9F\x99\x82"), 4u);
   EXPECT_EQ(complete_utf8_prefix(""), 0u);
 }
@@ -187,8 +195,8 @@ TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
   const int64_t context = 64;
 
   const server::ParsedCompletion ok = server::parse_completion(
-      R"({"prompt": [5, 6], "max_tokens": 3, "top_p": 0.5, "stop": ["x"], "stream": true, "seed": 9})", false,
-      model, context);
+      R"({"prompt": [5, 6], "max_tokens": 3, "top_p": 0.5, "stop": ["x"], "stream": true, "seed": 9})",
+      false, model, context);
   EXPECT_TRUE(ok.stream);
   EXPECT_EQ(ok.request.prompt, (std::vector<int32_t>{5, 6}));
   EXPECT_EQ(ok.request.max_tokens, 3);
@@ -199,14 +207,15 @@ TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
 
   // The plain chat format appends its turn markers to the client's stops.
   const server::ParsedCompletion chat = server::parse_completion(
-      R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "stop": "y"})", true, model,
-      context);
+      R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "stop": "y"})",
+      true, model, context);
   EXPECT_EQ(chat.request.prompt, tokenizer.encode("User: Hi\n\nAssistant:", true));
   EXPECT_EQ(chat.request.stop_strings, (std::vector<std::string>{"y", "\nUser:", "\nSystem:"}));
   EXPECT_EQ(chat.request.max_tokens, context - int64_t(chat.request.prompt.size()));
 
   EXPECT_EQ(server::parse_detokenize(R"({"tokens": [1, 2]})", 100), (std::vector<int32_t>{1, 2}));
-  const server::TokenizeRequest tokenize = server::parse_tokenize(R"({"content": "a b", "add_special": true})");
+  const server::TokenizeRequest tokenize =
+      server::parse_tokenize(R"({"content": "a b", "add_special": true})");
   EXPECT_EQ(tokenize.content, "a b");
   EXPECT_TRUE(tokenize.add_special);
 
@@ -222,9 +231,11 @@ TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
   };
   EXPECT_NE(refusal("{", false).find("not valid JSON"), std::string::npos);
   EXPECT_NE(refusal("[1]", false).find("JSON object"), std::string::npos);
-  EXPECT_NE(refusal(R"({"prompt": "a", "bogus": 1})", false).find("unknown field 'bogus'"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": "a", "bogus": 1})", false).find("unknown field 'bogus'"),
+            std::string::npos);
   EXPECT_NE(refusal(R"({"prompt": [1, 100000]})", false).find("token ids"), std::string::npos);
-  EXPECT_NE(refusal(R"({"prompt": [18446744073709551615]})", false).find("token ids"), std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": [18446744073709551615]})", false).find("token ids"),
+            std::string::npos);
   EXPECT_NE(refusal(R"({"prompt": "a", "top_p": 2})", false).find("'top_p'"), std::string::npos);
   EXPECT_NE(refusal(R"({"prompt": "a", "n": 2})", false).find("'n'"), std::string::npos);
   EXPECT_NE(refusal(R"({"prompt": []})", false).find("empty"), std::string::npos);
@@ -233,9 +244,10 @@ TEST(ServeRequests, BodiesBecomeEngineRequestsOrFourHundreds) {
   EXPECT_NE(refusal((long_prompt + "]}").c_str(), false).find("context"), std::string::npos);
   EXPECT_NE(refusal(R"({"messages": []})", true).find("'messages'"), std::string::npos);
   // A content part whose "type" is not a string once escaped as nlohmann's type_error (a 500).
-  EXPECT_NE(refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", true)
-                .find("text content parts"),
-            std::string::npos);
+  EXPECT_NE(
+      refusal(R"({"messages": [{"role": "user", "content": [{"type": 5, "text": "a"}]}]})", true)
+          .find("text content parts"),
+      std::string::npos);
   EXPECT_THROW(server::parse_detokenize(R"({"tokens": [-1]})", 100), server::RequestError);
   EXPECT_THROW(server::parse_tokenize(R"({"content": 3})"), server::RequestError);
 }

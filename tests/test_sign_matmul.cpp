@@ -27,9 +27,9 @@ TEST(SignPacking, LayoutAndRoundTrip) {
   const int64_t cols = 70;
   std::vector<float> values(2 * cols);
   for (int64_t c = 0; c < cols; ++c) values[c] = (c % 3 == 0) ? -1.5f : 2.0f;
-  values[1] = 0.0f;    // sign(0) = +1
-  values[2] = -0.0f;   // -0.0 == 0, so +1 as well
-  values[3] = -1e-30f; // tiny negative: -1
+  values[1] = 0.0f;     // sign(0) = +1
+  values[2] = -0.0f;    // -0.0 == 0, so +1 as well
+  values[3] = -1e-30f;  // tiny negative: -1
   values[64] = 0.0f;
   values[66] = -0.0f;
   for (int64_t c = 0; c < cols; ++c) values[cols + c] = -3.0f;
@@ -85,7 +85,8 @@ TEST(SignPacking, RandomRoundTripIsBitExact) {
 
 TEST(SignMatmul, ReferenceEqualsDenseProductOfUnpacked) {
   std::mt19937 rng(5);
-  for (auto [rows, cols, tokens] : {std::tuple<int64_t, int64_t, int64_t>{17, 129, 3}, {8, 1000, 2}, {130, 65, 1}}) {
+  for (auto [rows, cols, tokens] :
+       {std::tuple<int64_t, int64_t, int64_t>{17, 129, 3}, {8, 1000, 2}, {130, 65, 1}}) {
     const auto words = random_signs(rows, cols, rng);
     const SignMatrix s{words.data(), rows, cols};
     std::vector<float> dense(rows * cols);
@@ -93,7 +94,8 @@ TEST(SignMatmul, ReferenceEqualsDenseProductOfUnpacked) {
     const auto x = random_vector(tokens * cols, rng);
     std::vector<float> from_signs(tokens * rows), from_dense(tokens * rows);
     sign_matmul_reference(s, x.data(), from_signs.data(), tokens);
-    dense_matmul_reference(DenseMatrix{DType::F32, dense.data(), rows, cols}, x.data(), from_dense.data(), tokens);
+    dense_matmul_reference(DenseMatrix{DType::F32, dense.data(), rows, cols}, x.data(),
+                           from_dense.data(), tokens);
     // Both sum the same ±x terms in the same order in double (·±1 is exact): identical.
     EXPECT_EQ(from_signs, from_dense) << rows << "x" << cols;
   }
@@ -108,8 +110,10 @@ void expect_matches_reference(const SignMatrix& s, const std::vector<float>& x, 
   sign_matmul_reference(s, x.data(), reference.data(), tokens);
   // 2·P − T in fp32 in another order than the double reference: error ~ 1e-7·sqrt(cols)·|x|.
   for (size_t i = 0; i < fast.size(); ++i)
-    ASSERT_NEAR(fast[i], reference[i], 1e-4 * std::sqrt(double(s.cols)) * (1 + std::fabs(reference[i])))
-        << what << " element " << i << " (" << s.rows << "x" << s.cols << ", tokens " << tokens << ")";
+    ASSERT_NEAR(fast[i], reference[i],
+                1e-4 * std::sqrt(double(s.cols)) * (1 + std::fabs(reference[i])))
+        << what << " element " << i << " (" << s.rows << "x" << s.cols << ", tokens " << tokens
+        << ")";
 }
 
 TEST_P(SignMatmulShapes, SimdMatchesReferenceOnEveryTarget) {
@@ -156,7 +160,9 @@ INSTANTIATE_TEST_SUITE_P(Awkward, SignMatmulShapes,
 // target, plus all-positive activations (where 2·P − T cancels most).
 TEST(SignMatmul, LargeShapesAndThreading) {
   std::mt19937 rng(77);
-  struct Shape { int64_t rows, cols, tokens; };
+  struct Shape {
+    int64_t rows, cols, tokens;
+  };
   const Shape shapes[] = {{8, 40000, 1},  {16, 8192, 1},  {16, 4096, 9},   {4100, 16, 1},
                           {2049, 80, 7},  {1000, 544, 1}, {300, 1030, 2},  {64, 2048, 33},
                           {100, 5000, 1}, {70, 4500, 6},  {130, 20000, 1}, {8, 131101, 1},

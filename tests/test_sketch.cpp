@@ -1,5 +1,8 @@
 // UltraSketch runtime: the hash contract, bit accounting, the read-back rules' guarantees, the
 // SIMD kernel against the scalar reference and the dense reconstruction, and the file format.
+#include <fmt/format.h>
+#include <hwy/targets.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -9,9 +12,6 @@
 #include <random>
 #include <set>
 #include <tuple>
-
-#include <fmt/format.h>
-#include <hwy/targets.h>
 
 #include "common/dtype.h"
 #include "common/error.h"
@@ -36,7 +36,8 @@ std::vector<float> random_weights(int64_t n, uint32_t seed) {
   return w;
 }
 
-SketchParams small_params(SketchRule rule, int rows, int block, int value_bits, std::vector<int64_t> buckets) {
+SketchParams small_params(SketchRule rule, int rows, int block, int value_bits,
+                          std::vector<int64_t> buckets) {
   SketchParams p;
   p.rule = rule;
   p.rows = rows;
@@ -98,7 +99,7 @@ TEST(SketchBits, FormulaCountsEveryStoredNumber) {
 
 TEST(SketchBits, SolverMeetsTargetWithinOnePercentFromBelow) {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {512, 512}, {896, 4864}, {1024, 3072}, {2048, 2048}, {2048, 5632}, {3072, 1024},
+      {512, 512},   {896, 4864},   {1024, 3072},  {2048, 2048},  {2048, 5632}, {3072, 1024},
       {4096, 4096}, {4096, 11008}, {11008, 4096}, {14336, 4096}, {1000, 777}};
   int checked = 0;
   for (const auto& [d_out, d_in] : shapes)
@@ -107,21 +108,27 @@ TEST(SketchBits, SolverMeetsTargetWithinOnePercentFromBelow) {
         for (int block : {8, 16, 32})
           for (int value_bits : {2, 4, 8})
             for (double salient : {0.0, 0.05}) {
-              const SketchParams p = sketch_params_for_bpw(d_out, d_in, target, rows, block, value_bits, salient);
+              const SketchParams p =
+                  sketch_params_for_bpw(d_out, d_in, target, rows, block, value_bits, salient);
               const double bpw = sketch_bpw(d_out, d_in, p);
-              ASSERT_LE(bpw, target) << d_out << "x" << d_in << " rows " << rows << " block " << block;
-              ASSERT_GE(bpw, 0.99 * target) << d_out << "x" << d_in << " rows " << rows << " block " << block
-                                            << " bits " << value_bits << " salient " << salient;
+              ASSERT_LE(bpw, target)
+                  << d_out << "x" << d_in << " rows " << rows << " block " << block;
+              ASSERT_GE(bpw, 0.99 * target)
+                  << d_out << "x" << d_in << " rows " << rows << " block " << block << " bits "
+                  << value_bits << " salient " << salient;
               ASSERT_EQ(p.salient_buckets.empty(), salient == 0.0);
               if (salient > 0) {
                 // The salient set gets about kSketchSalientDensity times the buckets per block.
                 const int64_t blocks = d_out * ((d_in + block - 1) / block);
                 const double main_density =
-                    double(std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0})) / double(blocks - p.salient_blocks);
+                    double(std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0})) /
+                    double(blocks - p.salient_blocks);
                 const double salient_density =
-                    double(std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(), int64_t{0})) /
+                    double(std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(),
+                                           int64_t{0})) /
                     double(p.salient_blocks);
-                ASSERT_NEAR(salient_density / main_density, kSketchSalientDensity, 0.05 * kSketchSalientDensity);
+                ASSERT_NEAR(salient_density / main_density, kSketchSalientDensity,
+                            0.05 * kSketchSalientDensity);
               }
               ++checked;
             }
@@ -143,7 +150,8 @@ TEST(SketchBands, BandsSplitEveryTableIntoConsecutiveRanges) {
   // The ranges tile the table for any split.
   for (int64_t n_out : {1, 5, 64, 1000})
     for (int64_t band_rows : {1, 3, 17, 64})
-      for (uint64_t buckets : {uint64_t{64}, uint64_t{100}, uint64_t{65531}, (uint64_t{1} << 32) - 1}) {
+      for (uint64_t buckets :
+           {uint64_t{64}, uint64_t{100}, uint64_t{65531}, (uint64_t{1} << 32) - 1}) {
         if (band_rows > n_out || uint64_t(sketch_band_count(n_out, band_rows)) > buckets) continue;
         uint64_t next = 0;
         for (int64_t row = 0; row < n_out; row += band_rows) {
@@ -159,7 +167,8 @@ TEST(SketchBands, BandsSplitEveryTableIntoConsecutiveRanges) {
 TEST(SketchBands, SolverGivesEveryBandAtLeastTheAskedBuckets) {
   for (double salient : {0.0, 0.05})
     for (int64_t band_buckets : {int64_t{64}, int64_t{256}, kSketchBandBuckets}) {
-      const SketchParams p = sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, salient, band_buckets);
+      const SketchParams p =
+          sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, salient, band_buckets);
       const int64_t bands = sketch_band_count(4096, p.band_rows);
       EXPECT_GT(bands, 1);
       for (const auto* set : {&p.buckets, &p.salient_buckets})
@@ -167,8 +176,9 @@ TEST(SketchBands, SolverGivesEveryBandAtLeastTheAskedBuckets) {
     }
   // 4096 x 4096 at 0.5 bpw: 65531 buckets per hash row, 255 bands asked, 17 rows each (241 bands).
   EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5).band_rows, 17);
-  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, 0.0, 0).band_rows, 0);   // asked for one band
-  EXPECT_EQ(sketch_params_for_bpw(64, 256, 0.5).band_rows, 0);                       // too few buckets for two
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, 0.0, 0).band_rows,
+            0);                                                 // asked for one band
+  EXPECT_EQ(sketch_params_for_bpw(64, 256, 0.5).band_rows, 0);  // too few buckets for two
   EXPECT_THROW(sketch_params_for_bpw(64, 64, 0.5, 2, 16, 4, 0.0, -1), Error);
 }
 
@@ -184,7 +194,8 @@ TEST(SketchBands, EveryBlockReadsTheBucketsOfItsRowsBand) {
       for (int k = 0; k < m.rows; ++k) {
         const SketchHashRow& hr = m.hash_rows[k];
         const bool salient = m.salient(r, b);
-        const SketchBand band = sketch_band(salient ? hr.salient_buckets : hr.buckets, m.n_out, m.band_rows, r);
+        const SketchBand band =
+            sketch_band(salient ? hr.salient_buckets : hr.buckets, m.n_out, m.band_rows, r);
         bool negative = false;
         const uint64_t bucket = m.bucket_index(k, r, b, &negative) - (salient ? hr.buckets : 0);
         ASSERT_GE(bucket, band.first) << r << " " << b;
@@ -193,7 +204,8 @@ TEST(SketchBands, EveryBlockReadsTheBucketsOfItsRowsBand) {
       }
   // The bands still use the whole tables: with about two blocks per bucket, 1 - e^-2 = 86% of
   // the buckets are read (as with plain hashing).
-  EXPECT_GT(read.size(), size_t(0.75 * double(m.rows) * double(m.hash_rows[0].buckets + m.hash_rows[0].salient_buckets)));
+  EXPECT_GT(read.size(), size_t(0.75 * double(m.rows) *
+                                double(m.hash_rows[0].buckets + m.hash_rows[0].salient_buckets)));
 }
 
 TEST(SketchBits, TinyLayerGetsOneBucketPerRowAndOvershoots) {
@@ -229,7 +241,8 @@ std::vector<std::vector<Placement>> placements(const SketchLinear& layer) {
       const int set = m.salient(r, b) ? 1 : 0;
       for (int k = 0; k < m.rows; ++k) {
         const uint64_t h = sketch_block_hash(sets[set].seeds[k], r, b);
-        const SketchBand band = sketch_band(uint64_t(sets[set].buckets[k]), m.n_out, m.band_rows, r);
+        const SketchBand band =
+            sketch_band(uint64_t(sets[set].buckets[k]), m.n_out, m.band_rows, r);
         const int64_t bucket = int64_t(band.first + sketch_bucket(h, band.count));
         out[r * m.n_in + c].push_back({set, bucket * m.block + c % m.block, sketch_negative(h)});
       }
@@ -251,7 +264,8 @@ class SketchRuleProperties : public ::testing::TestWithParam<bool> {};
 
 // 12 x 30 weights (block 4: the last block of each row is half padding), 2 hash rows with 3 and
 // 2 buckets: every element is shared by many weights. fp16 values keep the fp16 weights exact.
-std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient, const std::vector<float>& w) {
+std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient,
+                                            const std::vector<float>& w) {
   SketchParams p = small_params(rule, 2, 4, 16, {3, 2});
   if (salient) {
     p.salient_buckets = {4, 3};
@@ -271,11 +285,15 @@ void expect_min_max_guarantee(SketchRule rule, bool underestimates, bool salient
   const auto place = placements(*layer);
   const Occupants occ = occupants(place);
   // Whether a weight of magnitude `other` sharing an element leaves magnitude `own` the one kept.
-  auto own_is_kept = [&](float other, float own) { return underestimates ? other >= own : other <= own; };
+  auto own_is_kept = [&](float other, float own) {
+    return underestimates ? other >= own : other <= own;
+  };
   int exact = 0;
   for (int64_t i = 0; i < int64_t(w.size()); ++i) {
-    if (underestimates) EXPECT_LE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
-    else EXPECT_GE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+    if (underestimates)
+      EXPECT_LE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
+    else
+      EXPECT_GE(std::fabs(read[i]), std::fabs(w[i])) << "weight " << i;
     bool kept_somewhere = false;
     for (int k = 0; k < 2; ++k) {
       bool kept = true;
@@ -340,7 +358,8 @@ TEST(SketchRules, EmptyElementsHoldZero) {
   // 1 x 5 weights, block 4: two blocks, the second holding one weight, into 50 buckets.
   const auto w = random_weights(5, 15);
   for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean}) {
-    const auto layer = SketchLinear::encode(w.data(), 1, 5, small_params(rule, 2, 4, 16, {50, 50}), nullptr);
+    const auto layer =
+        SketchLinear::encode(w.data(), 1, 5, small_params(rule, 2, 4, 16, {50, 50}), nullptr);
     const Occupants occ = occupants(placements(*layer));
     const SketchTableSet set = layer->table_set(0);
     for (int k = 0; k < 2; ++k)
@@ -386,7 +405,8 @@ TEST(SketchEncode, DeterministicForAFixedSeed) {
 TEST(SketchEncode, QuantizedValuesLieOnTheirRowsGrid) {
   const auto w = random_weights(32 * 64, 18);
   for (int bits : {2, 3, 4, 8}) {
-    const auto layer = SketchLinear::encode(w.data(), 32, 64, sketch_params_for_bpw(32, 64, 8.0, 2, 16, bits), nullptr);
+    const auto layer = SketchLinear::encode(
+        w.data(), 32, 64, sketch_params_for_bpw(32, 64, 8.0, 2, 16, bits), nullptr);
     const SketchTableSet set = layer->table_set(0);
     const float q_max = float((1 << (bits - 1)) - 1);
     for (int k = 0; k < 2; ++k) {
@@ -478,7 +498,8 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
       const auto dense = dequantized(*layer);
       const auto rebuilt = reconstructed_by_rule(*layer);
       for (int64_t i = 0; i < d_out * d_in; ++i)
-        ASSERT_NEAR(dense[i], rebuilt[i], 1e-6f * (1 + std::fabs(rebuilt[i]))) << d_out << "x" << d_in << " weight " << i;
+        ASSERT_NEAR(dense[i], rebuilt[i], 1e-6f * (1 + std::fabs(rebuilt[i])))
+            << d_out << "x" << d_in << " weight " << i;
       for (int64_t tokens : {1, 2, 7}) {
         std::vector<float> x(tokens * d_in);
         for (float& v : x) v = dist(rng);
@@ -489,11 +510,14 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
         for (int64_t t = 0; t < tokens; ++t)
           for (int64_t o = 0; o < d_out; ++o) {
             double magnitude = 0;
-            for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(rebuilt[o * d_in + i] * x[t * d_in + i]);
+            for (int64_t i = 0; i < d_in; ++i)
+              magnitude += std::fabs(rebuilt[o * d_in + i] * x[t * d_in + i]);
             double expected = 0;  // the product of the rebuilt weights
-            for (int64_t i = 0; i < d_in; ++i) expected += double(rebuilt[o * d_in + i]) * x[t * d_in + i];
+            for (int64_t i = 0; i < d_in; ++i)
+              expected += double(rebuilt[o * d_in + i]) * x[t * d_in + i];
             const int64_t at = t * d_out + o;
-            ASSERT_NEAR(reference[at], expected, 1e-6 * magnitude + 1e-7) << d_out << "x" << d_in << " tokens " << tokens;
+            ASSERT_NEAR(reference[at], expected, 1e-6 * magnitude + 1e-7)
+                << d_out << "x" << d_in << " tokens " << tokens;
             ASSERT_NEAR(fast[at], reference[at], 1e-5 * magnitude + 1e-6)
                 << d_out << "x" << d_in << " tokens " << tokens << " output " << at;
           }
@@ -501,10 +525,12 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Awkward, SketchKernel,
-    ::testing::Combine(::testing::Values(SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean),
-                       ::testing::Values(1, 2, 3), ::testing::Values(1, 8, 16), ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Awkward, SketchKernel,
+                         ::testing::Combine(::testing::Values(SketchRule::AbsMinMax,
+                                                              SketchRule::AbsMaxMin,
+                                                              SketchRule::Mean),
+                                            ::testing::Values(1, 2, 3), ::testing::Values(1, 8, 16),
+                                            ::testing::Bool()));
 
 TEST(SketchKernel, LargeBlocksAndFourRows) {
   std::mt19937 rng(99);
@@ -520,7 +546,8 @@ TEST(SketchKernel, LargeBlocksAndFourRows) {
     Scratch scratch;
     layer->forward(x.data(), fast.data(), 3, scratch);
     sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), 3);
-    for (size_t i = 0; i < fast.size(); ++i) EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
+    for (size_t i = 0; i < fast.size(); ++i)
+      EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
   }
 }
 
@@ -528,7 +555,8 @@ TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
   // Large enough to be split over threads; 70 tokens span two token blocks of the batched path.
   const int64_t d_out = 300, d_in = 1000;
   const auto w = random_weights(d_out * d_in, 7);
-  const auto layer = SketchLinear::encode(w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 0.8, 2, 16, 4, 0.05), nullptr);
+  const auto layer = SketchLinear::encode(
+      w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 0.8, 2, 16, 4, 0.05), nullptr);
   std::mt19937 rng(8);
   std::normal_distribution<float> dist(0.0f, 1.0f);
   for (int64_t tokens : {1, 70}) {
@@ -539,13 +567,15 @@ TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
     layer->forward(x.data(), fast.data(), tokens, scratch);
     sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
     for (size_t i = 0; i < fast.size(); ++i)
-      ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i]))) << "tokens " << tokens << " output " << i;
+      ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
+          << "tokens " << tokens << " output " << i;
   }
 }
 
 // The SIMD kernel against the scalar reference (which equals the dense product of the
 // reconstruction): within 1e-5 of Σ|w·x| per output, as above (fp32 summation in another order).
-void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, uint32_t seed, const std::string& what) {
+void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, uint32_t seed,
+                                     const std::string& what) {
   const int64_t d_out = layer.n_out(), d_in = layer.n_in();
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -559,7 +589,8 @@ void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, 
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t o = 0; o < d_out; ++o) {
       double magnitude = 0;
-      for (int64_t i = 0; i < d_in; ++i) magnitude += std::fabs(dense[o * d_in + i] * x[t * d_in + i]);
+      for (int64_t i = 0; i < d_in; ++i)
+        magnitude += std::fabs(dense[o * d_in + i] * x[t * d_in + i]);
       ASSERT_NEAR(fast[t * d_out + o], reference[t * d_out + o], 1e-5 * magnitude + 1e-6)
           << what << " tokens " << tokens << " token " << t << " output " << o;
     }
@@ -570,8 +601,8 @@ TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
   // while it multiplies the current band; 2047 rows leave the last one unpaired.
   const int64_t d_out = 2047, d_in = 2048;
   const auto w = random_weights(d_out * d_in, 11);
-  const auto layer = SketchLinear::encode(w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 1.5, 2, 16, 4, 0.0),
-                                          nullptr);
+  const auto layer = SketchLinear::encode(
+      w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 1.5, 2, 16, 4, 0.0), nullptr);
   ASSERT_GT(layer->matrix().band_rows, 0);
   ASSERT_GT(layer->runtime_bytes(), int64_t{1} << 20);
   expect_kernel_matches_reference(*layer, 1, 3, "streamed");
@@ -581,8 +612,8 @@ TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
 // every weight's estimates tie in magnitude, with opposite signs wherever the rows' signs differ:
 // the rule must pick the lowest hash row (the SIMD kernel selects with VRANGEPS on AVX-512,
 // which breaks such ties by sign unless told otherwise).
-std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int block, int value_bits, bool salient,
-                                             int64_t d_out, int64_t d_in) {
+std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int block, int value_bits,
+                                             bool salient, int64_t d_out, int64_t d_in) {
   const int64_t blocks = d_out * ((d_in + block - 1) / block);
   const int q_max = value_bits == 16 ? 7 : (1 << (value_bits - 1)) - 1;
   const float step = value_bits == 16 ? 1.0f : 0.0625f;
@@ -599,7 +630,8 @@ std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int bloc
       std::vector<int16_t> codes(buckets * block);
       for (int64_t i = 0; i < buckets * block; ++i) {
         const int64_t j = i % block;  // nonzero, both signs
-        codes[i] = sketch_code(float((j % 2 ? -1 : 1) * int(1 + j % q_max)) * step, value_bits, step);
+        codes[i] =
+            sketch_code(float((j % 2 ? -1 : 1) * int(1 + j % q_max)) * step, value_bits, step);
       }
       set.codes.push_back(std::move(codes));
     }
@@ -627,13 +659,17 @@ TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
                 const bool sal = m.salient(r, c / block);
                 const SketchHashRow& hr = m.hash_rows[0];
                 const uint64_t h = sketch_block_hash(sal ? hr.salient_seed : hr.seed, r, c / block);
-                const float v = m.value(0, sal ? hr.buckets + sketch_bucket(h, hr.salient_buckets) : sketch_bucket(h, hr.buckets),
+                const float v = m.value(0,
+                                        sal ? hr.buckets + sketch_bucket(h, hr.salient_buckets)
+                                            : sketch_bucket(h, hr.buckets),
                                         c % block);
                 ASSERT_EQ(w[r * 96 + c], sketch_negative(h) ? -v : v);
               }
-            const std::string what = fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
-                                                 value_bits, block, salient);
-            for (int64_t tokens : {1, 3, 8, 12}) expect_kernel_matches_reference(*layer, tokens, 5, what);
+            const std::string what =
+                fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
+                            value_bits, block, salient);
+            for (int64_t tokens : {1, 3, 8, 12})
+              expect_kernel_matches_reference(*layer, tokens, 5, what);
           }
 }
 
@@ -651,18 +687,21 @@ TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
         for (int block : {8, 16, 40})
           for (double salient : {0.0, 0.1}) {
             // Plain hashing, and row bands of at least 4 buckets.
-            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient, block == 16 ? 4 : 0);
+            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient,
+                                                   block == 16 ? 4 : 0);
             p.rule = rule;
             layers.push_back(SketchLinear::encode(w.data(), 19, 100, p, nullptr));
-            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {} band rows {}", sketch_rule_name(rule),
-                                        rows, value_bits, block, salient, p.band_rows));
+            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {} band rows {}",
+                                        sketch_rule_name(rule), rows, value_bits, block, salient,
+                                        p.band_rows));
           }
   for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     hwy::GetChosenTarget().Update(hwy::SupportedTargets());
     for (size_t i = 0; i < layers.size(); ++i)
       for (int64_t tokens : {1, 2, 5, 11}) {
-        expect_kernel_matches_reference(*layers[i], tokens, uint32_t(i), std::string(hwy::TargetName(target)) + " " + names[i]);
+        expect_kernel_matches_reference(*layers[i], tokens, uint32_t(i),
+                                        std::string(hwy::TargetName(target)) + " " + names[i]);
         if (::testing::Test::HasFatalFailure()) break;
       }
     if (::testing::Test::HasFatalFailure()) break;
@@ -680,7 +719,8 @@ TEST(SketchLayer, RuntimeTablesTakeAByteAWeightOfCode) {
     const SketchParams p = sketch_params_for_bpw(64, 256, 2.0, 2, 16, value_bits, 0.0);
     const auto layer = SketchLinear::encode(w.data(), 64, 256, p, nullptr);
     int64_t expected = 0;
-    for (int64_t buckets : p.buckets) expected += (buckets * 16 * (value_bits == 16 ? 4 : 1) + 63) / 64 * 64;
+    for (int64_t buckets : p.buckets)
+      expected += (buckets * 16 * (value_bits == 16 ? 4 : 1) + 63) / 64 * 64;
     EXPECT_EQ(layer->runtime_bytes(), expected) << value_bits;
   }
 }
@@ -706,8 +746,9 @@ class SketchFile : public ::testing::Test {
   }
 
   // Rewrites the file with `edit` applied to one tensor's shape and bytes.
-  void corrupt_tensor(const std::string& name,
-                      const std::function<void(std::vector<int64_t>&, std::vector<uint8_t>&)>& edit) const {
+  void corrupt_tensor(
+      const std::string& name,
+      const std::function<void(std::vector<int64_t>&, std::vector<uint8_t>&)>& edit) const {
     GgufWriter out;
     {
       const GgufFile file = GgufFile::open(path_);
@@ -761,7 +802,8 @@ TEST_F(SketchFile, TruncatedFileIsRefused) {
 TEST_F(SketchFile, OutOfRangeCodeIsRefused) {
   write(*make_layer(4, 0.0));
   // 4-bit codes run 0..14 (q + 7); 0xF is not a code.
-  corrupt_tensor("blk.0.ffn_up.sketch1", [](auto&, std::vector<uint8_t>& bytes) { bytes[3] = 0xFF; });
+  corrupt_tensor("blk.0.ffn_up.sketch1",
+                 [](auto&, std::vector<uint8_t>& bytes) { bytes[3] = 0xFF; });
   try {
     load();
     FAIL() << "corrupt code accepted";
@@ -772,29 +814,33 @@ TEST_F(SketchFile, OutOfRangeCodeIsRefused) {
 
 TEST_F(SketchFile, ShortTableTensorIsRefused) {
   write(*make_layer(4, 0.1));
-  corrupt_tensor("blk.0.ffn_up.sketch_salient2", [](std::vector<int64_t>& shape, std::vector<uint8_t>& bytes) {
-    shape[1] -= 8;
-    bytes.resize(bytes.size() - 8);
-  });
+  corrupt_tensor("blk.0.ffn_up.sketch_salient2",
+                 [](std::vector<int64_t>& shape, std::vector<uint8_t>& bytes) {
+                   shape[1] -= 8;
+                   bytes.resize(bytes.size() - 8);
+                 });
   EXPECT_THROW(load(), Error);
 }
 
 TEST_F(SketchFile, NonFiniteFp16ValueIsRefused) {
   write(*make_layer(16, 0.0));
-  corrupt_tensor("blk.0.ffn_up.sketch0", [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x7C; });
+  corrupt_tensor("blk.0.ffn_up.sketch0",
+                 [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x7C; });
   EXPECT_THROW(load(), Error);
 }
 
 TEST_F(SketchFile, BadScaleIsRefused) {
   write(*make_layer(4, 0.0));
-  corrupt_tensor("blk.0.ffn_up.sketch_scales", [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x00; });
+  corrupt_tensor("blk.0.ffn_up.sketch_scales",
+                 [](auto&, std::vector<uint8_t>& bytes) { bytes[0] = 0x00, bytes[1] = 0x00; });
   EXPECT_THROW(load(), Error);
 }
 
 TEST_F(SketchFile, MaskBitsPastTheLastBlockAreRefused) {
   write(*make_layer(4, 0.1));
   // 24 rows x 13 blocks = 312 mask bits in 5 words; bit 319 is padding.
-  corrupt_tensor("blk.0.ffn_up.sketch_mask", [](auto&, std::vector<uint8_t>& bytes) { bytes.back() |= 0x80; });
+  corrupt_tensor("blk.0.ffn_up.sketch_mask",
+                 [](auto&, std::vector<uint8_t>& bytes) { bytes.back() |= 0x80; });
   EXPECT_THROW(load(), Error);
 }
 
@@ -808,15 +854,16 @@ TEST_F(SketchFile, BadHeaderIsRefused) {
     EXPECT_THROW(load(), Error) << key;
   };
   const std::string prefix = "subbit.sketch.blk.0.ffn_up.";
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 9});        // 9 hash rows
-  expect_refused(prefix + "config", std::vector<int64_t>{3, 8, 4, 3});        // rule 3
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 12, 3});       // 12-bit values
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 16, 4, 3});       // block size changed
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4});           // too short
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, -1});    // negative band rows
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 25});    // a band past the 24 rows
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 1});  // too long
-  expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});          // empty table
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 9});      // 9 hash rows
+  expect_refused(prefix + "config", std::vector<int64_t>{3, 8, 4, 3});      // rule 3
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 12, 3});     // 12-bit values
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 16, 4, 3});     // block size changed
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4});         // too short
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, -1});  // negative band rows
+  expect_refused(prefix + "config",
+                 std::vector<int64_t>{0, 8, 4, 3, 25});  // a band past the 24 rows
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 1});         // too long
+  expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});                 // empty table
   expect_refused(prefix + "buckets", std::vector<int64_t>{int64_t{1} << 40, 5, 5});  // huge table
   expect_refused(prefix + "seeds", std::vector<int64_t>{1, 2});               // a seed missing
   expect_refused(prefix + "salient_buckets", std::vector<int64_t>{4, 4, 4});  // no mask or tables

@@ -1,18 +1,18 @@
 #include "test_support.h"
 
-#include "common/error.h"
-#include "ops/sign_matmul.h"
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "ops/sign_matmul.h"
 
 namespace subbit::testing {
 
@@ -32,9 +32,9 @@ static std::string slurp(const std::filesystem::path& p) {
 
 std::filesystem::path temp_dir(const std::string& tag) {
   static std::atomic<int> counter{0};
-  auto dir = std::filesystem::temp_directory_path() /
-             ("subbit-test-" + tag + "-" + std::to_string(::getpid()) + "-" +
-              std::to_string(counter++));
+  auto dir =
+      std::filesystem::temp_directory_path() /
+      ("subbit-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
@@ -116,7 +116,8 @@ std::string error_of(const std::function<void()>& action) {
 
 void expect_contains(const std::string& message, std::initializer_list<std::string> parts) {
   for (const std::string& part : parts)
-    EXPECT_NE(message.find(part), std::string::npos) << "expected \"" << part << "\" in: " << message;
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "expected \"" << part << "\" in: " << message;
 }
 
 std::vector<float> dequantized(const Linear& layer) {

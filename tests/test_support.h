@@ -4,8 +4,6 @@
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
-#include "formats/linear.h"
-
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +12,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "formats/linear.h"
 
 namespace subbit::testing {
 
@@ -24,7 +24,9 @@ std::filesystem::path cli_path();  // the built `subbit` executable
 inline std::string cli() { return cli_path().string(); }
 
 // Shared material by name: a checkpoint under shared_dir()/models, the calibration text.
-inline std::filesystem::path model_dir(const std::string& name) { return shared_dir() / "models" / name; }
+inline std::filesystem::path model_dir(const std::string& name) {
+  return shared_dir() / "models" / name;
+}
 inline std::filesystem::path calib_text() { return shared_dir() / "text" / "train" / "calib.txt"; }
 // The sb-8m copy in the repository (models/sb-8m), present in every checkout.
 inline std::filesystem::path embedded_sb8m() { return source_dir() / "models" / "sb-8m"; }
@@ -82,8 +84,8 @@ class ScopedTarget {
 
 }  // namespace subbit::testing
 
-#define SKIP_UNLESS_EXISTS(path)                                              \
-  do {                                                                        \
-    if (!std::filesystem::exists(path))                                       \
+#define SKIP_UNLESS_EXISTS(path)                                                 \
+  do {                                                                           \
+    if (!std::filesystem::exists(path))                                          \
       GTEST_SKIP() << "shared file absent: " << (path).string() << " (skipped)"; \
   } while (0)

@@ -28,7 +28,8 @@ std::string ChatFormat::apply(const jinja::Json& messages, bool add_generation_p
   for (const auto& m : messages) {
     std::string role = m["role"].get<std::string>();
     if (!role.empty() && role[0] >= 'a' && role[0] <= 'z') role[0] = char(role[0] - 'a' + 'A');
-    const std::string content = m.contains("content") && m["content"].is_string() ? m["content"].get<std::string>() : "";
+    const std::string content =
+        m.contains("content") && m["content"].is_string() ? m["content"].get<std::string>() : "";
     out += role + ": " + content + "\n\n";
   }
   if (add_generation_prompt) out += "Assistant:";

@@ -12,8 +12,8 @@ namespace subbit::chat {
 class ChatFormat {
  public:
   // `template_source` empty: the plain fallback. `source_name` prefixes template errors.
-  ChatFormat(const std::string& template_source, const std::string& source_name, std::string bos_token,
-             std::string eos_token);
+  ChatFormat(const std::string& template_source, const std::string& source_name,
+             std::string bos_token, std::string eos_token);
 
   bool has_template() const { return template_.has_value(); }
 

@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <ctime>
 #include <functional>
@@ -27,7 +27,7 @@ namespace {
 struct Value {
   enum class Kind { Undefined, Data, Namespace, Callable };
   Kind kind = Kind::Undefined;
-  Json data;                        // Data
+  Json data;                         // Data
   std::shared_ptr<Json> attributes;  // Namespace
   std::string name;                 // Callable: function or method name; Undefined: what is missing
   std::shared_ptr<Value> receiver;  // Callable: the bound object of a method
@@ -66,16 +66,24 @@ std::string python_float(double d) {
 }
 
 std::string python_repr_string(const std::string& s) {
-  const char quote = s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
+  const char quote =
+      s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
   std::string out(1, quote);
   for (unsigned char c : s) {
-    if (c == '\\') out += "\\\\";
-    else if (c == quote) out += std::string("\\") + char(c);
-    else if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-    else out += char(c);
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == quote)
+      out += std::string("\\") + char(c);
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c < 0x20 || c == 0x7f)
+      out += fmt::format("\\x{:02x}", c);
+    else
+      out += char(c);
   }
   return out + quote;
 }
@@ -83,12 +91,18 @@ std::string python_repr_string(const std::string& s) {
 // Python repr() of a JSON value, as str() prints list and dict contents.
 std::string python_repr(const Json& j) {
   switch (j.type()) {
-    case Json::value_t::null: return "None";
-    case Json::value_t::boolean: return j.get<bool>() ? "True" : "False";
-    case Json::value_t::number_integer: return std::to_string(j.get<int64_t>());
-    case Json::value_t::number_unsigned: return std::to_string(j.get<uint64_t>());
-    case Json::value_t::number_float: return python_float(j.get<double>());
-    case Json::value_t::string: return python_repr_string(j.get<std::string>());
+    case Json::value_t::null:
+      return "None";
+    case Json::value_t::boolean:
+      return j.get<bool>() ? "True" : "False";
+    case Json::value_t::number_integer:
+      return std::to_string(j.get<int64_t>());
+    case Json::value_t::number_unsigned:
+      return std::to_string(j.get<uint64_t>());
+    case Json::value_t::number_float:
+      return python_float(j.get<double>());
+    case Json::value_t::string:
+      return python_repr_string(j.get<std::string>());
     case Json::value_t::array: {
       std::string out = "[";
       for (size_t i = 0; i < j.size(); ++i) out += (i ? ", " : "") + python_repr(j[i]);
@@ -103,16 +117,21 @@ std::string python_repr(const Json& j) {
       }
       return out + "}";
     }
-    default: return "<binary>";
+    default:
+      return "<binary>";
   }
 }
 
 std::string python_str(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::Undefined: return "";
-    case Value::Kind::Namespace: return "<Namespace " + python_repr(*v.attributes) + ">";
-    case Value::Kind::Callable: return "<function " + v.name + ">";
-    case Value::Kind::Data: return v.data.is_string() ? v.data.get<std::string>() : python_repr(v.data);
+    case Value::Kind::Undefined:
+      return "";
+    case Value::Kind::Namespace:
+      return "<Namespace " + python_repr(*v.attributes) + ">";
+    case Value::Kind::Callable:
+      return "<function " + v.name + ">";
+    case Value::Kind::Data:
+      return v.data.is_string() ? v.data.get<std::string>() : python_repr(v.data);
   }
   return "";
 }
@@ -122,35 +141,54 @@ bool truthy(const Value& v) {
   if (v.kind != Value::Kind::Data) return true;
   const Json& j = v.data;
   switch (j.type()) {
-    case Json::value_t::null: return false;
-    case Json::value_t::boolean: return j.get<bool>();
+    case Json::value_t::null:
+      return false;
+    case Json::value_t::boolean:
+      return j.get<bool>();
     case Json::value_t::number_integer:
-    case Json::value_t::number_unsigned: return j.get<int64_t>() != 0;
-    case Json::value_t::number_float: return j.get<double>() != 0.0;
-    case Json::value_t::string: return !j.get_ref<const std::string&>().empty();
+    case Json::value_t::number_unsigned:
+      return j.get<int64_t>() != 0;
+    case Json::value_t::number_float:
+      return j.get<double>() != 0.0;
+    case Json::value_t::string:
+      return !j.get_ref<const std::string&>().empty();
     case Json::value_t::array:
-    case Json::value_t::object: return !j.empty();
-    default: return true;
+    case Json::value_t::object:
+      return !j.empty();
+    default:
+      return true;
   }
 }
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::Undefined: return "undefined";
-    case Value::Kind::Namespace: return "namespace";
-    case Value::Kind::Callable: return "function";
-    case Value::Kind::Data: break;
+    case Value::Kind::Undefined:
+      return "undefined";
+    case Value::Kind::Namespace:
+      return "namespace";
+    case Value::Kind::Callable:
+      return "function";
+    case Value::Kind::Data:
+      break;
   }
   switch (v.data.type()) {
-    case Json::value_t::null: return "none";
-    case Json::value_t::boolean: return "bool";
+    case Json::value_t::null:
+      return "none";
+    case Json::value_t::boolean:
+      return "bool";
     case Json::value_t::number_integer:
-    case Json::value_t::number_unsigned: return "int";
-    case Json::value_t::number_float: return "float";
-    case Json::value_t::string: return "string";
-    case Json::value_t::array: return "list";
-    case Json::value_t::object: return "dict";
-    default: return "binary";
+    case Json::value_t::number_unsigned:
+      return "int";
+    case Json::value_t::number_float:
+      return "float";
+    case Json::value_t::string:
+      return "string";
+    case Json::value_t::array:
+      return "list";
+    case Json::value_t::object:
+      return "dict";
+    default:
+      return "binary";
   }
 }
 
@@ -165,7 +203,8 @@ bool values_equal(const Value& a, const Value& b) {
     return a.data == b.data;
   }
   if (a.is_undefined() && b.is_undefined()) return true;
-  if (a.kind == Value::Kind::Namespace && b.kind == Value::Kind::Namespace) return a.attributes == b.attributes;
+  if (a.kind == Value::Kind::Namespace && b.kind == Value::Kind::Namespace)
+    return a.attributes == b.attributes;
   return false;
 }
 
@@ -207,7 +246,9 @@ class Source {
   std::string name_;
 };
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 std::vector<Token> lex(const Source& src) {
   const std::string& s = src.text();
@@ -255,7 +296,8 @@ std::vector<Token> lex(const Source& src) {
     if (kind == '#') {
       const size_t close = s.find("#}", p);
       if (close == std::string::npos) src.error(open, "comment is never closed with #}}");
-      const char sign = close > p && (s[close - 1] == '-' || s[close - 1] == '+') ? s[close - 1] : '\0';
+      const char sign =
+          close > p && (s[close - 1] == '-' || s[close - 1] == '+') ? s[close - 1] : '\0';
       close_tag(close, sign, true);
       continue;
     }
@@ -314,14 +356,30 @@ std::vector<Token> lex(const Source& src) {
             const char e = s[p + 1];
             p += 2;
             switch (e) {
-              case 'n': value += '\n'; break;
-              case 't': value += '\t'; break;
-              case 'r': value += '\r'; break;
-              case '\\': value += '\\'; break;
-              case '\'': value += '\''; break;
-              case '"': value += '"'; break;
-              case '\n': break;  // line continuation
-              default: value += '\\'; value += e; break;  // Python keeps unknown escapes
+              case 'n':
+                value += '\n';
+                break;
+              case 't':
+                value += '\t';
+                break;
+              case 'r':
+                value += '\r';
+                break;
+              case '\\':
+                value += '\\';
+                break;
+              case '\'':
+                value += '\'';
+                break;
+              case '"':
+                value += '"';
+                break;
+              case '\n':
+                break;  // line continuation
+              default:
+                value += '\\';
+                value += e;
+                break;  // Python keeps unknown escapes
             }
             continue;
           }
@@ -330,9 +388,9 @@ std::vector<Token> lex(const Source& src) {
         ++p;
         out.push_back({Tok::String, value, start});
       } else {
-        static const char* const kOps[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/",
-                                           "%",  "<",  ">",  "(",  ")",  "[",  "]", "{", "}", ",",
-                                           ".",  ":",  "|",  "~",  "="};
+        static const char* const kOps[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*",
+                                           "/",  "%",  "<",  ">",  "(",  ")",  "[", "]", "{",
+                                           "}",  ",",  ".",  ":",  "|",  "~",  "="};
         const char* found = nullptr;
         for (const char* op : kOps)
           if (at(p, op)) {
@@ -360,7 +418,21 @@ struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
 
 struct Expr {
-  enum class Kind { Literal, Name, List, Dict, Attr, Index, Slice, Call, Filter, Test, Unary, Binary, Ternary };
+  enum class Kind {
+    Literal,
+    Name,
+    List,
+    Dict,
+    Attr,
+    Index,
+    Slice,
+    Call,
+    Filter,
+    Test,
+    Unary,
+    Binary,
+    Ternary
+  };
   Kind kind;
   size_t pos;
   std::string text;  // name, attribute, operator, filter or test name
@@ -378,12 +450,12 @@ struct Node {
   enum class Kind { Text, Output, If, For, Set, Break, Continue };
   Kind kind;
   size_t pos;
-  std::string text;                                 // Text
-  ExprPtr expr;                                     // Output, Set value, For iterable
-  std::vector<std::pair<ExprPtr, Body>> branches;   // If: condition and body, in order
-  Body body, else_body;                             // For; If's else
-  std::vector<std::string> targets;                 // For loop variables; Set: name [, attribute]
-  ExprPtr filter;                                   // For ... if filter
+  std::string text;                                // Text
+  ExprPtr expr;                                    // Output, Set value, For iterable
+  std::vector<std::pair<ExprPtr, Body>> branches;  // If: condition and body, in order
+  Body body, else_body;                            // For; If's else
+  std::vector<std::string> targets;                // For loop variables; Set: name [, attribute]
+  ExprPtr filter;                                  // For ... if filter
 };
 
 // Templates nested deeper than this (blocks, brackets, operators, expression trees) are refused:
@@ -406,7 +478,8 @@ class Parser {
   class Nested {
    public:
     explicit Nested(Parser& p) : p_(p) {
-      if (++p_.nesting_ > kMaxNesting) p_.src_.error(p_.peek().pos, "nested more than {} levels deep", kMaxNesting);
+      if (++p_.nesting_ > kMaxNesting)
+        p_.src_.error(p_.peek().pos, "nested more than {} levels deep", kMaxNesting);
     }
     ~Nested() { --p_.nesting_; }
 
@@ -419,7 +492,8 @@ class Parser {
     auto height = [](const ExprPtr& child) { return child ? child->height : 0; };
     for (const ExprPtr& a : e->args) e->height = std::max(e->height, 1 + height(a));
     for (const auto& kv : e->kwargs) e->height = std::max(e->height, 1 + height(kv.second));
-    if (e->height > kMaxNesting) src_.error(e->pos, "expression nested more than {} levels deep", kMaxNesting);
+    if (e->height > kMaxNesting)
+      src_.error(e->pos, "expression nested more than {} levels deep", kMaxNesting);
     return e;
   }
 
@@ -440,22 +514,30 @@ class Parser {
     ++i_;
   }
   void expect(Tok kind, const char* what) {
-    if (peek().kind != kind) src_.error(peek().pos, "expected {}, found {}", what, describe(peek()));
+    if (peek().kind != kind)
+      src_.error(peek().pos, "expected {}, found {}", what, describe(peek()));
     ++i_;
   }
   static std::string describe(const Token& t) {
     switch (t.kind) {
-      case Tok::End: return "the end of the template";
-      case Tok::BlockEnd: return "'%}'";
-      case Tok::VarEnd: return "'}}'";
-      case Tok::Text: return "text";
-      case Tok::String: return "a string";
-      default: return "'" + t.text + "'";
+      case Tok::End:
+        return "the end of the template";
+      case Tok::BlockEnd:
+        return "'%}'";
+      case Tok::VarEnd:
+        return "'}}'";
+      case Tok::Text:
+        return "text";
+      case Tok::String:
+        return "a string";
+      default:
+        return "'" + t.text + "'";
     }
   }
   // The statement keyword after a "{%" at the current token (for error messages).
   std::string peek_block_name() const {
-    return peek().kind == Tok::BlockBegin && peek(1).kind == Tok::Name ? peek(1).text : describe(peek());
+    return peek().kind == Tok::BlockBegin && peek(1).kind == Tok::Name ? peek(1).text
+                                                                       : describe(peek());
   }
 
   // Parses nodes until a block tag whose keyword is in `stops` (left unconsumed) or the end.
@@ -555,7 +637,8 @@ class Parser {
       }
       if (is_op(",")) src_.error(peek().pos, "multiple assignment in set is not supported");
       if (peek().kind == Tok::BlockEnd)
-        src_.error(peek().pos, "block assignment ({{% set x %}}...{{% endset %}}) is not supported");
+        src_.error(peek().pos,
+                   "block assignment ({{% set x %}}...{{% endset %}}) is not supported");
       expect_op("=");
       node->expr = parse_expression();
       expect(Tok::BlockEnd, "'%}'");
@@ -566,13 +649,16 @@ class Parser {
       // transformers' assistant-mask marker: renders its body unchanged.
       expect(Tok::BlockEnd, "'%}'");
       node->kind = Node::Kind::If;
-      auto always = std::make_unique<Expr>(Expr{Expr::Kind::Literal, begin, "", Json(true), {}, {}, false});
+      auto always =
+          std::make_unique<Expr>(Expr{Expr::Kind::Literal, begin, "", Json(true), {}, {}, false});
       node->branches.emplace_back(std::move(always), parse_body({"endgeneration"}));
       i_ += 2;
       expect(Tok::BlockEnd, "'%}'");
     } else {
-      src_.error(keyword.pos, "unsupported statement '{}' (this renderer implements if, for, set, "
-                 "break, continue)", k);
+      src_.error(keyword.pos,
+                 "unsupported statement '{}' (this renderer implements if, for, set, "
+                 "break, continue)",
+                 k);
     }
     return node;
   }
@@ -732,7 +818,8 @@ class Parser {
         e->args.push_back(std::move(value));
         if (is_op("(")) {
           parse_call_arguments(*e);
-        } else if (peek().kind == Tok::String || peek().kind == Tok::Int || peek().kind == Tok::Float ||
+        } else if (peek().kind == Tok::String || peek().kind == Tok::Int ||
+                   peek().kind == Tok::Float ||
                    (peek().kind == Tok::Name && !is_name("and") && !is_name("or") &&
                     !is_name("else") && !is_name("if") && !is_name("is") && !is_name("in") &&
                     !is_name("not"))) {
@@ -767,9 +854,11 @@ class Parser {
         const Token& name = next();
         if (name.kind != Tok::Name && name.kind != Tok::Int)
           src_.error(name.pos, "expected an attribute name after '.'");
-        auto e = make(name.kind == Tok::Int ? Expr::Kind::Index : Expr::Kind::Attr, name.pos, name.text);
+        auto e =
+            make(name.kind == Tok::Int ? Expr::Kind::Index : Expr::Kind::Attr, name.pos, name.text);
         e->args.push_back(std::move(value));
-        if (name.kind == Tok::Int) e->args.push_back(literal(name.pos, Json(integer_literal(name))));
+        if (name.kind == Tok::Int)
+          e->args.push_back(literal(name.pos, Json(integer_literal(name))));
         value = deepen(std::move(e));
       } else if (is_op("[")) {
         const size_t pos = next().pos;
@@ -825,9 +914,11 @@ class Parser {
         while (peek().kind == Tok::String) value += next().text;  // adjacent literals join
         return literal(t.pos, value);
       }
-      case Tok::Int: return literal(t.pos, Json(integer_literal(t)));
+      case Tok::Int:
+        return literal(t.pos, Json(integer_literal(t)));
       // As Python's float(): out of range is inf or 0, not an error.
-      case Tok::Float: return literal(t.pos, Json(std::strtod(t.text.c_str(), nullptr)));
+      case Tok::Float:
+        return literal(t.pos, Json(std::strtod(t.text.c_str(), nullptr)));
       case Tok::Name:
         if (t.text == "true" || t.text == "True") return literal(t.pos, true);
         if (t.text == "false" || t.text == "False") return literal(t.pos, false);
@@ -863,7 +954,8 @@ class Parser {
           return deepen(std::move(e));
         }
         break;
-      default: break;
+      default:
+        break;
     }
     src_.error(t.pos, "expected an expression, found {}", describe(t));
   }
@@ -897,19 +989,27 @@ class Renderer {
   }
 
  private:
-  [[noreturn]] void error(size_t pos, const std::string& message) const { src_.error(pos, "{}", message); }
+  [[noreturn]] void error(size_t pos, const std::string& message) const {
+    src_.error(pos, "{}", message);
+  }
 
   // A chat template renders a few messages: budgets far above that bound what a hostile one
   // (tokenizer_config.json comes with downloaded models) can make the server do per request.
-  static constexpr int64_t kMaxSteps = int64_t{1} << 20;   // statements and loop iterations
-  static constexpr size_t kMaxOutput = size_t{1} << 26;    // bytes of rendered text
+  static constexpr int64_t kMaxSteps = int64_t{1} << 20;  // statements and loop iterations
+  static constexpr size_t kMaxOutput = size_t{1} << 26;   // bytes of rendered text
 
   Flow run(const Node& node, std::string& out) {
-    if (++steps_ > kMaxSteps) error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
-    if (out.size() > kMaxOutput) error(node.pos, fmt::format("the template renders more than {} bytes", kMaxOutput));
+    if (++steps_ > kMaxSteps)
+      error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
+    if (out.size() > kMaxOutput)
+      error(node.pos, fmt::format("the template renders more than {} bytes", kMaxOutput));
     switch (node.kind) {
-      case Node::Kind::Text: out += node.text; return Flow::Normal;
-      case Node::Kind::Output: out += python_str(eval(*node.expr)); return Flow::Normal;
+      case Node::Kind::Text:
+        out += node.text;
+        return Flow::Normal;
+      case Node::Kind::Output:
+        out += python_str(eval(*node.expr));
+        return Flow::Normal;
       case Node::Kind::If:
         for (const auto& [condition, body] : node.branches)
           if (truthy(eval(*condition))) return run(body, out);
@@ -921,15 +1021,19 @@ class Renderer {
         } else {
           const Value target = lookup(node.targets[0]);
           if (target.kind != Value::Kind::Namespace)
-            error(node.pos, fmt::format("cannot assign attribute '{}' on a {} (only namespace objects)",
-                                        node.targets[1], type_name(target)));
+            error(node.pos,
+                  fmt::format("cannot assign attribute '{}' on a {} (only namespace objects)",
+                              node.targets[1], type_name(target)));
           (*target.attributes)[node.targets[1]] = to_json(value, node.pos);
         }
         return Flow::Normal;
       }
-      case Node::Kind::For: return run_for(node, out);
-      case Node::Kind::Break: return Flow::Break;
-      case Node::Kind::Continue: return Flow::Continue;
+      case Node::Kind::For:
+        return run_for(node, out);
+      case Node::Kind::Break:
+        return Flow::Break;
+      case Node::Kind::Continue:
+        return Flow::Continue;
     }
     return Flow::Normal;
   }
@@ -950,12 +1054,16 @@ class Renderer {
     if (items.empty()) return run(node.else_body, out);
     const int64_t length = int64_t(items.size());
     for (int64_t i = 0; i < length; ++i) {
-      if (++steps_ > kMaxSteps) error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
+      if (++steps_ > kMaxSteps)
+        error(node.pos, fmt::format("the template runs more than {} steps", kMaxSteps));
       scopes_.emplace_back();
       bind_targets(node, items[i]);
-      Json loop = {{"index", i + 1},          {"index0", i},
-                   {"revindex", length - i},  {"revindex0", length - i - 1},
-                   {"first", i == 0},         {"last", i + 1 == length},
+      Json loop = {{"index", i + 1},
+                   {"index0", i},
+                   {"revindex", length - i},
+                   {"revindex0", length - i - 1},
+                   {"first", i == 0},
+                   {"last", i + 1 == length},
                    {"length", length},
                    {"previtem", i > 0 ? items[i - 1] : Json()},
                    {"nextitem", i + 1 < length ? items[i + 1] : Json()}};
@@ -975,7 +1083,8 @@ class Renderer {
     if (!item.is_array() || item.size() != node.targets.size())
       error(node.pos, fmt::format("cannot unpack {} into {} loop variables", python_repr(item),
                                   node.targets.size()));
-    for (size_t k = 0; k < node.targets.size(); ++k) scopes_.back()[node.targets[k]] = Value::of(item[k]);
+    for (size_t k = 0; k < node.targets.size(); ++k)
+      scopes_.back()[node.targets[k]] = Value::of(item[k]);
   }
 
   std::vector<Json> iterate(const Value& v, size_t pos) const {
@@ -993,9 +1102,12 @@ class Renderer {
         for (size_t i = 0; i < s.size();) {
           size_t len = 1;
           const unsigned char c = s[i];
-          if (c >= 0xF0) len = 4;
-          else if (c >= 0xE0) len = 3;
-          else if (c >= 0xC0) len = 2;
+          if (c >= 0xF0)
+            len = 4;
+          else if (c >= 0xE0)
+            len = 3;
+          else if (c >= 0xC0)
+            len = 2;
           chars.emplace_back(s.substr(i, len));
           i += len;
         }
@@ -1020,8 +1132,10 @@ class Renderer {
 
   Value eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::Literal: return Value::of(e.literal);
-      case Expr::Kind::Name: return lookup(e.text);
+      case Expr::Kind::Literal:
+        return Value::of(e.literal);
+      case Expr::Kind::Name:
+        return lookup(e.text);
       case Expr::Kind::List: {
         Json list = Json::array();
         for (const auto& item : e.args) list.push_back(to_json(eval(*item), item->pos));
@@ -1036,11 +1150,16 @@ class Renderer {
         }
         return Value::of(std::move(dict));
       }
-      case Expr::Kind::Attr: return attribute(eval(*e.args[0]), e.text, e.pos);
-      case Expr::Kind::Index: return subscript(eval(*e.args[0]), eval(*e.args[1]), e.pos);
-      case Expr::Kind::Slice: return slice(e);
-      case Expr::Kind::Call: return call(e);
-      case Expr::Kind::Filter: return filter(e);
+      case Expr::Kind::Attr:
+        return attribute(eval(*e.args[0]), e.text, e.pos);
+      case Expr::Kind::Index:
+        return subscript(eval(*e.args[0]), eval(*e.args[1]), e.pos);
+      case Expr::Kind::Slice:
+        return slice(e);
+      case Expr::Kind::Call:
+        return call(e);
+      case Expr::Kind::Filter:
+        return filter(e);
       case Expr::Kind::Test: {
         const bool result = test(e);
         return Value::of(e.negated ? !result : result);
@@ -1057,7 +1176,8 @@ class Renderer {
         }
         return Value::of(-as_double(v.data));
       }
-      case Expr::Kind::Binary: return binary(e);
+      case Expr::Kind::Binary:
+        return binary(e);
       case Expr::Kind::Ternary:
         if (truthy(eval(*e.args[1]))) return eval(*e.args[0]);
         return e.args[2] ? eval(*e.args[2]) : Value::undefined("the else branch");
@@ -1066,15 +1186,16 @@ class Renderer {
   }
 
   Value attribute(const Value& v, const std::string& name, size_t pos) {
-    if (v.is_undefined()) error(pos, fmt::format("{} is undefined (reading its attribute '{}')", v.name, name));
+    if (v.is_undefined())
+      error(pos, fmt::format("{} is undefined (reading its attribute '{}')", v.name, name));
     if (v.kind == Value::Kind::Namespace) {
       if (v.attributes->contains(name)) return Value::of((*v.attributes)[name]);
       return Value::undefined("namespace attribute '" + name + "'");
     }
     if (v.is_data()) {
-      static const char* const kStringMethods[] = {"strip", "lstrip", "rstrip", "split", "startswith",
-                                                   "endswith", "upper", "lower", "title", "capitalize",
-                                                   "replace", "find", "count"};
+      static const char* const kStringMethods[] = {
+          "strip", "lstrip", "rstrip",     "split",   "startswith", "endswith", "upper",
+          "lower", "title",  "capitalize", "replace", "find",       "count"};
       static const char* const kDictMethods[] = {"items", "keys", "values", "get"};
       if (v.data.is_string())
         for (const char* m : kStringMethods)
@@ -1090,7 +1211,8 @@ class Renderer {
 
   Value subscript(const Value& v, const Value& key, size_t pos) {
     if (v.is_undefined()) error(pos, fmt::format("{} is undefined (indexing it)", v.name));
-    if (v.kind == Value::Kind::Namespace && key.is_string()) return attribute(v, key.data.get<std::string>(), pos);
+    if (v.kind == Value::Kind::Namespace && key.is_string())
+      return attribute(v, key.data.get<std::string>(), pos);
     if (v.is_data()) {
       const Json& d = v.data;
       if (d.is_object() && key.is_string()) {
@@ -1098,7 +1220,8 @@ class Renderer {
         return Value::undefined("key " + python_repr(key.data));
       }
       if ((d.is_array() || d.is_string()) && key.is_data() && is_integer(key.data)) {
-        const int64_t size = d.is_array() ? int64_t(d.size()) : int64_t(d.get<std::string>().size());
+        const int64_t size =
+            d.is_array() ? int64_t(d.size()) : int64_t(d.get<std::string>().size());
         int64_t i = as_int(key.data);
         if (i < 0) i += size;
         if (i < 0 || i >= size) return Value::undefined("index " + python_repr(key.data));
@@ -1118,12 +1241,14 @@ class Renderer {
       if (!b.is_data() || !is_integer(b.data)) error(x->pos, "slice indices must be integers");
       return as_int(b.data);
     };
-    const std::optional<int64_t> start = bound(e.args[1]), stop = bound(e.args[2]), step_opt = bound(e.args[3]);
+    const std::optional<int64_t> start = bound(e.args[1]), stop = bound(e.args[2]),
+                                 step_opt = bound(e.args[3]);
     const int64_t step = step_opt.value_or(1);
     if (step == 0) error(e.pos, "slice step cannot be zero");
     if (!v.is_data() || !(v.data.is_array() || v.data.is_string()))
       error(e.pos, fmt::format("cannot slice a {}", type_name(v)));
-    const int64_t size = v.data.is_array() ? int64_t(v.data.size()) : int64_t(v.data.get<std::string>().size());
+    const int64_t size =
+        v.data.is_array() ? int64_t(v.data.size()) : int64_t(v.data.get<std::string>().size());
     // Python's slice.indices().
     auto clamp = [&](std::optional<int64_t> x, int64_t default_value) {
       if (!x) return default_value;
@@ -1174,7 +1299,8 @@ class Renderer {
   Value call(const Expr& e) {
     const Value callee = eval(*e.args[0]);
     if (callee.kind != Value::Kind::Callable)
-      error(e.pos, fmt::format("{} is not callable", callee.is_undefined() ? callee.name : type_name(callee)));
+      error(e.pos, fmt::format("{} is not callable",
+                               callee.is_undefined() ? callee.name : type_name(callee)));
     const Args a = evaluate_arguments(e, 1);
     if (callee.receiver) return method(*callee.receiver, callee.name, a, e.pos);
     const std::string& f = callee.name;
@@ -1224,7 +1350,8 @@ class Renderer {
     error(e.pos, "unknown function " + f);
   }
 
-  static std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
+  static std::string strip_chars(const std::string& s, const std::string& chars, bool left,
+                                 bool right) {
     auto strip_this = [&](char c) {
       return chars.empty() ? is_space(c) : chars.find(c) != std::string::npos;
     };
@@ -1290,7 +1417,8 @@ class Renderer {
     }
     const std::string s = d.get<std::string>();
     if (name == "strip" || name == "lstrip" || name == "rstrip")
-      return Value::of(strip_chars(s, string_argument(a, 0, "chars", pos, ""), name != "rstrip", name != "lstrip"));
+      return Value::of(strip_chars(s, string_argument(a, 0, "chars", pos, ""), name != "rstrip",
+                                   name != "lstrip"));
     if (name == "upper") return Value::of(upper(s));
     if (name == "lower") return Value::of(lower(s));
     if (name == "title") return Value::of(title_case(s));
@@ -1305,7 +1433,8 @@ class Renderer {
       return Value::of(match);
     }
     if (name == "replace")
-      return Value::of(replace_all(s, string_argument(a, 0, "old", pos, ""), string_argument(a, 1, "new", pos, "")));
+      return Value::of(replace_all(s, string_argument(a, 0, "old", pos, ""),
+                                   string_argument(a, 1, "new", pos, "")));
     if (name == "find" || name == "count") {
       const std::string needle = string_argument(a, 0, "sub", pos, "");
       if (name == "find") {
@@ -1314,13 +1443,16 @@ class Renderer {
       }
       if (needle.empty()) return Value::of(int64_t(s.size() + 1));
       int64_t count = 0;
-      for (size_t p = s.find(needle); p != std::string::npos; p = s.find(needle, p + needle.size())) ++count;
+      for (size_t p = s.find(needle); p != std::string::npos; p = s.find(needle, p + needle.size()))
+        ++count;
       return Value::of(count);
     }
     // split(sep=None, maxsplit=-1)
     const Value* sep_value = argument(a, 0, "sep");
     const Value* max_value = argument(a, 1, "maxsplit");
-    int64_t maxsplit = max_value && max_value->is_data() && is_integer(max_value->data) ? as_int(max_value->data) : -1;
+    int64_t maxsplit = max_value && max_value->is_data() && is_integer(max_value->data)
+                           ? as_int(max_value->data)
+                           : -1;
     Json out = Json::array();
     if (sep_value == nullptr || sep_value->is_none()) {
       size_t i = 0;
@@ -1357,7 +1489,8 @@ class Renderer {
   }
 
   // Applies test `name` (with extra arguments) to `v`, as the select/reject filters also do.
-  bool apply_test(const std::string& name, const Value& v, const std::vector<Value>& extra, size_t pos) {
+  bool apply_test(const std::string& name, const Value& v, const std::vector<Value>& extra,
+                  size_t pos) {
     auto operand = [&]() -> const Value& {
       if (extra.empty()) error(pos, "test '" + name + "' needs an argument");
       return extra[0];
@@ -1375,7 +1508,8 @@ class Renderer {
     if (name == "number") return numeric(v);
     if (name == "integer") return v.is_data() && v.data.is_number_integer();
     if (name == "float") return v.is_data() && v.data.is_number_float();
-    if (name == "mapping") return (v.is_data() && v.data.is_object()) || v.kind == Value::Kind::Namespace;
+    if (name == "mapping")
+      return (v.is_data() && v.data.is_object()) || v.kind == Value::Kind::Namespace;
     if (name == "sequence" || name == "iterable")
       return v.is_data() && (v.data.is_array() || v.data.is_string() || v.data.is_object());
     if (name == "callable") return v.kind == Value::Kind::Callable;
@@ -1390,15 +1524,21 @@ class Renderer {
       if (name == "odd") return x % 2 != 0;
       if (name == "even") return x % 2 == 0;
       const Value& d = operand();
-      if (!d.is_data() || !is_integer(d.data) || as_int(d.data) == 0) error(pos, "divisibleby needs a non-zero integer");
+      if (!d.is_data() || !is_integer(d.data) || as_int(d.data) == 0)
+        error(pos, "divisibleby needs a non-zero integer");
       return as_int(d.data) == -1 || x % as_int(d.data) == 0;  // INT64_MIN % -1 would trap
     }
-    if (name == "equalto" || name == "eq" || name == "==" || name == "sameas") return values_equal(v, operand());
+    if (name == "equalto" || name == "eq" || name == "==" || name == "sameas")
+      return values_equal(v, operand());
     if (name == "ne" || name == "!=") return !values_equal(v, operand());
     if (name == "in") return contains(operand(), v, pos);
-    if (name == "gt" || name == "ge" || name == "lt" || name == "le" || name == ">" || name == ">=" ||
-        name == "<" || name == "<=") {
-      const std::string op = name == "gt" ? ">" : name == "ge" ? ">=" : name == "lt" ? "<" : name == "le" ? "<=" : name;
+    if (name == "gt" || name == "ge" || name == "lt" || name == "le" || name == ">" ||
+        name == ">=" || name == "<" || name == "<=") {
+      const std::string op = name == "gt"   ? ">"
+                             : name == "ge" ? ">="
+                             : name == "lt" ? "<"
+                             : name == "le" ? "<="
+                                            : name;
       return compare(v, operand(), op, pos);
     }
     error(pos, "unknown test '" + name + "'");
@@ -1416,7 +1556,8 @@ class Renderer {
       const Json& c = container.data;
       if (c.is_string()) {
         if (!item.is_string()) error(pos, "'in <string>' requires a string on the left");
-        return c.get_ref<const std::string&>().find(item.data.get<std::string>()) != std::string::npos;
+        return c.get_ref<const std::string&>().find(item.data.get<std::string>()) !=
+               std::string::npos;
       }
       if (c.is_array()) {
         for (const Json& x : c)
@@ -1427,7 +1568,8 @@ class Renderer {
     }
     if (container.kind == Value::Kind::Namespace)
       return item.is_string() && container.attributes->contains(item.data.get<std::string>());
-    error(pos, fmt::format("'in' needs a string, list or dict on the right, not a {}", type_name(container)));
+    error(pos, fmt::format("'in' needs a string, list or dict on the right, not a {}",
+                           type_name(container)));
   }
 
   bool compare(const Value& a, const Value& b, const std::string& op, size_t pos) {
@@ -1441,7 +1583,8 @@ class Renderer {
     } else if (a.is_string() && b.is_string()) {
       order = a.data.get<std::string>().compare(b.data.get<std::string>());
     } else {
-      error(pos, fmt::format("'{}' is not supported between a {} and a {}", op, type_name(a), type_name(b)));
+      error(pos, fmt::format("'{}' is not supported between a {} and a {}", op, type_name(a),
+                             type_name(b)));
     }
     if (op == "<") return order < 0;
     if (op == "<=") return order <= 0;
@@ -1471,7 +1614,8 @@ class Renderer {
     if (op == "==" || op == "!=" || op == "<" || op == "<=" || op == ">" || op == ">=")
       return Value::of(compare(a, b, op, e.pos));
     auto mismatch = [&]() {
-      error(e.pos, fmt::format("unsupported operand types for {}: {} and {}", op, type_name(a), type_name(b)));
+      error(e.pos, fmt::format("unsupported operand types for {}: {} and {}", op, type_name(a),
+                               type_name(b)));
     };
     if (!a.is_data() || !b.is_data()) mismatch();
     const Json& x = a.data;
@@ -1479,7 +1623,8 @@ class Renderer {
     const bool numbers = (x.is_number() || x.is_boolean()) && (y.is_number() || y.is_boolean());
     if (op == "+") {
       if (x.is_string() && y.is_string()) {
-        if (x.get_ref<const std::string&>().size() + y.get_ref<const std::string&>().size() > kMaxOutput)
+        if (x.get_ref<const std::string&>().size() + y.get_ref<const std::string&>().size() >
+            kMaxOutput)
           error(e.pos, "string concatenation is too long");
         return Value::of(x.get<std::string>() + y.get<std::string>());
       }
@@ -1493,7 +1638,8 @@ class Renderer {
     if (op == "*" && ((x.is_string() && is_integer(y)) || (is_integer(x) && y.is_string()))) {
       const std::string s = x.is_string() ? x.get<std::string>() : y.get<std::string>();
       const int64_t times = x.is_string() ? as_int(y) : as_int(x);
-      if (times * int64_t(s.size()) > (int64_t{1} << 24)) error(e.pos, "string repetition is too long");
+      if (times * int64_t(s.size()) > (int64_t{1} << 24))
+        error(e.pos, "string repetition is too long");
       std::string out;
       for (int64_t i = 0; i < times; ++i) out += s;
       return Value::of(out);
@@ -1550,7 +1696,9 @@ class Renderer {
       return python_str(v);
     };
     auto need_list = [&]() { return iterate(v, e.pos); };
-    if (f == "trim") return Value::of(strip_chars(need_string(), string_argument(a, 0, "chars", e.pos, ""), true, true));
+    if (f == "trim")
+      return Value::of(
+          strip_chars(need_string(), string_argument(a, 0, "chars", e.pos, ""), true, true));
     if (f == "upper") return Value::of(upper(need_string()));
     if (f == "lower") return Value::of(lower(need_string()));
     if (f == "capitalize") return Value::of(capitalize(need_string()));
@@ -1563,7 +1711,8 @@ class Renderer {
     if (f == "length" || f == "count") {
       if (v.is_string()) return Value::of(int64_t(v.data.get<std::string>().size()));
       if (v.kind == Value::Kind::Namespace) return Value::of(int64_t(v.attributes->size()));
-      if (v.is_data() && (v.data.is_array() || v.data.is_object())) return Value::of(int64_t(v.data.size()));
+      if (v.is_data() && (v.data.is_array() || v.data.is_object()))
+        return Value::of(int64_t(v.data.size()));
       if (v.is_undefined()) return Value::of(int64_t(0));
       error(e.pos, fmt::format("a {} has no length", type_name(v)));
     }
@@ -1571,7 +1720,8 @@ class Renderer {
       const Value* indent = argument(a, 0, "indent");
       int width = -1;
       if (indent != nullptr && !indent->is_none()) {
-        if (!indent->is_data() || !is_integer(indent->data)) error(e.pos, "tojson indent must be an integer");
+        if (!indent->is_data() || !is_integer(indent->data))
+          error(e.pos, "tojson indent must be an integer");
         width = int(std::clamp<int64_t>(as_int(indent->data), 0, 64));
       }
       return Value::of(python_json_dumps(to_json(v, e.pos), width));
@@ -1579,7 +1729,8 @@ class Renderer {
     if (f == "default" || f == "d") {
       const Value* fallback = argument(a, 0, "default_value");
       const Value* boolean = argument(a, 1, "boolean");
-      const bool use_fallback = v.is_undefined() || (boolean != nullptr && truthy(*boolean) && !truthy(v));
+      const bool use_fallback =
+          v.is_undefined() || (boolean != nullptr && truthy(*boolean) && !truthy(v));
       if (!use_fallback) return v;
       return fallback ? *fallback : Value::of("");
     }
@@ -1592,7 +1743,8 @@ class Renderer {
       }
       if (v.is_string()) {
         try {
-          return Value::of(int64_t(std::stoll(strip_chars(v.data.get<std::string>(), "", true, true))));
+          return Value::of(
+              int64_t(std::stoll(strip_chars(v.data.get<std::string>(), "", true, true))));
         } catch (const std::exception&) {
         }
       }
@@ -1600,7 +1752,8 @@ class Renderer {
       return fallback ? *fallback : Value::of(int64_t(0));
     }
     if (f == "float") {
-      if (v.is_data() && (v.data.is_number() || v.data.is_boolean())) return Value::of(as_double(v.data));
+      if (v.is_data() && (v.data.is_number() || v.data.is_boolean()))
+        return Value::of(as_double(v.data));
       if (v.is_string()) {
         try {
           return Value::of(std::stod(v.data.get<std::string>()));
@@ -1667,8 +1820,11 @@ class Renderer {
           }
           out.push_back(to_json(x, e.pos));
         } else {
-          if (a.positional.empty() || !a.positional[0].is_string()) error(e.pos, "map needs a filter name or attribute=");
-          out.push_back(to_json(apply_named_filter(a.positional[0].data.get<std::string>(), Value::of(item), e.pos), e.pos));
+          if (a.positional.empty() || !a.positional[0].is_string())
+            error(e.pos, "map needs a filter name or attribute=");
+          out.push_back(to_json(
+              apply_named_filter(a.positional[0].data.get<std::string>(), Value::of(item), e.pos),
+              e.pos));
         }
       }
       return Value::of(std::move(out));
@@ -1679,7 +1835,8 @@ class Renderer {
       size_t next_arg = 0;
       std::string attribute_name;
       if (by_attribute) {
-        if (a.positional.empty() || !a.positional[0].is_string()) error(e.pos, f + " needs an attribute name");
+        if (a.positional.empty() || !a.positional[0].is_string())
+          error(e.pos, f + " needs an attribute name");
         attribute_name = a.positional[0].data.get<std::string>();
         next_arg = 1;
       }
@@ -1688,7 +1845,8 @@ class Renderer {
         if (!a.positional[next_arg].is_string()) error(e.pos, f + " needs a test name");
         test_name = a.positional[next_arg].data.get<std::string>();
       }
-      const std::vector<Value> extra(a.positional.begin() + std::min(a.positional.size(), next_arg + 1), a.positional.end());
+      const std::vector<Value> extra(
+          a.positional.begin() + std::min(a.positional.size(), next_arg + 1), a.positional.end());
       Json out = Json::array();
       for (const Json& item : need_list()) {
         Value x = Value::of(item);
@@ -1713,7 +1871,8 @@ class Renderer {
     e.kind = Expr::Kind::Filter;
     e.pos = pos;
     e.text = name;
-    e.args.push_back(std::make_unique<Expr>(Expr{Expr::Kind::Literal, pos, "", to_json(v, pos), {}, {}, false}));
+    e.args.push_back(
+        std::make_unique<Expr>(Expr{Expr::Kind::Literal, pos, "", to_json(v, pos), {}, {}, false}));
     return filter(e);
   }
 
@@ -1728,29 +1887,55 @@ void dump(const Json& j, int indent, int depth, std::string& out) {
     out.append(size_t(indent) * size_t(level), ' ');
   };
   switch (j.type()) {
-    case Json::value_t::null: out += "null"; return;
-    case Json::value_t::boolean: out += j.get<bool>() ? "true" : "false"; return;
-    case Json::value_t::number_integer: out += std::to_string(j.get<int64_t>()); return;
-    case Json::value_t::number_unsigned: out += std::to_string(j.get<uint64_t>()); return;
+    case Json::value_t::null:
+      out += "null";
+      return;
+    case Json::value_t::boolean:
+      out += j.get<bool>() ? "true" : "false";
+      return;
+    case Json::value_t::number_integer:
+      out += std::to_string(j.get<int64_t>());
+      return;
+    case Json::value_t::number_unsigned:
+      out += std::to_string(j.get<uint64_t>());
+      return;
     case Json::value_t::number_float: {
       const double d = j.get<double>();
-      out += std::isnan(d) ? "NaN" : std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : python_float(d);
+      out += std::isnan(d)   ? "NaN"
+             : std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity")
+                             : python_float(d);
       return;
     }
     case Json::value_t::string: {
       out += '"';
       for (unsigned char c : j.get_ref<const std::string&>()) {
         switch (c) {
-          case '"': out += "\\\""; break;
-          case '\\': out += "\\\\"; break;
-          case '\n': out += "\\n"; break;
-          case '\r': out += "\\r"; break;
-          case '\t': out += "\\t"; break;
-          case '\b': out += "\\b"; break;
-          case '\f': out += "\\f"; break;
+          case '"':
+            out += "\\\"";
+            break;
+          case '\\':
+            out += "\\\\";
+            break;
+          case '\n':
+            out += "\\n";
+            break;
+          case '\r':
+            out += "\\r";
+            break;
+          case '\t':
+            out += "\\t";
+            break;
+          case '\b':
+            out += "\\b";
+            break;
+          case '\f':
+            out += "\\f";
+            break;
           default:
-            if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-            else out += char(c);
+            if (c < 0x20)
+              out += fmt::format("\\u{:04x}", c);
+            else
+              out += char(c);
         }
       }
       out += '"';
@@ -1779,7 +1964,9 @@ void dump(const Json& j, int indent, int depth, std::string& out) {
       out += object ? '}' : ']';
       return;
     }
-    default: out += "null"; return;
+    default:
+      out += "null";
+      return;
   }
 }
 

@@ -10,9 +10,8 @@
 //
 // It knows nothing about HTTP, tokenizers or models: variables in, text out.
 #include <memory>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace subbit::jinja {
 

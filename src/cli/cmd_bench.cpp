@@ -38,9 +38,11 @@ double run_once(const LlamaModel& model, const std::vector<int32_t>& tokens, boo
     model.forward(tokens, 0, state, logits.data(), false);
   } else {
     for (size_t i = 0; i < tokens.size(); ++i)
-      model.forward(std::span<const int32_t>(&tokens[i], 1), int64_t(i), state, logits.data(), false);
+      model.forward(std::span<const int32_t>(&tokens[i], 1), int64_t(i), state, logits.data(),
+                    false);
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return double(tokens.size()) / seconds;
 }
 
@@ -56,11 +58,15 @@ Action add_bench_command(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("bench", "prompt-processing and generation speed");
   cmd->add_option("model", o->model, "model directory or .subbit file")->required();
-  cmd->add_option("-p,--n-prompt", o->prompt, "prompt tokens (pp test; 0 skips)")->capture_default_str();
-  cmd->add_option("-n,--n-gen", o->generate, "generated tokens (tg test; 0 skips)")->capture_default_str();
-  cmd->add_option("-r,--repetitions", o->repetitions, "runs per test")->capture_default_str()
+  cmd->add_option("-p,--n-prompt", o->prompt, "prompt tokens (pp test; 0 skips)")
+      ->capture_default_str();
+  cmd->add_option("-n,--n-gen", o->generate, "generated tokens (tg test; 0 skips)")
+      ->capture_default_str();
+  cmd->add_option("-r,--repetitions", o->repetitions, "runs per test")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1000));
-  cmd->add_option("-t,--threads", o->threads, "thread counts to test, e.g. -t 1,2")->delimiter(',')
+  cmd->add_option("-t,--threads", o->threads, "thread counts to test, e.g. -t 1,2")
+      ->delimiter(',')
       ->check(CLI::Range(1, 1024));
 
   return [o] {
@@ -78,7 +84,8 @@ Action add_bench_command(CLI::App& app) {
       bytes += t.bytes;
       if (t.kind == "attention" || t.kind == "mlp") types.insert(t.type);
     }
-    const std::string name = fmt::format("{} {}", bundle.path.filename().string(), fmt::join(types, "+"));
+    const std::string name =
+        fmt::format("{} {}", bundle.path.filename().string(), fmt::join(types, "+"));
     std::mt19937 rng(42);
     auto random_tokens = [&](int64_t n) {
       std::vector<int32_t> t(n);
@@ -92,10 +99,12 @@ Action add_bench_command(CLI::App& app) {
                RunState::bytes_for(c, o->generate) / (1024.0 * 1024.0), o->generate);
     fmt::print("| {:<28} | {:>10} | {:>9} | {:>7} | {:>7} | {:>16} |\n", "model", "size", "params",
                "threads", "test", "t/s");
-    fmt::print("| {:-<28} | {:->10} | {:->9} | {:->7} | {:->7} | {:->16} |\n", "", "", "", "", "", "");
+    fmt::print("| {:-<28} | {:->10} | {:->9} | {:->7} | {:->7} | {:->16} |\n", "", "", "", "", "",
+               "");
     for (int threads : o->threads) {
       set_num_threads(threads);
-      for (const auto& [length, batched] : {std::pair{o->prompt, true}, std::pair{o->generate, false}}) {
+      for (const auto& [length, batched] :
+           {std::pair{o->prompt, true}, std::pair{o->generate, false}}) {
         if (length <= 0) continue;
         const std::vector<int32_t> tokens = random_tokens(length);
         run_once(model, tokens, batched);  // warm-up: page in weights, settle clocks

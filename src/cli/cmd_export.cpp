@@ -11,7 +11,8 @@ Action add_export_command(CLI::App& app) {
     std::string model, out;
   };
   auto o = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("export", "write a model as a Hugging Face checkpoint (bf16, dequantized)");
+  CLI::App* cmd = app.add_subcommand(
+      "export", "write a model as a Hugging Face checkpoint (bf16, dequantized)");
   cmd->add_option("model", o->model, "subbit model file or model directory")->required();
   cmd->add_option("-o,--output", o->out, "output folder (must not exist or be empty)")->required();
   return [o] {

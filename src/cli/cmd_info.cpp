@@ -2,9 +2,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <nlohmann/json.hpp>
-
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "cli/commands.h"
@@ -16,7 +15,8 @@ namespace subbit::cli {
 namespace {
 
 std::string human_bytes(double bytes) {
-  if (bytes >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
+  if (bytes >= 1024.0 * 1024 * 1024)
+    return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
   if (bytes >= 1024.0 * 1024) return fmt::format("{:.2f} MiB", bytes / (1024.0 * 1024));
   if (bytes >= 1024.0) return fmt::format("{:.2f} KiB", bytes / 1024.0);
   return fmt::format("{:.0f} B", bytes);
@@ -50,18 +50,19 @@ Action add_info_command(CLI::App& app) {
     if (o->ctx > 0) check_context(bundle, o->ctx, "--ctx");
     fmt::print("model:        {} ({})\n", bundle.path.string(), bundle.container);
     const nlohmann::json hf_config = llama_config_to_json(c);
-    fmt::print("architecture: {}, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
-               "ffn {}, vocab {}, max ctx {}\n",
-               hf_config["architectures"][0].get<std::string>(), c.num_layers, c.hidden_size,
-               c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size,
-               c.max_position_embeddings);
+    fmt::print(
+        "architecture: {}, {} layers, hidden {}, heads {} / kv {} (head_dim {}), "
+        "ffn {}, vocab {}, max ctx {}\n",
+        hf_config["architectures"][0].get<std::string>(), c.num_layers, c.hidden_size, c.num_heads,
+        c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.max_position_embeddings);
     std::string rope = fmt::format("rope_theta {}", c.rope_theta);
     if (hf_config.contains("rope_scaling"))
-      rope += fmt::format(" ({} scaling x{}{})", hf_config["rope_scaling"]["rope_type"].get<std::string>(),
-                          c.rope_scaling.factor,
-                          c.rope_scaling.original_max_position_embeddings > 0
-                              ? fmt::format(", original ctx {}", c.rope_scaling.original_max_position_embeddings)
-                              : "");
+      rope += fmt::format(
+          " ({} scaling x{}{})", hf_config["rope_scaling"]["rope_type"].get<std::string>(),
+          c.rope_scaling.factor,
+          c.rope_scaling.original_max_position_embeddings > 0
+              ? fmt::format(", original ctx {}", c.rope_scaling.original_max_position_embeddings)
+              : "");
     std::vector<std::string> biases;
     if (c.qkv_bias) biases.push_back("q/k/v");
     if (c.o_bias) biases.push_back("o");
@@ -83,7 +84,8 @@ Action add_info_command(CLI::App& app) {
     if (!bundle.compression_json.empty()) {
       fmt::print("compression:  {}\n", bundle.compression_json);
       const auto details = nlohmann::json::parse(bundle.compression_json, nullptr, false);
-      if (details.is_object() && details.contains("target_bpw")) target_bpw = details["target_bpw"].get<double>();
+      if (details.is_object() && details.contains("target_bpw"))
+        target_bpw = details["target_bpw"].get<double>();
     }
     fmt::print("\n");
 
@@ -108,9 +110,9 @@ Action add_info_command(CLI::App& app) {
       }
     }
     auto row = [](const std::string& name, const Totals& t) {
-      fmt::print("{:<16} {:>7} {:>11} {:>12} {:>8.3f}  {}\n", name, t.tensors, human_count(t.params),
-                 human_bytes(t.bytes), t.params ? 8.0 * t.bytes / t.params : 0.0,
-                 fmt::join(t.types, ","));
+      fmt::print("{:<16} {:>7} {:>11} {:>12} {:>8.3f}  {}\n", name, t.tensors,
+                 human_count(t.params), human_bytes(t.bytes),
+                 t.params ? 8.0 * t.bytes / t.params : 0.0, fmt::join(t.types, ","));
     };
     fmt::print("{:<16} {:>7} {:>11} {:>12} {:>8}  {}\n", "kind", "tensors", "params", "bytes",
                "bits/w", "types");
@@ -121,17 +123,23 @@ Action add_info_command(CLI::App& app) {
     // parameters, a tied embedding/head counted once (as transformers counts them), so that a
     // head stored twice shows up as extra bits rather than extra parameters.
     const LlamaConfig& mc = bundle.model->config();
-    const bool head_stored_twice = mc.tie_word_embeddings && !bundle.model->weights().head_is_embedding();
-    const int64_t model_params = all.params - (head_stored_twice ? mc.vocab_size * mc.hidden_size : 0);
-    fmt::print("whole file: {:.4f} bits/param ({} stored bits over {} parameters); linear layers alone {:.4f}\n",
-               8.0 * all.bytes / double(model_params), 8 * all.bytes, model_params,
-               linear.params ? 8.0 * linear.bytes / linear.params : 0.0);
+    const bool head_stored_twice =
+        mc.tie_word_embeddings && !bundle.model->weights().head_is_embedding();
+    const int64_t model_params =
+        all.params - (head_stored_twice ? mc.vocab_size * mc.hidden_size : 0);
+    fmt::print(
+        "whole file: {:.4f} bits/param ({} stored bits over {} parameters); linear layers alone "
+        "{:.4f}\n",
+        8.0 * all.bytes / double(model_params), 8 * all.bytes, model_params,
+        linear.params ? 8.0 * linear.bytes / linear.params : 0.0);
     if (head_stored_twice)
       fmt::print("tied embedding and LM head are stored twice, in different formats ({} and {})\n",
-                 bundle.model->weights().embedding->describe(), bundle.model->weights().lm_head->describe());
+                 bundle.model->weights().embedding->describe(),
+                 bundle.model->weights().lm_head->describe());
 
     if (o->tensors || bundle.container != "huggingface") {
-      fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w", "detail");
+      fmt::print("\n{:<48} {:>10} {:>11} {:>8}  {}\n", "tensor", "type", "params", "bits/w",
+                 "detail");
       // Formats sized by a target can overshoot it on small layers (formats/format_table.cpp says
       // why): mark those layers.
       std::map<std::string_view, int64_t> over_target;  // by reason
@@ -141,11 +149,13 @@ Action add_info_command(CLI::App& app) {
         const bool over = target_bpw > 0 && format && !format->over_target_reason.empty() &&
                           bpw > target_bpw * format->over_target_slack;
         if (over) over_target[format->over_target_reason]++;
-        fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}{}\n", t.name, t.type, human_count(t.params), bpw,
-                   t.detail, over ? fmt::format("  [over target: {}]", format->over_target_reason) : "");
+        fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}{}\n", t.name, t.type, human_count(t.params),
+                   bpw, t.detail,
+                   over ? fmt::format("  [over target: {}]", format->over_target_reason) : "");
       }
       for (const auto& [reason, layers] : over_target)
-        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the {}\n", layers, target_bpw, reason);
+        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the {}\n", layers,
+                   target_bpw, reason);
     }
     return 0;
   };

@@ -1,10 +1,10 @@
 // subbit ppl MODEL --text FILE: perplexity with the golden-reference protocol, and optionally the
 // KL-divergence from a reference model or a saved base (model/kl_divergence.h).
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "cli/commands.h"
@@ -30,13 +30,16 @@ void print_kld(const KldResult& r) {
   fmt::print("reference ppl = {:.4f} +/- {:.4f}; ppl ratio = {:.5f} (ln ratio {:.5f} +/- {:.5f})\n",
              r.reference_ppl, r.reference_ppl * r.reference_nll_stderr, r.ppl_ratio,
              std::log(r.ppl_ratio), r.ln_ppl_ratio_stderr);
-  fmt::print("KLD = {:.6f} +/- {:.6f}; median {:.6f}, p90 {:.6f}, p99 {:.6f}, p99.9 {:.6f}, max {:.6f}\n",
-             r.kld_mean, r.kld_stderr, r.kld_median, r.kld_p90, r.kld_p99, r.kld_p999, r.kld_max);
-  fmt::print("top-1 agreement = {:.3f}% +/- {:.3f}%\n", 100 * r.top1_agreement, 100 * r.top1_stderr);
+  fmt::print(
+      "KLD = {:.6f} +/- {:.6f}; median {:.6f}, p90 {:.6f}, p99 {:.6f}, p99.9 {:.6f}, max {:.6f}\n",
+      r.kld_mean, r.kld_stderr, r.kld_median, r.kld_p90, r.kld_p99, r.kld_p999, r.kld_max);
+  fmt::print("top-1 agreement = {:.3f}% +/- {:.3f}%\n", 100 * r.top1_agreement,
+             100 * r.top1_stderr);
   if (r.top_k > 0)
-    fmt::print("base: top {} reference log-probs per token, {:.3f}% of the reference's mass outside "
-               "them on average (KLD of the coarsened distributions, a lower bound)\n",
-               r.top_k, 100 * r.reference_rest_mass);
+    fmt::print(
+        "base: top {} reference log-probs per token, {:.3f}% of the reference's mass outside "
+        "them on average (KLD of the coarsened distributions, a lower bound)\n",
+        r.top_k, 100 * r.reference_rest_mass);
 }
 
 }  // namespace
@@ -54,7 +57,8 @@ Action add_ppl_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("ppl", "perplexity of a text (non-overlapping windows)");
   cmd->add_option("model", o->model, "model directory or .subbit file")->required();
   cmd->add_option("--text", o->text, "UTF-8 text file")->required();
-  CLI::Option* ctx = cmd->add_option("-c,--ctx", o->ctx, "window length in tokens")->capture_default_str();
+  CLI::Option* ctx =
+      cmd->add_option("-c,--ctx", o->ctx, "window length in tokens")->capture_default_str();
   cmd->add_option("--max-windows", o->max_windows, "score at most K windows (0: all)");
   CLI::Option* reference = cmd->add_option(
       "--kl-divergence", o->reference,
@@ -67,7 +71,8 @@ Action add_ppl_command(CLI::App& app) {
       "--save-logits", o->save_logits,
       "write this model's log-probs as a KL-divergence base (top-k per token + the rest's mass)");
   cmd->add_option("--save-top-k", o->save_top_k, "log-probs per token kept by --save-logits")
-      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   reference->excludes(base);
   save->excludes(reference)->excludes(base);
   cmd->add_flag("--json", o->json, "print the result as JSON on the last stdout line");
@@ -105,42 +110,51 @@ Action add_ppl_command(CLI::App& app) {
       ModelBundle ref = load_model(o->reference);
       check_context(ref, o->ctx, "--ctx");
       if (tokenize(ref, text) != tokens)
-        fail("{}: its tokenizer splits {} differently from {}'s; the KL-divergence needs the same "
-             "tokens", o->reference, o->text, o->model);
-      kld = evaluate_kl_divergence(*bundle.model, *ref.model, tokens, o->ctx, o->max_windows, progress);
+        fail(
+            "{}: its tokenizer splits {} differently from {}'s; the KL-divergence needs the same "
+            "tokens",
+            o->reference, o->text, o->model);
+      kld = evaluate_kl_divergence(*bundle.model, *ref.model, tokens, o->ctx, o->max_windows,
+                                   progress);
     } else if (base) {
       kld = evaluate_kl_divergence(*bundle.model, *base, tokens, o->max_windows, progress);
     } else if (!o->save_logits.empty()) {
       const int64_t windows = count_windows(int64_t(tokens.size()), o->ctx, o->max_windows);
       KldBaseWriter writer(o->save_logits, bundle.model->config().vocab_size, o->ctx, windows,
                            o->save_top_k);
-      r = evaluate_perplexity(*bundle.model, tokens, o->ctx, o->max_windows, progress,
-                              [&](int64_t w, std::span<const int32_t> window, int64_t first,
-                                  int64_t count, const float* logits) {
-                                writer.add_chunk(w, window, first, count, logits);
-                              });
+      r = evaluate_perplexity(
+          *bundle.model, tokens, o->ctx, o->max_windows, progress,
+          [&](int64_t w, std::span<const int32_t> window, int64_t first, int64_t count,
+              const float* logits) { writer.add_chunk(w, window, first, count, logits); });
       writer.commit();
     } else {
       r = evaluate_perplexity(*bundle.model, tokens, o->ctx, o->max_windows, progress);
     }
     if (kld)
-      r = {kld->ppl, kld->nll_mean, kld->nll_stderr, kld->scored_tokens, kld->text_tokens, kld->ctx,
-           kld->windows};
+      r = {kld->ppl,         kld->nll_mean, kld->nll_stderr, kld->scored_tokens,
+           kld->text_tokens, kld->ctx,      kld->windows};
     bar.finish();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    fmt::print("ppl = {:.4f} +/- {:.4f} over {} scored tokens ({} windows of {}; text {} tokens; {:.1f} s)\n",
-               r.ppl, r.ppl * r.nll_stderr, r.scored_tokens, r.windows, r.ctx, r.text_tokens, seconds);
+    fmt::print(
+        "ppl = {:.4f} +/- {:.4f} over {} scored tokens ({} windows of {}; text {} tokens; {:.1f} "
+        "s)\n",
+        r.ppl, r.ppl * r.nll_stderr, r.scored_tokens, r.windows, r.ctx, r.text_tokens, seconds);
     if (kld) print_kld(*kld);
     if (!o->save_logits.empty())
       fmt::print("wrote {} (top {} log-probs per token)\n", o->save_logits,
                  std::min(o->save_top_k, bundle.model->config().vocab_size));
     if (o->json) {
-      nlohmann::json j = {{"model", o->model},           {"text", o->text},
-                          {"ppl", r.ppl},                {"nll_mean", r.nll_mean},
-                          {"nll_stderr", r.nll_stderr},  {"scored_tokens", r.scored_tokens},
-                          {"text_tokens", r.text_tokens}, {"ctx", r.ctx},
-                          {"windows", r.windows},        {"threads", o->threads},
+      nlohmann::json j = {{"model", o->model},
+                          {"text", o->text},
+                          {"ppl", r.ppl},
+                          {"nll_mean", r.nll_mean},
+                          {"nll_stderr", r.nll_stderr},
+                          {"scored_tokens", r.scored_tokens},
+                          {"text_tokens", r.text_tokens},
+                          {"ctx", r.ctx},
+                          {"windows", r.windows},
+                          {"threads", o->threads},
                           {"seconds", seconds}};
       if (kld) {
         const KldResult& k = *kld;

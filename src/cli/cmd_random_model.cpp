@@ -23,19 +23,22 @@ Action add_random_model_command(CLI::App& app) {
       "write a random-weight Hugging Face checkpoint with a named model's exact config");
   cmd->footer(fmt::format(
       "Models: {}.\n"
-      "Weights are i.i.d. Gaussian (bf16), norms 1. Such matrices have flat singular-value spectra,\n"
+      "Weights are i.i.d. Gaussian (bf16), norms 1. Such matrices have flat singular-value "
+      "spectra,\n"
       "the worst case for truncated SVD (LittleBit's Dual-SVID): use these checkpoints to measure\n"
       "time and memory, not accuracy.",
       fmt::join(random_checkpoint_preset_names(), ", ")));
   auto* name = cmd->add_option("name", o->name, "model name, e.g. llama-3.2-1b");
-  auto* config = cmd->add_option("--config", o->config, "use this config.json instead of a named model");
+  auto* config =
+      cmd->add_option("--config", o->config, "use this config.json instead of a named model");
   name->excludes(config);
   cmd->add_option("-o,--output", o->output, "output directory")->required();
   cmd->add_option("--tokenizer", o->tokenizer,
                   "folder with tokenizer.json (and tokenizer_config.json) to copy, e.g. "
                   "../shared/models/smollm2-tokenizer; the model's vocab may be larger")
       ->required();
-  cmd->add_option("--std", o->random.std, "standard deviation of the weights")->capture_default_str();
+  cmd->add_option("--std", o->random.std, "standard deviation of the weights")
+      ->capture_default_str();
   cmd->add_option("--seed", o->random.seed, "random seed")->capture_default_str();
   add_threads_option(*cmd, o->threads);
 
@@ -50,7 +53,8 @@ Action add_random_model_command(CLI::App& app) {
     } else if (!o->name.empty()) {
       config = random_checkpoint_preset(o->name);
     } else {
-      fail("give a model name ({}) or --config FILE", fmt::join(random_checkpoint_preset_names(), ", "));
+      fail("give a model name ({}) or --config FILE",
+           fmt::join(random_checkpoint_preset_names(), ", "));
     }
     o->random.tokenizer_dir = o->tokenizer;
     ProgressBar bar("random-model", 0, "B");

@@ -27,8 +27,10 @@ int chat(const ModelBundle& bundle, const std::string& system, int64_t context, 
   server::Engine engine(*bundle.model, *bundle.tokenizer, /*slots=*/1, context, /*max_queue=*/0);
   jinja::Json messages = jinja::Json::array();
   if (!system.empty()) messages.push_back({{"role", "system"}, {"content", system}});
-  fmt::print(stderr, "chat with {} ({}); an empty line or end of input ends it\n", bundle.path.string(),
-             format.has_template() ? "its chat template" : "no chat template: plain User:/Assistant: turns");
+  fmt::print(stderr, "chat with {} ({}); an empty line or end of input ends it\n",
+             bundle.path.string(),
+             format.has_template() ? "its chat template"
+                                   : "no chat template: plain User:/Assistant: turns");
   std::string line;
   while (true) {
     fmt::print(stderr, "> ");
@@ -38,7 +40,8 @@ int chat(const ModelBundle& bundle, const std::string& system, int64_t context, 
     server::CompletionRequest request;
     request.prompt = bundle.tokenizer->encode(format.apply(messages, true), !format.has_template());
     if (int64_t(request.prompt.size()) >= context)
-      fail("the conversation ({} tokens) no longer fits the model's context of {}", request.prompt.size(), context);
+      fail("the conversation ({} tokens) no longer fits the model's context of {}",
+           request.prompt.size(), context);
     request.max_tokens = max_tokens;
     request.sampling = sampling;
     request.stop_strings = format.stop_strings();
@@ -79,36 +82,42 @@ Action add_run_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("run", "generate text from a prompt (streams to stdout)");
   cmd->add_option("model", o->model, "model directory or .subbit file")->required();
   cmd->add_option("-p,--prompt", o->prompt, "prompt text (required unless --chat)");
-  cmd->add_flag("--chat", o->chat, "interactive conversation through the model's chat template "
+  cmd->add_flag("--chat", o->chat,
+                "interactive conversation through the model's chat template "
                 "(user turns from stdin, one per line; -n limits each answer)");
   cmd->add_option("--system", o->system, "system message for --chat");
-  cmd->add_option("-n,--n-predict", o->n, "tokens to generate")->capture_default_str()
+  cmd->add_option("-n,--n-predict", o->n, "tokens to generate")
+      ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   cmd->add_option("-c,--ctx", o->ctx,
                   "context (KV cache) size; prompt + -n must fit (default: prompt + -n)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  cmd->add_option("--temp", o->temperature, "temperature; 0 is greedy")->capture_default_str()
+  cmd->add_option("--temp", o->temperature, "temperature; 0 is greedy")
+      ->capture_default_str()
       ->check(CLI::Range(0.0f, 100.0f));
-  cmd->add_option("--top-p", o->top_p, "nucleus sampling mass")->capture_default_str()
+  cmd->add_option("--top-p", o->top_p, "nucleus sampling mass")
+      ->capture_default_str()
       ->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--seed", o->seed, "random seed for sampling")->capture_default_str();
   cmd->add_flag("--ignore-eos", o->ignore_eos, "keep generating after end-of-sequence");
   add_threads_option(*cmd, o->threads);
 
   return [o] {
-    if (!o->chat && o->prompt.empty()) fail("-p/--prompt is required (or --chat for a conversation)");
+    if (!o->chat && o->prompt.empty())
+      fail("-p/--prompt is required (or --chat for a conversation)");
     apply_threads(o->threads);
     ModelBundle bundle = load_model(o->model);
     if (o->chat)
-      return chat(bundle, o->system, conversation_context(bundle, o->ctx), std::max<int64_t>(o->n, 1),
-                  {o->temperature, o->top_p, o->seed});
+      return chat(bundle, o->system, conversation_context(bundle, o->ctx),
+                  std::max<int64_t>(o->n, 1), {o->temperature, o->top_p, o->seed});
     const Tokenizer& tok = *bundle.tokenizer;
     const std::vector<int32_t> prompt = tok.encode(o->prompt, /*add_special_tokens=*/true);
     const int64_t needed = int64_t(prompt.size()) + o->n;
     if (o->ctx > 0) {
       check_context(bundle, o->ctx, "--ctx");
       if (needed > o->ctx)
-        fail("{}: the prompt ({} tokens) + -n {} exceed --ctx {}", o->model, prompt.size(), o->n, o->ctx);
+        fail("{}: the prompt ({} tokens) + -n {} exceed --ctx {}", o->model, prompt.size(), o->n,
+             o->ctx);
     } else {
       check_context(bundle, needed, "prompt + -n");
     }
@@ -122,19 +131,20 @@ Action add_run_command(CLI::App& app) {
     size_t printed = prompt_text_size;
     const auto stop = o->ignore_eos ? std::nullopt : bundle.model->config().eos_token_id;
     GenerationStats stats;
-    generate(*bundle.model, prompt, o->n, {o->temperature, o->top_p, o->seed}, stop,
-             [&](int32_t id) {
-               if (stop && id == *stop) return;
-               all.push_back(id);
-               const std::string text = tok.decode(all);
-               const size_t ready = complete_utf8_prefix(text);
-               if (ready > printed) {
-                 fmt::print("{}", text.substr(printed, ready - printed));
-                 std::fflush(stdout);
-                 printed = ready;
-               }
-             },
-             &stats);
+    generate(
+        *bundle.model, prompt, o->n, {o->temperature, o->top_p, o->seed}, stop,
+        [&](int32_t id) {
+          if (stop && id == *stop) return;
+          all.push_back(id);
+          const std::string text = tok.decode(all);
+          const size_t ready = complete_utf8_prefix(text);
+          if (ready > printed) {
+            fmt::print("{}", text.substr(printed, ready - printed));
+            std::fflush(stdout);
+            printed = ready;
+          }
+        },
+        &stats);
     fmt::print("\n");
     std::fflush(stdout);  // the text's last line before the statistics when both go to one pipe
     fmt::print(stderr, "prompt: {} tokens, {:.1f} t/s | generated: {} tokens, {:.1f} t/s\n",

@@ -30,16 +30,24 @@ Action add_serve_command(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("serve", "serve the model over an OpenAI-compatible HTTP API");
   cmd->add_option("model", o->model, "model directory or .gguf file")->required();
-  cmd->add_option("--host", o->host, "address to listen on (loopback by default)")->capture_default_str();
-  cmd->add_option("--port", o->port, "port to listen on; 0 picks a free one")->capture_default_str()
+  cmd->add_option("--host", o->host, "address to listen on (loopback by default)")
+      ->capture_default_str();
+  cmd->add_option("--port", o->port, "port to listen on; 0 picks a free one")
+      ->capture_default_str()
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--parallel", o->parallel, "requests generated at once (slots, one KV cache each)")
-      ->capture_default_str()->check(CLI::Range(1, 256));
-  cmd->add_option("--ctx", o->ctx, "tokens per slot, prompt + completion (default: the model's maximum, at most 4096)")
+  cmd->add_option("--parallel", o->parallel,
+                  "requests generated at once (slots, one KV cache each)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option(
+         "--ctx", o->ctx,
+         "tokens per slot, prompt + completion (default: the model's maximum, at most 4096)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
   cmd->add_option("--queue", o->queue, "requests waiting for a slot before new ones get 503")
-      ->capture_default_str()->check(CLI::Range(size_t{0}, size_t{4096}));
-  cmd->add_option("--api-key", o->api_key, "require 'Authorization: Bearer KEY' on every endpoint but /health");
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{0}, size_t{4096}));
+  cmd->add_option("--api-key", o->api_key,
+                  "require 'Authorization: Bearer KEY' on every endpoint but /health");
   add_threads_option(*cmd, o->threads);
 
   return [o] {
@@ -59,14 +67,16 @@ Action add_serve_command(CLI::App& app) {
     const chat::ChatFormat chat_format = chat_format_for(bundle);
 
     server::Engine engine(*bundle.model, *bundle.tokenizer, o->parallel, ctx, o->queue);
-    server::ModelInterface model{bundle.tokenizer.get(), &chat_format, /*add_special_tokens_to_completions=*/true,
+    server::ModelInterface model{bundle.tokenizer.get(), &chat_format,
+                                 /*add_special_tokens_to_completions=*/true,
                                  end_of_turn_tokens(bundle), config.vocab_size};
     server::ServerOptions options;
     options.host = o->host;
     options.port = o->port;
     options.api_key = o->api_key;
     options.model_name = std::filesystem::path(o->model).filename().string();
-    if (options.model_name.empty()) options.model_name = std::filesystem::path(o->model).parent_path().filename().string();
+    if (options.model_name.empty())
+      options.model_name = std::filesystem::path(o->model).parent_path().filename().string();
     // Every slot and queued request may hold a connection (streams do), plus room for /health,
     // quick refusals and keep-alive connections.
     options.http_threads = o->parallel + int(o->queue) + 8;
@@ -86,9 +96,10 @@ Action add_serve_command(CLI::App& app) {
         }
       }
     });
-    fmt::print(stderr, "serving {} on http://{}:{} ({} slot{} of {} tokens, queue {}, {} threads{})\n",
-               options.model_name, o->host, port, o->parallel, o->parallel == 1 ? "" : "s", ctx, o->queue,
-               o->threads, o->api_key.empty() ? "" : ", API key required");
+    fmt::print(stderr,
+               "serving {} on http://{}:{} ({} slot{} of {} tokens, queue {}, {} threads{})\n",
+               options.model_name, o->host, port, o->parallel, o->parallel == 1 ? "" : "s", ctx,
+               o->queue, o->threads, o->api_key.empty() ? "" : ", API key required");
     std::fflush(stderr);
     http.serve();
     stopped = true;

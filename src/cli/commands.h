@@ -1,7 +1,6 @@
 #pragma once
 // Each subcommand registers its options on the app and returns the action to run when chosen.
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <string>
 

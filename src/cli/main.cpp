@@ -18,7 +18,8 @@ namespace subbit::cli {
 
 void add_threads_option(CLI::App& command, int& threads) {
   threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  command.add_option("-t,--threads", threads, "worker threads")->check(CLI::Range(1, 1024))
+  command.add_option("-t,--threads", threads, "worker threads")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
 }
 
@@ -27,11 +28,15 @@ void apply_threads(int threads) { set_num_threads(threads); }
 void check_context(const ModelBundle& bundle, int64_t ctx, const char* option) {
   const LlamaConfig& c = bundle.model->config();
   if (ctx > c.max_position_embeddings)
-    fail("{}: {} {} exceeds the model's maximum context (max_position_embeddings = {} in its config)",
-         bundle.path.string(), option, ctx, c.max_position_embeddings);
+    fail(
+        "{}: {} {} exceeds the model's maximum context (max_position_embeddings = {} in its "
+        "config)",
+        bundle.path.string(), option, ctx, c.max_position_embeddings);
   if (ctx > max_context(c))
-    fail("{}: {} {} exceeds the sliding window ({} in its config); sliding-window attention is not "
-         "implemented", bundle.path.string(), option, ctx, max_context(c));
+    fail(
+        "{}: {} {} exceeds the sliding window ({} in its config); sliding-window attention is not "
+        "implemented",
+        bundle.path.string(), option, ctx, max_context(c));
 }
 
 int64_t conversation_context(const ModelBundle& bundle, int64_t requested_ctx) {
@@ -73,10 +78,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "subbit 0.1.0");
   app.footer("  compress                    compress a model (see `subbit compress --help`)");
   std::map<const CLI::App*, subbit::cli::Action> actions;
-  for (auto add : {subbit::cli::add_ppl_command, subbit::cli::add_run_command,
-                   subbit::cli::add_info_command, subbit::cli::add_bench_command,
-                   subbit::cli::add_export_command, subbit::cli::add_random_model_command,
-                   subbit::cli::add_serve_command}) {
+  for (auto add :
+       {subbit::cli::add_ppl_command, subbit::cli::add_run_command, subbit::cli::add_info_command,
+        subbit::cli::add_bench_command, subbit::cli::add_export_command,
+        subbit::cli::add_random_model_command, subbit::cli::add_serve_command}) {
     auto action = add(app);
     actions[app.get_subcommands({}).back()] = action;
   }

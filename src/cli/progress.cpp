@@ -30,8 +30,8 @@ void ProgressBar::update(int64_t done, int64_t rate_count, const std::string& ex
   if (!terminal_) {
     if (elapsed - last_logged_ < log_interval_) return;  // short runs stay silent
     last_logged_ = elapsed;
-    fmt::print(stderr, "{}: {}/{} ({:.0f}%) | {:.0f} {}/s | elapsed {} | ETA {}{}{}\n", label_, done,
-               total_, total_ > 0 ? 100.0 * double(done) / double(total_) : 0.0, rate, unit_,
+    fmt::print(stderr, "{}: {}/{} ({:.0f}%) | {:.0f} {}/s | elapsed {} | ETA {}{}{}\n", label_,
+               done, total_, total_ > 0 ? 100.0 * double(done) / double(total_) : 0.0, rate, unit_,
                format_duration(elapsed), format_duration(eta), extra.empty() ? "" : " | ", extra);
     std::fflush(stderr);
     return;
@@ -39,8 +39,8 @@ void ProgressBar::update(int64_t done, int64_t rate_count, const std::string& ex
   constexpr int kWidth = 30;
   const int filled = total_ > 0 ? int(kWidth * done / total_) : 0;
   fmt::print(stderr, "\r\033[K{} [{}{}] {}/{} | {:.0f} {}/s | ETA {}{}{}", label_,
-             std::string(filled, '#'), std::string(kWidth - filled, '.'), done, total_, rate,
-             unit_, format_duration(eta), extra.empty() ? "" : " | ", extra);
+             std::string(filled, '#'), std::string(kWidth - filled, '.'), done, total_, rate, unit_,
+             format_duration(eta), extra.empty() ? "" : " | ", extra);
   std::fflush(stderr);
   drawn_ = true;
 }

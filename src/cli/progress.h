@@ -10,7 +10,8 @@ namespace subbit {
 
 class ProgressBar {
  public:
-  ProgressBar(std::string label, int64_t total_steps, std::string rate_unit, double log_interval = 30.0);
+  ProgressBar(std::string label, int64_t total_steps, std::string rate_unit,
+              double log_interval = 30.0);
   // steps_done of total; rate_count is what the rate is measured in (tokens, ...).
   void update(int64_t steps_done, int64_t rate_count, const std::string& extra = "");
   void finish();  // clears the line

@@ -46,12 +46,12 @@ inline uint16_t f32_to_f16_portable(float f) {
   uint32_t magnitude = bits & 0x7fffffffu;
   if (magnitude > 0x7f800000u) return sign | 0x7e00u | uint16_t((magnitude >> 13) & 0x3ffu);  // NaN
   if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: infinity
-  if (magnitude < 0x38800000u) {  // below 2^-14: subnormal half (or zero)
+  if (magnitude < 0x38800000u) {                        // below 2^-14: subnormal half (or zero)
     // Scaling by 2^24 is exact; the float addition of 2^23 rounds the integer part to nearest even.
     const float scaled = std::bit_cast<float>(magnitude) * 0x1p24f;
     return sign | uint16_t(std::bit_cast<uint32_t>(scaled + 0x1p23f) - 0x4b000000u);
   }
-  magnitude -= 112u << 23;  // rebias the exponent from 127 to 15
+  magnitude -= 112u << 23;                         // rebias the exponent from 127 to 15
   magnitude += 0xfffu + ((magnitude >> 13) & 1u);  // round to nearest even; carries are correct
   return sign | uint16_t(magnitude >> 13);
 }

@@ -11,7 +11,8 @@
 namespace subbit {
 
 // The bytes of a tensor of `shape` with `element_bytes` per element; nullopt past 2^64 − 1.
-inline std::optional<uint64_t> checked_nbytes(const std::vector<int64_t>& shape, uint64_t element_bytes) {
+inline std::optional<uint64_t> checked_nbytes(const std::vector<int64_t>& shape,
+                                              uint64_t element_bytes) {
   uint64_t total = element_bytes;
   for (int64_t dim : shape)
     if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;

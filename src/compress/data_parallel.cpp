@@ -1,11 +1,11 @@
 #include "compress/data_parallel.h"
 
 #include <fmt/format.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
 #include <cstring>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "common/error.h"
 
@@ -35,12 +35,16 @@ DataParallelOptions resolve_data_parallel(int world_size, int rank, const std::s
   o.world_size = world_size > 0 ? world_size : env_int("WORLD_SIZE", 1);
   o.rank = rank >= 0 ? rank : env_int("RANK", 0);
   const char* addr = std::getenv("MASTER_ADDR");
-  o.master_addr = !master_addr.empty() ? master_addr : addr != nullptr && *addr != '\0' ? addr : o.master_addr;
+  o.master_addr = !master_addr.empty()               ? master_addr
+                  : addr != nullptr && *addr != '\0' ? addr
+                                                     : o.master_addr;
   o.master_port = master_port > 0 ? master_port : env_int("MASTER_PORT", o.master_port);
   o.timeout = timeout;
-  if (o.world_size < 1) fail("--world-size (or WORLD_SIZE) must be at least 1, got {}", o.world_size);
+  if (o.world_size < 1)
+    fail("--world-size (or WORLD_SIZE) must be at least 1, got {}", o.world_size);
   if (o.rank < 0 || o.rank >= o.world_size)
-    fail("--rank (or RANK) must be in [0, {}) for a world of {}, got {}", o.world_size, o.world_size, o.rank);
+    fail("--rank (or RANK) must be in [0, {}) for a world of {}, got {}", o.world_size,
+         o.world_size, o.rank);
   if (o.master_port < 1 || o.master_port > 65535)
     fail("--master-port (or MASTER_PORT) must be in [1, 65535], got {}", o.master_port);
   if (o.timeout.count() < 1) fail("--dist-timeout must be at least 1 second");
@@ -76,8 +80,8 @@ class DataParallel::Group {
         gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, gloo);
     } catch (const std::exception& e) {
-      fail("rank {} of {}: could not join the ranks at {}:{} within {} s: {}", o.rank, o.world_size, o.master_addr,
-           o.master_port, o.timeout.count(), first_line(e.what()));
+      fail("rank {} of {}: could not join the ranks at {}:{} within {} s: {}", o.rank, o.world_size,
+           o.master_addr, o.master_port, o.timeout.count(), first_line(e.what()));
     }
   }
 
@@ -102,12 +106,15 @@ class DataParallel::Group {
     try {
       collective();
     } catch (const std::exception& e) {
-      fail("rank {} of {}: {} failed: {} (another rank stopped, or waited over --dist-timeout {} s)", options_.rank,
-           options_.world_size, what, first_line(e.what()), options_.timeout.count());
+      fail(
+          "rank {} of {}: {} failed: {} (another rank stopped, or waited over --dist-timeout {} s)",
+          options_.rank, options_.world_size, what, first_line(e.what()), options_.timeout.count());
     }
   }
 
-  static std::string first_line(const std::string& message) { return message.substr(0, message.find('\n')); }
+  static std::string first_line(const std::string& message) {
+    return message.substr(0, message.find('\n'));
+  }
 
   DataParallelOptions options_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group_;
@@ -126,10 +133,12 @@ void DataParallel::average(const std::vector<torch::Tensor>& grads) {
     // The next run of tensors that fits one bucket (a larger tensor goes alone).
     size_t end = begin;
     int64_t elements = 0;
-    while (end < grads.size() && (end == begin || (elements + grads[end].numel()) * 4 <= kBucketBytes))
+    while (end < grads.size() &&
+           (end == begin || (elements + grads[end].numel()) * 4 <= kBucketBytes))
       elements += grads[end++].numel();
     std::vector<torch::Tensor> flat;
-    for (size_t i = begin; i < end; ++i) flat.push_back(grads[i].detach().to(torch::kCPU, torch::kFloat32).reshape(-1));
+    for (size_t i = begin; i < end; ++i)
+      flat.push_back(grads[i].detach().to(torch::kCPU, torch::kFloat32).reshape(-1));
     torch::Tensor bucket = torch::cat(flat);
     group_->all_reduce(bucket, c10d::ReduceOp::SUM, "averaging gradients");
     bucket.div_(double(options_.world_size));
@@ -171,16 +180,18 @@ std::string DataParallel::broadcast_from_root(const std::string& bytes) {
   return std::string(static_cast<const char*>(data.data_ptr()), size_t(data.numel()));
 }
 
-void DataParallel::check_same_on_every_rank(const std::string& what, const std::string& fingerprint) {
+void DataParallel::check_same_on_every_rank(const std::string& what,
+                                            const std::string& fingerprint) {
   if (!group_) return;
   const std::string root = broadcast_from_root(fingerprint);
   torch::Tensor differs = torch::tensor({root == fingerprint ? 0 : 1}, torch::kInt32);
   group_->all_reduce(differs, c10d::ReduceOp::MAX, "comparing options");
   if (differs.item<int32_t>() == 0) return;
   if (root != fingerprint)
-    fail("rank {} of {}: {} differ from rank 0's: here \"{}\", rank 0 \"{}\"", rank(), world_size(), what, fingerprint,
-         root);
-  fail("rank {} of {}: another rank's {} differ from this rank's \"{}\"", rank(), world_size(), what, fingerprint);
+    fail("rank {} of {}: {} differ from rank 0's: here \"{}\", rank 0 \"{}\"", rank(), world_size(),
+         what, fingerprint, root);
+  fail("rank {} of {}: another rank's {} differ from this rank's \"{}\"", rank(), world_size(),
+       what, fingerprint);
 }
 
 }  // namespace subbit::compress

@@ -1,9 +1,9 @@
 #pragma once
 // Data-parallel QAT over libtorch's c10d process groups (Gloo over TCP): R processes (ranks) each
 // train on their own share of every step's windows, their gradients are averaged with one
-// all-reduce per bucket, and every rank applies the same update, so all ranks hold the same student.
-// Rendezvous the way torchrun does it: a TCPStore served by rank 0 at MASTER_ADDR:MASTER_PORT.
-// docs/distributed.md has launch examples and the memory plan.
+// all-reduce per bucket, and every rank applies the same update, so all ranks hold the same
+// student. Rendezvous the way torchrun does it: a TCPStore served by rank 0 at
+// MASTER_ADDR:MASTER_PORT. docs/distributed.md has launch examples and the memory plan.
 #include <torch/torch.h>
 
 #include <chrono>

@@ -36,7 +36,8 @@ std::vector<uint64_t> pack(const torch::Tensor& m) {
 
 }  // namespace
 
-LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& svd_options) {
+LatentFactors dual_svid(const torch::Tensor& w, int64_t rank,
+                        const TruncatedSvdOptions& svd_options) {
   torch::NoGradGuard no_grad;
   const TruncatedSvd svd = truncated_svd(w.to(torch::kFloat32), rank, svd_options);
   const torch::Tensor root = svd.s.sqrt();
@@ -53,7 +54,8 @@ LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvd
 
 torch::Tensor reconstruct(const LatentFactors& f, bool binarize) {
   if (!binarize) return torch::matmul(f.u, f.v.t());
-  return f.h.unsqueeze(1) * torch::matmul(hard_sign(f.u) * f.l, hard_sign(f.v).t()) * f.g.unsqueeze(0);
+  return f.h.unsqueeze(1) * torch::matmul(hard_sign(f.u) * f.l, hard_sign(f.v).t()) *
+         f.g.unsqueeze(0);
 }
 
 torch::Tensor surrogate_sign(const torch::Tensor& x, SignSurrogate surrogate, double alpha) {
@@ -73,7 +75,8 @@ namespace {
 // memory at the 1B shape (docs/distributed.md).
 struct SignProduct : public torch::autograd::Function<SignProduct> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
-                               const torch::Tensor& latent, bool transpose, int64_t surrogate, double alpha) {
+                               const torch::Tensor& latent, bool transpose, int64_t surrogate,
+                               double alpha) {
     ctx->save_for_backward({a, latent});
     ctx->saved_data["transpose"] = transpose;
     ctx->saved_data["surrogate"] = surrogate;
@@ -138,8 +141,10 @@ LittleBitTrainable::LittleBitTrainable(const torch::Tensor& w, int64_t rank, boo
 torch::Tensor LittleBitTrainable::forward(const torch::Tensor& x) {
   torch::Tensor y;
   for (const LatentFactors& f : paths_) {
-    const torch::Tensor z = sign_product(x * f.g, f.v, /*transpose=*/false, surrogate_, alpha_) * f.l;  // (..., r)
-    const torch::Tensor out = sign_product(z, f.u, /*transpose=*/true, surrogate_, alpha_) * f.h;       // (..., d_out)
+    const torch::Tensor z =
+        sign_product(x * f.g, f.v, /*transpose=*/false, surrogate_, alpha_) * f.l;  // (..., r)
+    const torch::Tensor out =
+        sign_product(z, f.u, /*transpose=*/true, surrogate_, alpha_) * f.h;  // (..., d_out)
     y = y.defined() ? y + out : out;
   }
   return y;
@@ -151,7 +156,8 @@ torch::Tensor LittleBitTrainable::rows(const torch::Tensor& index) {
     // (k, r) · (r, d_in): only the looked-up rows of sign(u) are multiplied out.
     const torch::Tensor left = surrogate_sign(f.u.index_select(0, index), surrogate_, alpha_) *
                                f.h.index_select(0, index).unsqueeze(1) * f.l;
-    const torch::Tensor out = torch::matmul(left, surrogate_sign(f.v, surrogate_, alpha_).t()) * f.g;
+    const torch::Tensor out =
+        torch::matmul(left, surrogate_sign(f.v, surrogate_, alpha_).t()) * f.g;
     w = w.defined() ? w + out : out;
   }
   return w;

@@ -19,7 +19,8 @@ struct LatentFactors {
 
 // Truncated SVD W ≈ U_r Σ V_rᵀ with √Σ on each side, then rank-1 SVDs of |U| and |V| for the
 // scale vectors (each splitting √σ₁).
-LatentFactors dual_svid(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& svd_options = {});
+LatentFactors dual_svid(const torch::Tensor& w, int64_t rank,
+                        const TruncatedSvdOptions& svd_options = {});
 
 // binarize=true: diag(h) sign(u) diag(l) sign(v)ᵀ diag(g) (what the layer computes);
 // false: u vᵀ (the real-valued latent product, exact at full rank).

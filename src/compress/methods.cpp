@@ -21,17 +21,32 @@ namespace {
 class LittleBitMethod final : public TrainableMethod {
  public:
   void add_options(CLI::App& group) override {
-    group.add_flag_callback("--no-residual", [this] { residual_ = false; }, "primary path only");
+    group.add_flag_callback(
+        "--no-residual", [this] { residual_ = false; }, "primary path only");
     group.add_option("--rank-granularity", rank_granularity_, "ranks are multiples of this")
-        ->capture_default_str()->check(CLI::Range(1, 1024));
-    group.add_option("--surrogate", surrogate_, "sign gradient: tanh (alpha) | ste (clipped) | frozen (signs keep their initial values)")->capture_default_str();
-    group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
-    group.add_option("--svd", svd_method_, "Dual-SVID's SVD: exact | gram (Gram-matrix eigendecomposition) | randomized | auto (gram where both sides >= 1024)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
+    group
+        .add_option("--surrogate", surrogate_,
+                    "sign gradient: tanh (alpha) | ste (clipped) | frozen (signs keep their "
+                    "initial values)")
         ->capture_default_str();
-    group.add_option("--svd-oversample", svd_.oversample, "randomized SVD: random directions beyond the rank")
-        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{4096}));
-    group.add_option("--svd-iterations", svd_.power_iterations, "randomized SVD: subspace iterations")
-        ->capture_default_str()->check(CLI::Range(0, 64));
+    group.add_option("--alpha", alpha_, "tanh surrogate sharpness")->capture_default_str();
+    group
+        .add_option("--svd", svd_method_,
+                    "Dual-SVID's SVD: exact | gram (Gram-matrix eigendecomposition) | randomized | "
+                    "auto (gram where both sides >= 1024)")
+        ->capture_default_str();
+    group
+        .add_option("--svd-oversample", svd_.oversample,
+                    "randomized SVD: random directions beyond the rank")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{0}, int64_t{4096}));
+    group
+        .add_option("--svd-iterations", svd_.power_iterations,
+                    "randomized SVD: subspace iterations")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 64));
   }
   void validate() const override {
     surrogate();
@@ -40,13 +55,16 @@ class LittleBitMethod final : public TrainableMethod {
   void record(nlohmann::json& details) const override {
     details["residual"] = residual_;
     details["rank_granularity"] = rank_granularity_;
-    details["svd"] = {{"method", svd_method_}, {"oversample", svd_.oversample}, {"iterations", svd_.power_iterations}};
+    details["svd"] = {{"method", svd_method_},
+                      {"oversample", svd_.oversample},
+                      {"iterations", svd_.power_iterations}};
   }
-  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
+  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w,
+                                                  const LayerToCompress& layer) const override {
     TruncatedSvdOptions svd = svd_;
     svd.method = parse_svd_method(svd_method_, "--svd");
-    return std::make_shared<LittleBitTrainable>(w, rank(w.size(0), w.size(1), layer.target_bpw), residual_, surrogate(),
-                                                alpha_, svd);
+    return std::make_shared<LittleBitTrainable>(w, rank(w.size(0), w.size(1), layer.target_bpw),
+                                                residual_, surrogate(), alpha_, svd);
   }
   double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const override {
     return littlebit_bpw(n_in, n_out, rank(n_out, n_in, target_bpw), paths());
@@ -77,15 +95,26 @@ class SketchMethod final : public TrainableMethod {
  public:
   void add_options(CLI::App& group) override {
     group.add_option("--rows", rows_, "hash rows")->capture_default_str()->check(CLI::Range(1, 4));
-    group.add_option("--block", block_, "weights per hashed block")->capture_default_str()->check(CLI::Range(1, 64));
-    group.add_option("--value-bits", value_bits_, "bits per table value (2..8, or 16 = fp16)")->capture_default_str();
-    group.add_option("--rule", rule_, "absmaxmin | absminmax (the paper's) | mean")->capture_default_str();
-    group.add_option("--salient-frac", salient_fraction_, "fraction of blocks given more table space")
-        ->capture_default_str()->check(CLI::Range(0.0, 0.5));
-    group.add_option("--band-buckets", band_buckets_, "buckets per row band and table (0: one band, plain hashing)")
-        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
+    group.add_option("--block", block_, "weights per hashed block")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 64));
+    group.add_option("--value-bits", value_bits_, "bits per table value (2..8, or 16 = fp16)")
+        ->capture_default_str();
+    group.add_option("--rule", rule_, "absmaxmin | absminmax (the paper's) | mean")
+        ->capture_default_str();
+    group
+        .add_option("--salient-frac", salient_fraction_,
+                    "fraction of blocks given more table space")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 0.5));
+    group
+        .add_option("--band-buckets", band_buckets_,
+                    "buckets per row band and table (0: one band, plain hashing)")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
     group.add_option("--sketch-seed", seed_, "hash seed")->capture_default_str();
-    group.add_option("--calib-text", calib_text_, "text for saliency statistics (never wiki.test.raw)");
+    group.add_option("--calib-text", calib_text_,
+                     "text for saliency statistics (never wiki.test.raw)");
     group.add_option("--calib-tokens", calib_tokens_, "calibration tokens")->capture_default_str();
   }
   void validate() const override { parse_sketch_rule(rule_); }
@@ -93,7 +122,8 @@ class SketchMethod final : public TrainableMethod {
                nlohmann::json& details) override {
     if (calib_text_.empty()) return;  // saliency from weight magnitude only
     const std::filesystem::path text = calib_text_;
-    const std::vector<int32_t> calib = load_training_tokens({text}, *original.tokenizer, calib_tokens_);
+    const std::vector<int32_t> calib =
+        load_training_tokens({text}, *original.tokenizer, calib_tokens_);
     column_rms_ = collect_column_rms(*original.model, calib, 512);
     log(fmt::format("calibrated on {} tokens of {}", calib.size(), text.filename().string()));
     details["calibration"] = {{"text", text.filename().string()}, {"tokens", calib.size()}};
@@ -106,7 +136,8 @@ class SketchMethod final : public TrainableMethod {
     details["salient_fraction"] = salient_fraction_;
     details["band_buckets"] = band_buckets_;
   }
-  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w, const LayerToCompress& layer) const override {
+  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w,
+                                                  const LayerToCompress& layer) const override {
     const int64_t n_out = w.size(0), n_in = w.size(1);
     SketchParams params = params_for(n_out, n_in, layer.target_bpw);
     params.rule = parse_sketch_rule(rule_);
@@ -114,17 +145,20 @@ class SketchMethod final : public TrainableMethod {
     params.seed = seed_ + uint64_t(layer.block * kLinearsPerBlock + layer.index);
     // Calibration observes the blocks' linear inputs only.
     const bool calibrated = !column_rms_.empty() && layer.block != kOutsideBlocks;
-    const auto encoded = SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
-                                              calibrated ? column_rms_[layer.block][layer.index].data() : nullptr);
+    const auto encoded =
+        SketchLinear::encode(w.data_ptr<float>(), n_out, n_in, params,
+                             calibrated ? column_rms_[layer.block][layer.index].data() : nullptr);
     return std::make_shared<SketchTrainable>(*encoded);
   }
   double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const override {
-    return double(sketch_storage_bits(n_out, n_in, params_for(n_out, n_in, target_bpw))) / double(n_out * n_in);
+    return double(sketch_storage_bits(n_out, n_in, params_for(n_out, n_in, target_bpw))) /
+           double(n_out * n_in);
   }
 
  private:
   SketchParams params_for(int64_t n_out, int64_t n_in, double target_bpw) const {
-    return sketch_params_for_bpw(n_out, n_in, target_bpw, rows_, block_, value_bits_, salient_fraction_, band_buckets_);
+    return sketch_params_for_bpw(n_out, n_in, target_bpw, rows_, block_, value_bits_,
+                                 salient_fraction_, band_buckets_);
   }
 
   int rows_ = 2;
@@ -142,7 +176,8 @@ class SketchMethod final : public TrainableMethod {
 class SignMethod final : public EncodingMethod {
  public:
   void add_options(CLI::App&) override {}
-  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in, const LayerToCompress&) const override {
+  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in,
+                                 const LayerToCompress&) const override {
     return SignLinear::encode(w, n_out, n_in);
   }
 };
@@ -156,7 +191,8 @@ class RtnMethod final : public EncodingMethod {
     if (bits_ < 2 || bits_ > 8) fail("--bits must be 2..8 for rtn, got {}", bits_);
   }
   void record(nlohmann::json& details) const override { details["bits"] = bits_; }
-  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in, const LayerToCompress&) const override {
+  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in,
+                                 const LayerToCompress&) const override {
     return RtnLinear::encode(w, n_out, n_in, bits_);
   }
 
@@ -170,11 +206,14 @@ std::unique_ptr<CompressMethod> make() {
 }
 
 constexpr CompressMethodRow kMethods[] = {
-    {"littlebit", "LittleBit: binary factors with a residual path (Dual-SVID, QAT)", true, "Dual-SVID initialised",
-     make<LittleBitMethod>},
-    {"sketch", "UltraSketch: hashed value tables (docs/ultrasketch.md, QAT)", true, "sketched", make<SketchMethod>},
-    {"sign", "1 bit per weight, fp16 row and column scales (post-training)", false, "encoded", make<SignMethod>},
-    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded", make<RtnMethod>, "--bits"},
+    {"littlebit", "LittleBit: binary factors with a residual path (Dual-SVID, QAT)", true,
+     "Dual-SVID initialised", make<LittleBitMethod>},
+    {"sketch", "UltraSketch: hashed value tables (docs/ultrasketch.md, QAT)", true, "sketched",
+     make<SketchMethod>},
+    {"sign", "1 bit per weight, fp16 row and column scales (post-training)", false, "encoded",
+     make<SignMethod>},
+    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded",
+     make<RtnMethod>, "--bits"},
 };
 
 }  // namespace

@@ -10,11 +10,10 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "compress/torch_llama.h"
 #include "formats/linear.h"
@@ -45,7 +44,9 @@ class CompressMethod {
   // The bits per weight an (n_out, n_in) layer built for `target_bpw` is stored at (methods sized
   // by --bpw): what the whole-file budget adds up before any layer is built. A rank or table size
   // rounds, and a minimum size may overshoot small targets.
-  virtual double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const { return target_bpw; }
+  virtual double stored_bpw(int64_t n_out, int64_t n_in, double target_bpw) const {
+    return target_bpw;
+  }
   double stored_bits(int64_t n_out, int64_t n_in, double target_bpw) const {
     return stored_bpw(n_out, n_in, target_bpw) * double(n_out * n_in);
   }
@@ -66,12 +67,13 @@ enum OutsideTensor : int { kEmbeddingTensor, kHeadTensor };
 // the format's runtime layer; QAT trains it when --train-tokens is given.
 class TrainableMethod : public CompressMethod {
  public:
-  virtual std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w /* (n_out, n_in) */,
-                                                          const LayerToCompress& layer) const = 0;
+  virtual std::shared_ptr<TrainableLinear> make_trainable(
+      const torch::Tensor& w /* (n_out, n_in) */, const LayerToCompress& layer) const = 0;
 };
 
 struct CompressMethodRow {
-  std::string_view name;  // --method, and the weight format written (a formats/format_table.cpp row)
+  std::string_view
+      name;  // --method, and the weight format written (a formats/format_table.cpp row)
   std::string_view summary;  // one line for `subbit compress --help`
   bool targets_bpw;          // sized by --bpw (validated, and recorded as target_bpw)
   std::string_view built;    // the log line after each block: "<built> block 3/6"

@@ -2,14 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <nlohmann/json.hpp>
-
 #include <array>
 #include <cinttypes>
 #include <cstdio>
 #include <exception>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <typeinfo>
 
@@ -31,7 +30,8 @@ void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
   QatResult::SignFlips all;
   for (const QatResult::SignFlips& t : tensors) {
     int64_t layer = -1, index = -1;
-    if (std::sscanf(t.name.c_str(), "linear_%" SCNd64 "_%" SCNd64 ".", &layer, &index) != 2) continue;
+    if (std::sscanf(t.name.c_str(), "linear_%" SCNd64 "_%" SCNd64 ".", &layer, &index) != 2)
+      continue;
     for (QatResult::SignFlips* sum : {&by_linear[{layer, index}], &all}) {
       sum->entries += t.entries;
       sum->flips += t.flips;
@@ -40,10 +40,11 @@ void log_sign_flips(const std::vector<QatResult::SignFlips>& tensors,
   }
   if (all.entries == 0) return;
   for (const auto& [key, f] : by_linear)
-    log(fmt::format("sign flips, block {} {}: {} over training, {} of {} signs changed ({:.3f}%)", key.first,
-                    kBlockLinears.at(key.second).file_name, f.flips, f.changed, f.entries, 100.0 * f.changed / f.entries));
-  log(fmt::format("sign flips, all layers: {} over training, {} of {} signs changed ({:.3f}%)", all.flips, all.changed,
-                  all.entries, 100.0 * all.changed / all.entries));
+    log(fmt::format("sign flips, block {} {}: {} over training, {} of {} signs changed ({:.3f}%)",
+                    key.first, kBlockLinears.at(key.second).file_name, f.flips, f.changed,
+                    f.entries, 100.0 * f.changed / f.entries));
+  log(fmt::format("sign flips, all layers: {} over training, {} of {} signs changed ({:.3f}%)",
+                  all.flips, all.changed, all.entries, 100.0 * all.changed / all.entries));
 }
 
 // The embedding or the LM head: encoded once (`runtime`), or trainable in QAT (`trainable`).
@@ -51,12 +52,14 @@ struct OutsideLayer {
   TensorType type;
   std::shared_ptr<const Linear> runtime;
   std::shared_ptr<TrainableLinear> trainable;
-  int64_t bits() const { return runtime ? runtime->storage_bits() : trainable->to_runtime()->storage_bits(); }
+  int64_t bits() const {
+    return runtime ? runtime->storage_bits() : trainable->to_runtime()->storage_bits();
+  }
 };
 
 // Builds `t` from the original (n_out, n_in) weights at `bpw` (for types sized by it).
-void build_outside(OutsideLayer& t, const std::shared_ptr<const Linear>& original, const LayerToCompress& layer,
-                   bool train) {
+void build_outside(OutsideLayer& t, const std::shared_ptr<const Linear>& original,
+                   const LayerToCompress& layer, bool train) {
   if (t.type.dense()) {
     t.runtime = original;
     return;
@@ -67,8 +70,10 @@ void build_outside(OutsideLayer& t, const std::shared_ptr<const Linear>& origina
     return;
   }
   auto trainable = dynamic_cast<const TrainableMethod&>(*t.type.method).make_trainable(w, layer);
-  if (train) t.trainable = std::move(trainable);
-  else t.runtime = trainable->to_runtime();
+  if (train)
+    t.trainable = std::move(trainable);
+  else
+    t.runtime = trainable->to_runtime();
 }
 
 // make(i) for the kLinearsPerBlock layers of a block, side by side, largest first: LAPACK's
@@ -102,49 +107,63 @@ std::array<T, kLinearsPerBlock> build_block_layers(const LlamaConfig& c, Make&& 
 
 }  // namespace
 
-CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                              const CompressOptions& o, const std::shared_ptr<CompressMethod>& method_ptr,
+CompressReport compress_model(const std::filesystem::path& model_dir,
+                              const std::filesystem::path& out, const CompressOptions& o,
+                              const std::shared_ptr<CompressMethod>& method_ptr,
                               const CompressCallbacks& cb) {
   CompressMethod& method = *method_ptr;
   const CompressMethodRow& row = find_compress_method(o.method);
   const std::unique_ptr<CompressMethod> fresh = row.make();
   if (typeid(method) != typeid(*fresh))
     fail("compress_model: the method object was not made by the \"{}\" row", o.method);
-  if (row.targets_bpw && !(o.bpw > 0 && o.bpw <= 16)) fail("--bpw must be in (0, 16], got {}", o.bpw);
+  if (row.targets_bpw && !(o.bpw > 0 && o.bpw <= 16))
+    fail("--bpw must be in (0, 16], got {}", o.bpw);
   method.validate();
   auto* trainable = dynamic_cast<TrainableMethod*>(&method);
   const bool train = o.qat.train_tokens > 0;
   if (!trainable && train)
     fail("--method {} is post-training only and cannot be trained (drop --train-tokens)", o.method);
   const bool root = !o.qat.data_parallel || o.qat.data_parallel->is_root();
-  if (o.budget != "linear" && o.budget != "whole") fail("--budget must be linear or whole, got \"{}\"", o.budget);
+  if (o.budget != "linear" && o.budget != "whole")
+    fail("--budget must be linear or whole, got \"{}\"", o.budget);
   if (o.allocate != "uniform" && o.allocate != "sensitivity")
     fail("--allocate must be uniform or sensitivity, got \"{}\"", o.allocate);
   if (o.allocate == "sensitivity" && (!trainable || !row.targets_bpw))
-    fail("--allocate sensitivity: --method {} is not sized by --bpw (use littlebit or sketch)", o.method);
+    fail("--allocate sensitivity: --method {} is not sized by --bpw (use littlebit or sketch)",
+         o.method);
   if (o.allocate == "sensitivity" && o.sensitivity_texts.empty() && o.train_texts.empty())
     fail("--allocate sensitivity needs --sensitivity-text (or --train-text)");
   if (o.budget == "whole" && !row.targets_bpw)
-    fail("--budget whole: --method {} is not sized by --bpw (use {})", o.method, "littlebit or sketch");
+    fail("--budget whole: --method {} is not sized by --bpw (use {})", o.method,
+         "littlebit or sketch");
   // With a whole-file budget and no type given, the embedding (and with it a tied head) takes the
   // method itself, at the bpw the budget leaves.
-  const std::string embed_spec = !o.embed_type.empty() ? o.embed_type : o.budget == "whole" ? o.method : "dense";
-  OutsideLayer embed{parse_tensor_type(embed_spec, "--embed-type", o.method, method_ptr), nullptr, nullptr};
+  const std::string embed_spec = !o.embed_type.empty() ? o.embed_type
+                                 : o.budget == "whole" ? o.method
+                                                       : "dense";
+  OutsideLayer embed{parse_tensor_type(embed_spec, "--embed-type", o.method, method_ptr), nullptr,
+                     nullptr};
   if (!std::filesystem::is_directory(model_dir))
     fail("{}: compress reads a Hugging Face model directory", model_dir.string());
   ModelBundle bundle = load_hf_model(model_dir);
   const LlamaModel& model = *bundle.model;
   const LlamaConfig& c = model.config();
   const LlamaWeights& src = model.weights();
-  auto log = [&](const std::string& line) { if (cb.log) cb.log(line); };
+  auto log = [&](const std::string& line) {
+    if (cb.log) cb.log(line);
+  };
   auto blocks_built = [&](int64_t done) {
     if (cb.block_progress) cb.block_progress({std::string(row.built), done, c.num_layers});
   };
   // A tied head without a type of its own follows the embedding and is stored once with it.
-  const bool head_follows_embedding = c.tie_word_embeddings && (o.head_type.empty() || o.head_type == embed_spec);
-  const std::string head_spec = !o.head_type.empty() ? o.head_type : c.tie_word_embeddings ? embed_spec
-                                : o.budget == "whole" ? o.method : "dense";
-  OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr), nullptr, nullptr};
+  const bool head_follows_embedding =
+      c.tie_word_embeddings && (o.head_type.empty() || o.head_type == embed_spec);
+  const std::string head_spec = !o.head_type.empty()    ? o.head_type
+                                : c.tie_word_embeddings ? embed_spec
+                                : o.budget == "whole"   ? o.method
+                                                        : "dense";
+  OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr), nullptr,
+                    nullptr};
   if (head_follows_embedding && train && !embed.type.dense() &&
       !dynamic_cast<const TrainableMethod*>(embed.type.method.get()))
     log(fmt::format("the tied embedding and head ({}) stay as encoded during QAT", embed_spec));
@@ -172,8 +191,10 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
   if (!head_follows_embedding) outside.push_back(&head);
   // A trainable embedding trains only as a tied head that shares it.
   const auto build = [&](OutsideLayer* t, double target_bpw) {
-    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor, target_bpw};
-    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer, train && (t == &head || head_follows_embedding));
+    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor,
+                                target_bpw};
+    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer,
+                  train && (t == &head || head_follows_embedding));
   };
   const bool whole = o.budget == "whole";
   for (OutsideLayer* t : outside) {
@@ -184,7 +205,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     build(t, t->type.bpw);
     fixed_bits += t->bits();
   }
-  const int64_t total_params = linear_params + fixed_params + table_params * (c.tie_word_embeddings ? 1 : 2);
+  const int64_t total_params =
+      linear_params + fixed_params + table_params * (c.tie_word_embeddings ? 1 : 2);
   double bpw = o.bpw;
   if (whole) {
     // The largest per-tensor target whose stored bits (ranks and tables round, minimum sizes
@@ -197,11 +219,14 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     const double budget_bits = o.bpw * double(total_params) - double(fixed_bits);
     const double floor_bits = sized_bits(1e-9);
     if (floor_bits > budget_bits)
-      fail("--budget whole --bpw {}: the smallest layers --method {} builds (minimum rank or table) and the tensors "
-           "not sized by it (norms, biases, {}{}) already take {:.4f} bits per parameter; give a larger --bpw or "
-           "smaller --embed-type/--head-type",
-           o.bpw, o.method, embed_spec, head_follows_embedding ? "" : ", " + head_spec,
-           (floor_bits + double(fixed_bits)) / double(total_params));
+      fail(
+          "--budget whole --bpw {}: the smallest layers --method {} builds (minimum rank or table) "
+          "and the tensors "
+          "not sized by it (norms, biases, {}{}) already take {:.4f} bits per parameter; give a "
+          "larger --bpw or "
+          "smaller --embed-type/--head-type",
+          o.bpw, o.method, embed_spec, head_follows_embedding ? "" : ", " + head_spec,
+          (floor_bits + double(fixed_bits)) / double(total_params));
     double lo = 1e-9, hi = 16;
     if (sized_bits(hi) <= budget_bits) lo = hi;
     for (int i = 0; i < 60 && hi - lo > 1e-9; ++i) {
@@ -210,7 +235,9 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
     bpw = lo;
     log(fmt::format("whole-file budget {} bits/param: the linear layers{} target {:.4f} bpw", o.bpw,
-                    sized.size() > size_t(kLinearsPerBlock * c.num_layers) ? " (and the embedding/head sized by it)" : "",
+                    sized.size() > size_t(kLinearsPerBlock * c.num_layers)
+                        ? " (and the embedding/head sized by it)"
+                        : "",
                     bpw));
   }
   for (OutsideLayer* t : outside)
@@ -246,23 +273,30 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
     }
     if (o.allocate == "sensitivity") {
       const auto& texts = o.sensitivity_texts.empty() ? o.train_texts : o.sensitivity_texts;
-      const std::vector<int32_t> tokens = load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
-      std::vector<LayerSensitivity> layers = measure_sensitivity(model, teacher, *trainable, bpw, tokens, o.qat.seq, log);
+      const std::vector<int32_t> tokens =
+          load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
+      std::vector<LayerSensitivity> layers =
+          measure_sensitivity(model, teacher, *trainable, bpw, tokens, o.qat.seq, log);
       double budget_bits = 0;  // what the uniform target stores
-      for (const LayerSensitivity& s : layers) budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);
+      for (const LayerSensitivity& s : layers)
+        budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);
       allocate_by_sensitivity(layers, method, bpw, budget_bits);
       nlohmann::json table = nlohmann::json::array();
       for (const LayerSensitivity& s : layers) {
         layer_bpw[s.block][s.index] = s.allocated_bpw;
         table.push_back({{"layer", file_block_tensor(s.block, kBlockLinears[s.index].file_name)},
-                         {"kl", s.kl_at_target}, {"kl_double", s.kl_at_double}, {"target_bpw", s.allocated_bpw}});
+                         {"kl", s.kl_at_target},
+                         {"kl_double", s.kl_at_double},
+                         {"target_bpw", s.allocated_bpw}});
       }
-      details["allocation"] = {{"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
+      details["allocation"] = {
+          {"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
     }
     blocks_built(0);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const auto built = build_block_layers<std::shared_ptr<TrainableLinear>>(c, [&](int i) {
-        const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+        const torch::Tensor w =
+            std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
         return trainable->make_trainable(w, {l, i, layer_bpw[l][i]});
       });
       for (int i = 0; i < kLinearsPerBlock; ++i) student.set_linear(l, i, built[i]);
@@ -273,16 +307,18 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       // Enough text for every step to see fresh windows; the same text on every rank, which
       // train_qat shares out by window.
       const int64_t global_batch = o.qat.sequences_per_step();
-      const std::vector<int32_t> tokens =
-          load_training_tokens(o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * global_batch);
+      const std::vector<int32_t> tokens = load_training_tokens(
+          o.train_texts, *bundle.tokenizer, o.qat.train_tokens + o.qat.seq * global_batch);
       log(fmt::format("training on {} tokens of text", tokens.size()));
       report.qat = train_qat(teacher, student, tokens, o.qat, cb.qat_progress);
       report.trained = true;
       log_sign_flips(report.qat.sign_flips, log);
       std::vector<std::string> names;
       for (const auto& f : o.train_texts) names.push_back(f.filename().string());
-      details["qat"] = {{"tokens", report.qat.tokens}, {"steps", report.qat.steps},
-                        {"lr", o.qat.lr},           {"seq", o.qat.seq},
+      details["qat"] = {{"tokens", report.qat.tokens},
+                        {"steps", report.qat.steps},
+                        {"lr", o.qat.lr},
+                        {"seq", o.qat.seq},
                         // Sequences per step over all ranks: R ranks of b train as one of R*b.
                         {"batch", global_batch},
                         {"train_norms", o.qat.train_norms},
@@ -298,10 +334,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       if (head_follows_embedding) weights.embedding = head.runtime;
     }
   } else {
-    const auto encode = [&](std::vector<float>& w, const Linear& original, const LayerToCompress& layer) {
+    const auto encode = [&](std::vector<float>& w, const Linear& original,
+                            const LayerToCompress& layer) {
       if (!trainable)
-        return dynamic_cast<const EncodingMethod&>(method).encode(w.data(), original.n_out(), original.n_in(), layer);
-      const torch::Tensor t = torch::from_blob(w.data(), {original.n_out(), original.n_in()}, torch::kFloat32);
+        return dynamic_cast<const EncodingMethod&>(method).encode(w.data(), original.n_out(),
+                                                                  original.n_in(), layer);
+      const torch::Tensor t =
+          torch::from_blob(w.data(), {original.n_out(), original.n_in()}, torch::kFloat32);
       return trainable->make_trainable(t, layer)->to_runtime();
     };
     weights.storage = src.storage;
@@ -333,23 +372,25 @@ CompressReport compress_model(const std::filesystem::path& model_dir, const std:
       const int64_t params = lin.n_in() * lin.n_out();
       // A bias stays full precision (fp32 in the file) and counts in the layer's bits.
       const int64_t bits = lin.storage_bits() + int64_t(layer.bias[i].size()) * 32;
-      report.layers.push_back({file_block_tensor(l, kBlockLinears[i].file_name), lin.n_out(), lin.n_in(),
-                               lin.describe(), double(bits) / double(params), layer_bpw[l][i]});
+      report.layers.push_back({file_block_tensor(l, kBlockLinears[i].file_name), lin.n_out(),
+                               lin.n_in(), lin.describe(), double(bits) / double(params),
+                               layer_bpw[l][i]});
       report.linear_params += params;
       report.linear_bits += bits;
     }
   }
   report.whole_params = total_params;
-  report.whole_bits = report.linear_bits + 32 * norm_params +
-                      weights.embedding->storage_bits() +
+  report.whole_bits = report.linear_bits + 32 * norm_params + weights.embedding->storage_bits() +
                       (weights.head_is_embedding() ? 0 : weights.lm_head->storage_bits());
   report.embedding = weights.embedding->describe();
-  report.head = weights.head_is_embedding() ? "stored once with the embedding" : weights.lm_head->describe();
+  report.head =
+      weights.head_is_embedding() ? "stored once with the embedding" : weights.lm_head->describe();
   details["linear_bpw"] = double(report.linear_bits) / double(report.linear_params);
   details["whole_bpw"] = double(report.whole_bits) / double(report.whole_params);
   // Every rank holds the same trained student; one writes it.
   if (!root) return report;
-  save_model_file(out, c, bundle.tokenizer_json, weights, {model_name, o.method, details.dump(), bundle.chat_template});
+  save_model_file(out, c, bundle.tokenizer_json, weights,
+                  {model_name, o.method, details.dump(), bundle.chat_template});
   if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
   return report;
 }

@@ -18,7 +18,8 @@ struct CompressOptions {
   // every parameter (docs/formats.md, "Whole-file budget").
   std::string budget = "linear";
   std::string embed_type;  // compress/tensor_types.h; empty: as stored (a whole budget: --method)
-  std::string head_type;   // empty: a tied head follows the embedding, an untied one as embed_type's default
+  std::string
+      head_type;  // empty: a tied head follows the embedding, an untied one as embed_type's default
   std::vector<std::filesystem::path> train_texts;
   // "uniform": every linear layer at one target; "sensitivity": targets by measured KL
   // (compress/sensitivity.h) at the bits uniform stores, from sensitivity_texts (default: the
@@ -54,15 +55,16 @@ struct BlockProgress {
 };
 
 struct CompressCallbacks {
-  std::function<void(const std::string&)> log;             // one line of status
+  std::function<void(const std::string&)> log;               // one line of status
   std::function<void(const BlockProgress&)> block_progress;  // per block of layers built
-  std::function<void(const QatProgress&)> qat_progress;    // per training step
+  std::function<void(const QatProgress&)> qat_progress;      // per training step
 };
 
 // `method` is made by the row named options.method (find_compress_method(...).make()) and holds
 // that method's own options.
-CompressReport compress_model(const std::filesystem::path& model_dir, const std::filesystem::path& out,
-                              const CompressOptions& options, const std::shared_ptr<CompressMethod>& method,
+CompressReport compress_model(const std::filesystem::path& model_dir,
+                              const std::filesystem::path& out, const CompressOptions& options,
+                              const std::shared_ptr<CompressMethod>& method,
                               const CompressCallbacks& callbacks);
 
 }  // namespace subbit::compress

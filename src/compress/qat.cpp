@@ -30,7 +30,8 @@ std::string read_xz_prefix(const std::filesystem::path& file, size_t max_bytes) 
   }
   const int status = ::pclose(pipe);
   // Closing early makes xz die of SIGPIPE; only a failure before we had enough is an error.
-  if (text.size() < max_bytes && status != 0) fail("{}: xz failed (is it a valid .xz file?)", file.string());
+  if (text.size() < max_bytes && status != 0)
+    fail("{}: xz failed (is it a valid .xz file?)", file.string());
   if (text.size() > max_bytes) text.resize(max_bytes);
   // Do not cut a UTF-8 character in half.
   while (!text.empty() && (static_cast<unsigned char>(text.back()) & 0xC0) == 0x80) text.pop_back();
@@ -56,8 +57,9 @@ double lr_at(int64_t step, int64_t total, const QatOptions& o) {
 
 // The loss history travels with the checkpoint so a resumed run reports (and writes into the
 // file's metadata) exactly what an uninterrupted one would.
-void save_checkpoint(const std::filesystem::path& path, TorchLlama& student, torch::optim::Optimizer& optimizer,
-                     int64_t step, const std::vector<double>& losses, int world_size) {
+void save_checkpoint(const std::filesystem::path& path, TorchLlama& student,
+                     torch::optim::Optimizer& optimizer, int64_t step,
+                     const std::vector<double>& losses, int world_size) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   student.save(model_archive);
   optimizer.save(optimizer_archive);
@@ -73,7 +75,8 @@ void save_checkpoint(const std::filesystem::path& path, TorchLlama& student, tor
 
 // The windows at `positions` of the shuffled order, as a (positions, seq) batch of token ids.
 torch::Tensor window_batch(std::span<const int32_t> tokens, const std::vector<int64_t>& order,
-                           const std::vector<int64_t>& positions, int64_t seq, torch::Device device) {
+                           const std::vector<int64_t>& positions, int64_t seq,
+                           torch::Device device) {
   const int64_t windows = int64_t(order.size()), batch = int64_t(positions.size());
   std::vector<int64_t> ids(batch * seq);  // (batch, seq)
   for (int64_t b = 0; b < batch; ++b) {
@@ -84,15 +87,17 @@ torch::Tensor window_batch(std::span<const int32_t> tokens, const std::vector<in
 }
 
 QatResult train_blockwise(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
-                          const std::vector<int64_t>& order, int64_t total_steps, const QatOptions& o,
-                          DataParallel& ranks, const std::function<void(const QatProgress&)>& progress) {
+                          const std::vector<int64_t>& order, int64_t total_steps,
+                          const QatOptions& o, DataParallel& ranks,
+                          const std::function<void(const QatProgress&)>& progress) {
   const int64_t blocks = student.config().num_layers;
   const int64_t tokens_per_step = o.batch * o.seq;
   ranks.check_same_on_every_rank(
-      "training options", fmt::format("blockwise tokens={} windows={} seq={} batch={} lr={} weight_decay={} "
-                                      "warmup={} train_norms={} seed={}",
-                                      o.train_tokens, order.size(), o.seq, o.batch, o.lr, o.weight_decay,
-                                      o.warmup_fraction, o.train_norms, o.seed));
+      "training options",
+      fmt::format("blockwise tokens={} windows={} seq={} batch={} lr={} weight_decay={} "
+                  "warmup={} train_norms={} seed={}",
+                  o.train_tokens, order.size(), o.seq, o.batch, o.lr, o.weight_decay,
+                  o.warmup_fraction, o.train_norms, o.seed));
   const auto owner = [&](int64_t block) { return int(block % ranks.world_size()); };
   int64_t owned = 0;
   for (int64_t l = 0; l < blocks; ++l) owned += owner(l) == ranks.rank();
@@ -106,12 +111,16 @@ QatResult train_blockwise(TorchLlama& teacher, TorchLlama& student, std::span<co
     std::vector<torch::Tensor> params;
     const std::vector<torch::Tensor> block_params = student.block_parameters(l);
     for (size_t i = 0; i < block_params.size(); ++i)  // the first two are the block's norms
-      if (block_params[i].requires_grad() && (o.train_norms || i >= 2)) params.push_back(block_params[i]);
-    torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+      if (block_params[i].requires_grad() && (o.train_norms || i >= 2))
+        params.push_back(block_params[i]);
+    torch::optim::AdamW optimizer(params,
+                                  torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
     std::vector<double> losses;
     for (int64_t step = 0; step < total_steps; ++step) {
-      const torch::Tensor batch = window_batch(tokens, order, rank_window_positions(step, o.batch, 0, 1), o.seq, o.device);
-      torch::Tensor input, target;  // (batch, seq, hidden): the teacher's input and output of block l
+      const torch::Tensor batch =
+          window_batch(tokens, order, rank_window_positions(step, o.batch, 0, 1), o.seq, o.device);
+      torch::Tensor input,
+          target;  // (batch, seq, hidden): the teacher's input and output of block l
       {
         torch::NoGradGuard no_grad;
         input = teacher.embed(batch);
@@ -156,11 +165,13 @@ std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::pat
   std::vector<int32_t> tokens;
   for (const auto& file : files) {
     if (file.filename() == "wiki.test.raw")
-      fail("{}: the WikiText-2 test split is for evaluation only; never train on it", file.string());
+      fail("{}: the WikiText-2 test split is for evaluation only; never train on it",
+           file.string());
     // ~4.5 bytes per token in English BPE; read a margin more so max_tokens is reached.
-    const size_t want_bytes = size_t(std::max<int64_t>(0, max_tokens - int64_t(tokens.size()))) * 6 + 4096;
-    const std::string text = file.extension() == ".xz" ? read_xz_prefix(file, want_bytes)
-                                                       : read_text_file(file);
+    const size_t want_bytes =
+        size_t(std::max<int64_t>(0, max_tokens - int64_t(tokens.size()))) * 6 + 4096;
+    const std::string text =
+        file.extension() == ".xz" ? read_xz_prefix(file, want_bytes) : read_text_file(file);
     const std::vector<int32_t> ids = tokenizer.encode(text);
     tokens.insert(tokens.end(), ids.begin(), ids.end());
     if (int64_t(tokens.size()) >= max_tokens) break;
@@ -169,8 +180,8 @@ std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::pat
   return tokens;
 }
 
-torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student, const torch::Tensor& tokens,
-                                double hidden_weight) {
+torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student,
+                                const torch::Tensor& tokens, double hidden_weight) {
   TorchOutput target;
   {
     torch::NoGradGuard no_grad;
@@ -193,9 +204,11 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   const int64_t tokens_per_step = global_batch * o.seq;
   const int64_t windows = int64_t(tokens.size()) / o.seq;
   if (windows < global_batch)
-    fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(), global_batch, o.seq);
+    fail("training text has {} tokens: fewer than one batch of {} x {}", tokens.size(),
+         global_batch, o.seq);
   if (o.seq > max_context(student.config()))
-    fail("--seq {} exceeds the model's maximum context of {}", o.seq, max_context(student.config()));
+    fail("--seq {} exceeds the model's maximum context of {}", o.seq,
+         max_context(student.config()));
   const int64_t total_steps = std::max<int64_t>(1, o.train_tokens / tokens_per_step);
 
   // A fixed permutation of windows (seeded) decides which data each step sees, so a resumed run
@@ -209,7 +222,8 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   teacher.eval();
   student.train();
   if (o.blockwise) {
-    QatResult result = train_blockwise(teacher, student, tokens, order, total_steps, o, ranks, progress);
+    QatResult result =
+        train_blockwise(teacher, student, tokens, order, total_steps, o, ranks, progress);
     student.to(torch::kCPU);
     teacher.to(torch::kCPU);
     return result;
@@ -221,13 +235,15 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     const bool norm = p.key().find('.') == std::string::npos;
     if (p.value().requires_grad() && (o.train_norms || !norm)) params.push_back(p.value());
   }
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
+  torch::optim::AdamW optimizer(params,
+                                torch::optim::AdamWOptions(o.lr).weight_decay(o.weight_decay));
   // Every rank must train the same student on its share of the same data order.
   ranks.check_same_on_every_rank(
-      "training options", fmt::format("tokens={} windows={} seq={} batch={} lr={} weight_decay={} warmup={} "
-                                      "hidden_weight={} train_norms={} seed={} parameters={}",
-                                      o.train_tokens, windows, o.seq, o.batch, o.lr, o.weight_decay, o.warmup_fraction,
-                                      o.hidden_weight, o.train_norms, o.seed, params.size()));
+      "training options",
+      fmt::format("tokens={} windows={} seq={} batch={} lr={} weight_decay={} warmup={} "
+                  "hidden_weight={} train_norms={} seed={} parameters={}",
+                  o.train_tokens, windows, o.seq, o.batch, o.lr, o.weight_decay, o.warmup_fraction,
+                  o.hidden_weight, o.train_norms, o.seed, params.size()));
   ranks.broadcast(params);
 
   QatResult result;
@@ -248,14 +264,18 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
     torch::Tensor saved_step, saved_losses, saved_world;
     archive.read("step", saved_step);
     archive.read("losses", saved_losses);
-    const int64_t saved_world_size = archive.try_read("world_size", saved_world) ? saved_world.item<int64_t>() : 1;
+    const int64_t saved_world_size =
+        archive.try_read("world_size", saved_world) ? saved_world.item<int64_t>() : 1;
     if (saved_world_size != ranks.world_size())
-      fail("{}: the checkpoint was written by a run of {} rank(s), this run has {}: resume with the same world "
-           "size (or delete the checkpoint to start over)",
-           o.checkpoint.string(), saved_world_size, ranks.world_size());
+      fail(
+          "{}: the checkpoint was written by a run of {} rank(s), this run has {}: resume with the "
+          "same world "
+          "size (or delete the checkpoint to start over)",
+          o.checkpoint.string(), saved_world_size, ranks.world_size());
     step = saved_step.item<int64_t>();
     saved_losses = saved_losses.to(torch::kCPU).contiguous();  // loaded onto o.device
-    losses.assign(saved_losses.data_ptr<double>(), saved_losses.data_ptr<double>() + saved_losses.numel());
+    losses.assign(saved_losses.data_ptr<double>(),
+                  saved_losses.data_ptr<double>() + saved_losses.numel());
     result.resumed_from_step = step;
   }
 
@@ -267,13 +287,15 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   for (auto& p : student.named_parameters())
     if (p.key().ends_with("_u") || p.key().ends_with("_v")) {
       const torch::Tensor now = p.value().detach() >= 0;
-      signs.push_back({p.key(), p.value(), now, now, torch::zeros({}, torch::dtype(torch::kInt64).device(o.device))});
+      signs.push_back({p.key(), p.value(), now, now,
+                       torch::zeros({}, torch::dtype(torch::kInt64).device(o.device))});
     }
 
   const auto start = std::chrono::steady_clock::now();
   for (; step < total_steps; ++step) {
     const torch::Tensor batch = window_batch(
-        tokens, order, rank_window_positions(step, o.batch, ranks.rank(), ranks.world_size()), o.seq, o.device);
+        tokens, order, rank_window_positions(step, o.batch, ranks.rank(), ranks.world_size()),
+        o.seq, o.device);
     for (auto& group : optimizer.param_groups())
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(step, total_steps, o));
     optimizer.zero_grad();
@@ -293,7 +315,8 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
 
     losses.push_back(ranks.average(loss.item<double>()));
     if (progress) progress({step + 1, total_steps, (step + 1) * tokens_per_step, losses.back()});
-    if (ranks.is_root() && !o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) && step + 1 < total_steps)
+    if (ranks.is_root() && !o.checkpoint.empty() && ((step + 1) % o.checkpoint_every == 0) &&
+        step + 1 < total_steps)
       save_checkpoint(o.checkpoint, student, optimizer, step + 1, losses, ranks.world_size());
   }
   student.to(torch::kCPU);
@@ -302,10 +325,12 @@ QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const in
   result.tokens = total_steps * tokens_per_step;
   const size_t last = std::min<size_t>(10, losses.size());
   result.first_loss = losses.empty() ? NAN : losses.front();
-  result.last_loss = last == 0 ? NAN : std::accumulate(losses.end() - last, losses.end(), 0.0) / double(last);
+  result.last_loss =
+      last == 0 ? NAN : std::accumulate(losses.end() - last, losses.end(), 0.0) / double(last);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const SignTracker& t : signs)
-    result.sign_flips.push_back({t.name, t.latent.numel(), t.flips.item<int64_t>(), (t.last != t.start).sum().item<int64_t>()});
+    result.sign_flips.push_back({t.name, t.latent.numel(), t.flips.item<int64_t>(),
+                                 (t.last != t.start).sum().item<int64_t>()});
   return result;
 }
 

@@ -19,7 +19,7 @@ namespace subbit::compress {
 
 struct QatOptions {
   int64_t train_tokens = 0;  // total tokens to train on (0: no training)
-  double lr = 3e-3;  // peak; the best of the CPU sweeps in docs/results.md
+  double lr = 3e-3;          // peak; the best of the CPU sweeps in docs/results.md
   double weight_decay = 0.0;
   double warmup_fraction = 0.05;
   // The paper's 10 lets the hidden-state term swamp the KL on these small models once training
@@ -78,8 +78,8 @@ std::vector<int32_t> load_training_tokens(const std::vector<std::filesystem::pat
                                           const Tokenizer& tokenizer, int64_t max_tokens);
 
 // The distillation loss of one batch (batch, seq) of tokens.
-torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student, const torch::Tensor& tokens,
-                                double hidden_weight);
+torch::Tensor distillation_loss(TorchLlama& teacher, TorchLlama& student,
+                                const torch::Tensor& tokens, double hidden_weight);
 
 QatResult train_qat(TorchLlama& teacher, TorchLlama& student, std::span<const int32_t> tokens,
                     const QatOptions& options,

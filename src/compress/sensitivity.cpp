@@ -15,7 +15,8 @@ namespace {
 // Windows of `seq` tokens, four at a time: (batch, seq) int64.
 std::vector<torch::Tensor> token_batches(std::span<const int32_t> tokens, int64_t seq) {
   const int64_t windows = int64_t(tokens.size()) / seq;
-  if (windows < 1) fail("sensitivity: {} calibration tokens, fewer than one window of {}", tokens.size(), seq);
+  if (windows < 1)
+    fail("sensitivity: {} calibration tokens, fewer than one window of {}", tokens.size(), seq);
   std::vector<torch::Tensor> batches;
   for (int64_t w = 0; w < windows; w += 4) {
     const int64_t n = std::min<int64_t>(4, windows - w);
@@ -30,15 +31,16 @@ std::vector<torch::Tensor> token_batches(std::span<const int32_t> tokens, int64_
 
 }  // namespace
 
-std::vector<LayerSensitivity> measure_sensitivity(const LlamaModel& original, TorchLlama& teacher,
-                                                  const TrainableMethod& method, double target_bpw,
-                                                  std::span<const int32_t> tokens, int64_t seq,
-                                                  const std::function<void(const std::string&)>& log) {
+std::vector<LayerSensitivity> measure_sensitivity(
+    const LlamaModel& original, TorchLlama& teacher, const TrainableMethod& method,
+    double target_bpw, std::span<const int32_t> tokens, int64_t seq,
+    const std::function<void(const std::string&)>& log) {
   torch::NoGradGuard no_grad;
   const LlamaConfig& c = teacher.config();
   const std::vector<torch::Tensor> batches = token_batches(tokens, seq);
   std::vector<torch::Tensor> teacher_logp;  // per batch: (batch, seq, vocab)
-  for (const torch::Tensor& b : batches) teacher_logp.push_back(torch::log_softmax(teacher.forward(b).logits, -1));
+  for (const torch::Tensor& b : batches)
+    teacher_logp.push_back(torch::log_softmax(teacher.forward(b).logits, -1));
   TorchLlama probe(original);  // the original model with one layer compressed at a time
   const auto mean_kl = [&] {
     double sum = 0;
@@ -68,8 +70,8 @@ std::vector<LayerSensitivity> measure_sensitivity(const LlamaModel& original, To
   return layers;
 }
 
-void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const CompressMethod& method, double target_bpw,
-                             double budget_bits) {
+void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const CompressMethod& method,
+                             double target_bpw, double budget_bits) {
   const double low = target_bpw / 2, high = std::min(16.0, 2 * target_bpw);
   // Per layer D(B); one κ for all, from the totals at B and 2 B: single layers' KL at 2 B is
   // noisy (post-training LittleBit is not always better at a higher rank), and per-layer κ
@@ -87,7 +89,8 @@ void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const Compre
     std::vector<double> b(layers.size());
     for (size_t j = 0; j < layers.size(); ++j) {
       const double n = double(layers[j].n_out * layers[j].n_in);
-      const double x = target_bpw + target_bpw / kappa * (std::log(kappa * d[j] / (n * target_bpw)) - log_lambda);
+      const double x = target_bpw + target_bpw / kappa *
+                                        (std::log(kappa * d[j] / (n * target_bpw)) - log_lambda);
       b[j] = std::clamp(x, low, high);
     }
     return b;
@@ -100,7 +103,8 @@ void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const Compre
   };
   // Larger λ, fewer bits: the smallest λ (bisected in its log) whose targets fit.
   double lo = -200, hi = 200;
-  if (stored_bits(targets_for(hi)) > budget_bits) fail("sensitivity: {} bits cannot hold every layer at {} bpw", budget_bits, low);
+  if (stored_bits(targets_for(hi)) > budget_bits)
+    fail("sensitivity: {} bits cannot hold every layer at {} bpw", budget_bits, low);
   for (int it = 0; it < 100; ++it) {
     const double mid = 0.5 * (lo + hi);
     (stored_bits(targets_for(mid)) <= budget_bits ? hi : lo) = mid;

@@ -20,22 +20,22 @@ namespace subbit::compress {
 
 struct LayerSensitivity {
   int64_t block;
-  int index;              // LinearIndex
+  int index;  // LinearIndex
   int64_t n_out, n_in;
-  double kl_at_target;    // mean KL per token, nats, the layer alone at B
-  double kl_at_double;    // the layer alone at 2 B
-  double allocated_bpw;   // the target allocate_by_sensitivity gives it
+  double kl_at_target;   // mean KL per token, nats, the layer alone at B
+  double kl_at_double;   // the layer alone at 2 B
+  double allocated_bpw;  // the target allocate_by_sensitivity gives it
 };
 
 // Measures every block linear of `teacher` (the original model) compressed by `method` at
 // `target_bpw` and 2 · target_bpw, on `tokens` cut into windows of `seq`.
-std::vector<LayerSensitivity> measure_sensitivity(const LlamaModel& original, TorchLlama& teacher,
-                                                  const TrainableMethod& method, double target_bpw,
-                                                  std::span<const int32_t> tokens, int64_t seq,
-                                                  const std::function<void(const std::string&)>& log);
+std::vector<LayerSensitivity> measure_sensitivity(
+    const LlamaModel& original, TorchLlama& teacher, const TrainableMethod& method,
+    double target_bpw, std::span<const int32_t> tokens, int64_t seq,
+    const std::function<void(const std::string&)>& log);
 
 // Fills allocated_bpw so that Σ method.stored_bpw(b_j) · n_j stays within `budget_bits`.
-void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const CompressMethod& method, double target_bpw,
-                             double budget_bits);
+void allocate_by_sensitivity(std::vector<LayerSensitivity>& layers, const CompressMethod& method,
+                             double target_bpw, double budget_bits);
 
 }  // namespace subbit::compress

@@ -23,9 +23,14 @@ std::vector<int16_t> codes_of(const torch::Tensor& table, int value_bits, float 
 }  // namespace
 
 SketchTrainable::SketchTrainable(const SketchLinear& layer)
-    : rule_(layer.rule()), block_(layer.block()), value_bits_(layer.value_bits()), band_rows_(layer.band_rows()),
+    : rule_(layer.rule()),
+      block_(layer.block()),
+      value_bits_(layer.value_bits()),
+      band_rows_(layer.band_rows()),
       d_out_(layer.n_out()),
-      d_in_(layer.n_in()), blocks_per_row_(layer.blocks_per_row()), salient_mask_(layer.salient_mask()) {
+      d_in_(layer.n_in()),
+      blocks_per_row_(layer.blocks_per_row()),
+      salient_mask_(layer.salient_mask()) {
   const SketchMatrix& m = layer.matrix();
   for (int s = 0; s < layer.sets(); ++s) {
     SketchTableSet set = layer.table_set(s);
@@ -47,10 +52,12 @@ SketchTrainable::SketchTrainable(const SketchLinear& layer)
         index[r * blocks_per_row_ + b] = int64_t(m.bucket_index(k, r, b, &negative));
         sign[r * blocks_per_row_ + b] = negative ? -1.0f : 1.0f;
       }
-    bucket_indices_.push_back(register_buffer(
-        fmt::format("bucket_index{}", k), torch::from_blob(index.data(), {blocks}, torch::kInt64).clone()));
-    signs_.push_back(register_buffer(fmt::format("sign{}", k),
-                                     torch::from_blob(sign.data(), {blocks, 1}, torch::kFloat32).clone()));
+    bucket_indices_.push_back(
+        register_buffer(fmt::format("bucket_index{}", k),
+                        torch::from_blob(index.data(), {blocks}, torch::kInt64).clone()));
+    signs_.push_back(
+        register_buffer(fmt::format("sign{}", k),
+                        torch::from_blob(sign.data(), {blocks, 1}, torch::kFloat32).clone()));
   }
 }
 
@@ -61,7 +68,8 @@ torch::Tensor SketchTrainable::quantized_table(int k) const {
     const torch::Tensor& v = tables_[s * rows + k];
     const float step = value_bits_ == 16 ? 0.0f : sets_[s].scales[k];
     std::vector<float> q;  // (buckets, block)
-    for (const int16_t code : codes_of(v, value_bits_, step)) q.push_back(sketch_code_value(code, value_bits_, step));
+    for (const int16_t code : codes_of(v, value_bits_, step))
+      q.push_back(sketch_code_value(code, value_bits_, step));
     // Forward value exactly the quantized table (q + 0), gradient the identity.
     parts.push_back(from_floats(q, v.size(0), v.size(1)).to(v.options()) + (v - v.detach()));
   }
@@ -73,17 +81,23 @@ torch::Tensor SketchTrainable::weight() const {
   torch::Tensor w;  // (d_out · blocks, block)
   for (int k = 0; k < rows; ++k) {
     const torch::Tensor e = quantized_table(k).index_select(0, bucket_indices_[k]) * signs_[k];
-    if (k == 0) w = e;
-    else if (rule_ == SketchRule::Mean) w = w + e;
+    if (k == 0)
+      w = e;
+    else if (rule_ == SketchRule::Mean)
+      w = w + e;
     // Strict comparisons: on a tie the lower row wins, as in the runtime kernels.
-    else if (rule_ == SketchRule::AbsMinMax) w = torch::where(e.abs() > w.abs(), e, w);
-    else w = torch::where(e.abs() < w.abs(), e, w);
+    else if (rule_ == SketchRule::AbsMinMax)
+      w = torch::where(e.abs() > w.abs(), e, w);
+    else
+      w = torch::where(e.abs() < w.abs(), e, w);
   }
   if (rule_ == SketchRule::Mean) w = w / double(rows);
   return w.reshape({d_out_, blocks_per_row_ * block_}).slice(1, 0, d_in_);
 }
 
-torch::Tensor SketchTrainable::forward(const torch::Tensor& x) { return torch::matmul(x, weight().t()); }
+torch::Tensor SketchTrainable::forward(const torch::Tensor& x) {
+  return torch::matmul(x, weight().t());
+}
 
 std::unique_ptr<Linear> SketchTrainable::to_runtime() const {
   torch::NoGradGuard no_grad;
@@ -91,8 +105,10 @@ std::unique_ptr<Linear> SketchTrainable::to_runtime() const {
   std::vector<SketchTableSet> sets = sets_;
   for (size_t s = 0; s < sets.size(); ++s)
     for (int k = 0; k < rows; ++k)
-      sets[s].codes.push_back(codes_of(tables_[s * rows + k], value_bits_, value_bits_ == 16 ? 0.0f : sets_[s].scales[k]));
-  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, band_rows_, sets, salient_mask_);
+      sets[s].codes.push_back(codes_of(tables_[s * rows + k], value_bits_,
+                                       value_bits_ == 16 ? 0.0f : sets_[s].scales[k]));
+  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, band_rows_, sets,
+                                        salient_mask_);
 }
 
 }  // namespace subbit::compress

@@ -25,7 +25,9 @@ class SketchTrainable final : public TrainableLinear {
   explicit SketchTrainable(const SketchLinear& layer);
 
   torch::Tensor forward(const torch::Tensor& x) override;  // (..., d_in) -> (..., d_out)
-  torch::Tensor rows(const torch::Tensor& index) override { return weight().index_select(0, index); }
+  torch::Tensor rows(const torch::Tensor& index) override {
+    return weight().index_select(0, index);
+  }
   // The SketchLinear with the current tables, quantized exactly as forward() uses them.
   std::unique_ptr<Linear> to_runtime() const override;
   // (d_out, d_in): the weights forward() multiplies with.
@@ -40,9 +42,10 @@ class SketchTrainable final : public TrainableLinear {
   int64_t band_rows_, d_out_, d_in_, blocks_per_row_;
   std::vector<SketchTableSet> sets_;  // buckets, seeds and scales; the values are the parameters
   std::vector<uint64_t> salient_mask_;
-  std::vector<torch::Tensor> tables_;          // [set · rows + k]: (buckets, block) parameters
-  std::vector<torch::Tensor> bucket_indices_;  // [k]: (d_out · blocks) int64 into quantized_table(k)
-  std::vector<torch::Tensor> signs_;           // [k]: (d_out · blocks, 1) ±1
+  std::vector<torch::Tensor> tables_;  // [set · rows + k]: (buckets, block) parameters
+  std::vector<torch::Tensor>
+      bucket_indices_;                // [k]: (d_out · blocks) int64 into quantized_table(k)
+  std::vector<torch::Tensor> signs_;  // [k]: (d_out · blocks, 1) ±1
 };
 
 }  // namespace subbit::compress

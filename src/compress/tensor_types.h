@@ -24,7 +24,8 @@ struct TensorType {
 };
 
 // Throws Error naming `option` and the known types when `spec` is not one.
-TensorType parse_tensor_type(std::string_view spec, std::string_view option, std::string_view main_method,
+TensorType parse_tensor_type(std::string_view spec, std::string_view option,
+                             std::string_view main_method,
                              const std::shared_ptr<CompressMethod>& shared_method);
 
 }  // namespace subbit::compress

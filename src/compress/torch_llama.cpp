@@ -11,7 +11,8 @@ namespace subbit::compress {
 namespace {
 
 torch::Tensor from_floats(const std::vector<float>& v) {
-  return torch::from_blob(const_cast<float*>(v.data()), {int64_t(v.size())}, torch::kFloat32).clone();
+  return torch::from_blob(const_cast<float*>(v.data()), {int64_t(v.size())}, torch::kFloat32)
+      .clone();
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
@@ -36,7 +37,8 @@ torch::Tensor dense_weight(const Linear& linear) {
   return w;
 }
 
-FrozenDense::FrozenDense(torch::Tensor weight) : weight_(register_buffer("weight", std::move(weight))) {}
+FrozenDense::FrozenDense(torch::Tensor weight)
+    : weight_(register_buffer("weight", std::move(weight))) {}
 
 torch::Tensor FrozenDense::forward(const torch::Tensor& x) { return torch::matmul(x, weight_.t()); }
 
@@ -52,22 +54,25 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
   const LlamaWeights& w = model.weights();
   const LlamaConfig& c = config_;
   embedding_ = register_buffer("embedding", dense_weight(*w.embedding));
-  head_ = register_module("lm_head", std::make_shared<FrozenDense>(
-                                         w.head_is_embedding() ? embedding_.alias() : dense_weight(*w.lm_head)));
+  head_ = register_module(
+      "lm_head", std::make_shared<FrozenDense>(w.head_is_embedding() ? embedding_.alias()
+                                                                     : dense_weight(*w.lm_head)));
   final_norm_ = register_parameter("final_norm", from_floats(w.final_norm));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
-    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), from_floats(layer.norm[kAttnNorm])));
-    mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), from_floats(layer.norm[kMlpNorm])));
+    attn_norms_.push_back(
+        register_parameter(fmt::format("attn_norm_{}", l), from_floats(layer.norm[kAttnNorm])));
+    mlp_norms_.push_back(
+        register_parameter(fmt::format("mlp_norm_{}", l), from_floats(layer.norm[kMlpNorm])));
     std::vector<std::shared_ptr<TrainableLinear>> row;
     std::vector<torch::Tensor> biases;
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
                                     std::make_shared<FrozenDense>(dense_weight(*layer.linear[i]))));
       // Biases stay as stored: frozen, full precision (an undefined tensor: no bias).
-      biases.push_back(layer.bias[i].empty()
-                           ? torch::Tensor()
-                           : register_buffer(fmt::format("bias_{}_{}", l, i), from_floats(layer.bias[i])));
+      biases.push_back(layer.bias[i].empty() ? torch::Tensor()
+                                             : register_buffer(fmt::format("bias_{}_{}", l, i),
+                                                               from_floats(layer.bias[i])));
     }
     linears_.push_back(std::move(row));
     biases_.push_back(std::move(biases));
@@ -85,19 +90,24 @@ TorchLlama::TorchLlama(const TorchLlama& teacher, ShareFrozen) : config_(teacher
   if (teacher.head_is_embedding_) fail("a student can share only a teacher whose head is frozen");
   embedding_ = register_buffer("embedding", teacher.embedding_.alias());
   const bool tied = frozen_weight(teacher.head_).is_alias_of(teacher.embedding_);
-  head_ = register_module("lm_head",
-                          std::make_shared<FrozenDense>(tied ? embedding_.alias() : frozen_weight(teacher.head_)));
+  head_ = register_module("lm_head", std::make_shared<FrozenDense>(
+                                         tied ? embedding_.alias() : frozen_weight(teacher.head_)));
   final_norm_ = register_parameter("final_norm", teacher.final_norm_.detach().clone());
   for (int64_t l = 0; l < config_.num_layers; ++l) {
-    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l), teacher.attn_norms_[l].detach().clone()));
-    mlp_norms_.push_back(register_parameter(fmt::format("mlp_norm_{}", l), teacher.mlp_norms_[l].detach().clone()));
+    attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l),
+                                             teacher.attn_norms_[l].detach().clone()));
+    mlp_norms_.push_back(
+        register_parameter(fmt::format("mlp_norm_{}", l), teacher.mlp_norms_[l].detach().clone()));
     std::vector<std::shared_ptr<TrainableLinear>> row;
     std::vector<torch::Tensor> biases;
     for (int i = 0; i < kLinearsPerBlock; ++i) {
-      row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
-                                    std::make_shared<FrozenDense>(frozen_weight(teacher.linears_[l][i]))));
+      row.push_back(
+          register_module(fmt::format("linear_{}_{}", l, i),
+                          std::make_shared<FrozenDense>(frozen_weight(teacher.linears_[l][i]))));
       const torch::Tensor& bias = teacher.biases_[l][i];
-      biases.push_back(bias.defined() ? register_buffer(fmt::format("bias_{}_{}", l, i), bias.alias()) : torch::Tensor());
+      biases.push_back(bias.defined()
+                           ? register_buffer(fmt::format("bias_{}_{}", l, i), bias.alias())
+                           : torch::Tensor());
     }
     linears_.push_back(std::move(row));
     biases_.push_back(std::move(biases));
@@ -110,7 +120,8 @@ std::shared_ptr<TrainableLinear> TorchLlama::linear(int64_t layer, int index) co
 }
 
 void TorchLlama::set_linear(int64_t layer, int index, std::shared_ptr<TrainableLinear> module) {
-  linears_.at(layer).at(index) = replace_module(fmt::format("linear_{}_{}", layer, index), std::move(module));
+  linears_.at(layer).at(index) =
+      replace_module(fmt::format("linear_{}_{}", layer, index), std::move(module));
 }
 
 void TorchLlama::set_head(std::shared_ptr<TrainableLinear> module, bool is_embedding) {
@@ -139,10 +150,11 @@ torch::Tensor TorchLlama::block(int64_t l, torch::Tensor x) {
   const double eps = c.rms_norm_eps;
   // Same fp32 recipe as transformers and src/ops/vector_ops.cpp: angle = position * inv_freq.
   const torch::Tensor positions = torch::arange(seq, rope_inv_freq_.options());
-  const torch::Tensor angles = torch::outer(positions, rope_inv_freq_);                 // (seq, head_dim/2)
-  const torch::Tensor cos = torch::cat({angles.cos(), angles.cos()}, -1);              // (seq, head_dim)
+  const torch::Tensor angles = torch::outer(positions, rope_inv_freq_);    // (seq, head_dim/2)
+  const torch::Tensor cos = torch::cat({angles.cos(), angles.cos()}, -1);  // (seq, head_dim)
   const torch::Tensor sin = torch::cat({angles.sin(), angles.sin()}, -1);
-  const torch::Tensor causal = torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
+  const torch::Tensor causal =
+      torch::ones({seq, seq}, torch::dtype(torch::kBool).device(x.device())).triu(1);
   auto project = [&](int index, const torch::Tensor& input) {
     torch::Tensor y = linears_[l][index]->forward(input);
     const torch::Tensor& bias = biases_[l][index];

@@ -80,15 +80,17 @@ class TorchLlama : public torch::nn::Module {
 
  private:
   LlamaConfig config_;
-  torch::Tensor embedding_;                  // (vocab, hidden), frozen; unused when head_is_embedding_
+  torch::Tensor embedding_;  // (vocab, hidden), frozen; unused when head_is_embedding_
   std::shared_ptr<const Linear> embedding_runtime_;  // set_embedding's; null: the original's
-  std::shared_ptr<TrainableLinear> head_;    // (vocab, hidden)
+  std::shared_ptr<TrainableLinear> head_;            // (vocab, hidden)
   bool head_is_embedding_ = false;
   torch::Tensor final_norm_;
   std::vector<torch::Tensor> attn_norms_, mlp_norms_;
-  std::vector<std::vector<std::shared_ptr<TrainableLinear>>> linears_;  // (layers, kLinearsPerBlock)
-  std::vector<std::vector<torch::Tensor>> biases_;  // (layers, kLinearsPerBlock): (n_out) or undefined
-  torch::Tensor rope_inv_freq_;                     // (head_dim / 2), after RoPE scaling
+  std::vector<std::vector<std::shared_ptr<TrainableLinear>>>
+      linears_;  // (layers, kLinearsPerBlock)
+  std::vector<std::vector<torch::Tensor>>
+      biases_;                   // (layers, kLinearsPerBlock): (n_out) or undefined
+  torch::Tensor rope_inv_freq_;  // (head_dim / 2), after RoPE scaling
 };
 
 }  // namespace subbit::compress

@@ -10,11 +10,14 @@ namespace subbit::compress {
 namespace {
 
 // An orthonormal basis of y's columns.
-torch::Tensor orthonormal(const torch::Tensor& y) { return std::get<0>(at::linalg_qr(y, "reduced")); }
+torch::Tensor orthonormal(const torch::Tensor& y) {
+  return std::get<0>(at::linalg_qr(y, "reduced"));
+}
 
 // (rows, cols) standard normal from a seeded std::mt19937_64, identical on every libtorch version
 // and device.
-torch::Tensor gaussian(int64_t rows, int64_t cols, uint64_t seed, const torch::TensorOptions& options) {
+torch::Tensor gaussian(int64_t rows, int64_t cols, uint64_t seed,
+                       const torch::TensorOptions& options) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
   torch::Tensor t = torch::empty({rows, cols}, torch::kFloat32);
@@ -35,10 +38,14 @@ SvdMethod parse_svd_method(const std::string& name, const std::string& option) {
 
 const char* svd_method_name(SvdMethod method) {
   switch (method) {
-    case SvdMethod::Exact: return "exact";
-    case SvdMethod::Gram: return "gram";
-    case SvdMethod::Randomized: return "randomized";
-    case SvdMethod::Auto: return "auto";
+    case SvdMethod::Exact:
+      return "exact";
+    case SvdMethod::Gram:
+      return "gram";
+    case SvdMethod::Randomized:
+      return "randomized";
+    case SvdMethod::Auto:
+      return "auto";
   }
   return "?";
 }
@@ -56,20 +63,25 @@ TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank) {
   auto [eigenvalues, eigenvectors] = torch::linalg::eigh(gram, "L");  // ascending
   const int64_t n = eigenvalues.size(0);
   const torch::Tensor s = eigenvalues.slice(0, n - rank).flip(0).clamp_min(0).sqrt();
-  const torch::Tensor side = eigenvectors.slice(1, n - rank).flip(1).contiguous();  // (smaller side, rank)
+  const torch::Tensor side =
+      eigenvectors.slice(1, n - rank).flip(1).contiguous();  // (smaller side, rank)
   // The other factor; a zero singular value leaves its column zero instead of dividing by zero.
   const torch::Tensor inverse = torch::where(s > 0, 1.0 / s, torch::zeros_like(s));
   if (tall) return {torch::matmul(w, side) * inverse, s, side.t().contiguous()};
   return {side, s, (torch::matmul(side.t(), w) * inverse.unsqueeze(1)).contiguous()};
 }
 
-SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank, const TruncatedSvdOptions& o) {
+SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank,
+                            const TruncatedSvdOptions& o) {
   const int64_t smaller = std::min(d_out, d_in);
   switch (o.method) {
-    case SvdMethod::Auto: return smaller >= o.large_from ? SvdMethod::Gram : SvdMethod::Exact;
+    case SvdMethod::Auto:
+      return smaller >= o.large_from ? SvdMethod::Gram : SvdMethod::Exact;
     case SvdMethod::Randomized:
-      return double(rank + o.oversample) >= o.exact_above * double(smaller) ? SvdMethod::Exact : SvdMethod::Randomized;
-    default: return o.method;
+      return double(rank + o.oversample) >= o.exact_above * double(smaller) ? SvdMethod::Exact
+                                                                            : SvdMethod::Randomized;
+    default:
+      return o.method;
   }
 }
 
@@ -77,14 +89,18 @@ TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const Truncated
   torch::NoGradGuard no_grad;
   const int64_t d_out = w.size(0), d_in = w.size(1);
   switch (chosen_svd_method(d_out, d_in, rank, o)) {
-    case SvdMethod::Gram: return gram_truncated_svd(w, rank);
-    case SvdMethod::Randomized: break;
-    default: return exact_truncated_svd(w, rank);
+    case SvdMethod::Gram:
+      return gram_truncated_svd(w, rank);
+    case SvdMethod::Randomized:
+      break;
+    default:
+      return exact_truncated_svd(w, rank);
   }
   const int64_t k = std::min(rank + o.oversample, std::min(d_out, d_in));
   // Range of w: Q spans w·Ω, sharpened by subspace iterations (re-orthonormalised each half step,
   // since the powers of w's spectrum would otherwise drown the smaller directions in rounding).
-  torch::Tensor q = orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)
+  torch::Tensor q =
+      orthonormal(torch::matmul(w, gaussian(d_in, k, o.seed, w.options())));  // (d_out, k)
   for (int i = 0; i < o.power_iterations; ++i) {
     const torch::Tensor z = orthonormal(torch::matmul(w.t(), q));  // (d_in, k)
     q = orthonormal(torch::matmul(w, z));

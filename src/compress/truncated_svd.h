@@ -51,9 +51,11 @@ struct TruncatedSvd {
 };
 
 // The method truncated_svd uses for a (d_out, d_in) layer at `rank`: never Auto.
-SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank, const TruncatedSvdOptions& options);
+SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank,
+                            const TruncatedSvdOptions& options);
 // w: (d_out, d_in) fp32.
-TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank, const TruncatedSvdOptions& options = {});
+TruncatedSvd truncated_svd(const torch::Tensor& w, int64_t rank,
+                           const TruncatedSvdOptions& options = {});
 // The exact SVD, truncated: the reference the others are measured against.
 TruncatedSvd exact_truncated_svd(const torch::Tensor& w, int64_t rank);
 TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank);

@@ -66,8 +66,8 @@ class DenseLinear final : public Linear {
   static std::unique_ptr<DenseLinear> from_stored(DType dtype, const void* data, int64_t n_out,
                                                   int64_t n_in);
   // The "dense" row of formats/format_table.cpp: `prefix.weight`, F32/F16/BF16 (n_out, n_in).
-  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix, int64_t n_out,
-                                      int64_t n_in);
+  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix,
+                                      int64_t n_out, int64_t n_in);
 
   int64_t n_in() const override { return matrix_.n_in; }
   int64_t n_out() const override { return matrix_.n_out; }

@@ -20,7 +20,8 @@ double littlebit_bpw(int64_t d_in, int64_t d_out, int64_t rank, int paths) {
 
 int64_t littlebit_rank_for_bpw(int64_t d_in, int64_t d_out, double target_bpw, int paths,
                                int64_t granularity) {
-  const double budget = target_bpw * double(d_in) * double(d_out) - paths * 16.0 * double(d_in + d_out);
+  const double budget =
+      target_bpw * double(d_in) * double(d_out) - paths * 16.0 * double(d_in + d_out);
   const double per_rank = paths * double(d_in + d_out + 16);
   const int64_t rank = budget > 0 ? int64_t(budget / per_rank) / granularity * granularity : 0;
   return std::clamp<int64_t>(rank, granularity, std::min(d_in, d_out));
@@ -29,7 +30,8 @@ int64_t littlebit_rank_for_bpw(int64_t d_in, int64_t d_out, double target_bpw, i
 LittleBitLinear::LittleBitLinear(int64_t d_out, int64_t d_in, std::vector<LittleBitPath> paths)
     : d_out_(d_out), d_in_(d_in), paths_(std::move(paths)) {
   for (const LittleBitPath& p : paths_) {
-    if (int64_t(p.h.size()) != d_out || int64_t(p.g.size()) != d_in || int64_t(p.l.size()) != p.rank ||
+    if (int64_t(p.h.size()) != d_out || int64_t(p.g.size()) != d_in ||
+        int64_t(p.l.size()) != p.rank ||
         int64_t(p.u_signs.size()) != d_out * sign_words_per_row(p.rank) ||
         int64_t(p.vt_signs.size()) != p.rank * sign_words_per_row(d_in))
       fail("littlebit layer ({} x {}): inconsistent path of rank {}", d_out, d_in, p.rank);
@@ -64,7 +66,9 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
         for (int64_t i = i0; i < i1; ++i) out[i] = xt[i] * g[i];
       }
   };
-  const auto latent_of = [&](int64_t k) { return latent + k * tokens * max_rank; };  // (tokens, rank)
+  const auto latent_of = [&](int64_t k) {
+    return latent + k * tokens * max_rank;
+  };  // (tokens, rank)
   const auto scale_latent = [&](int64_t k, int64_t j0, int64_t j1) {
     const int64_t rank = paths_[k].rank;
     const float* l = paths_[k].l.data();
@@ -136,7 +140,8 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
     sum_paths(outputs.begin, outputs.end);
   };
   double work = 0;  // sign·token products of the whole layer
-  for (const LittleBitPath& p : paths_) work += double(p.rank) * double(d_in_ + d_out_) * double(tokens);
+  for (const LittleBitPath& p : paths_)
+    work += double(p.rank) * double(d_in_ + d_out_) * double(tokens);
   if (work < kSignMinParallelWork)
     decode(0, 1);  // small layers (sb-30m's): a team would cost more than it shares
   else
@@ -169,7 +174,8 @@ void LittleBitLinear::decode_row(int64_t o, float* out) const {
       const float u_sign = (u_row[j / 64] >> (j % 64)) & 1 ? 1.0f : -1.0f;
       const float a = p.h[o] * u_sign * p.l[j];
       const uint64_t* v_row = vt.words + j * vt.words_per_row();
-      for (int64_t i = 0; i < d_in_; ++i) out[i] += ((v_row[i / 64] >> (i % 64)) & 1 ? a : -a) * p.g[i];
+      for (int64_t i = 0; i < d_in_; ++i)
+        out[i] += ((v_row[i / 64] >> (i % 64)) & 1 ? a : -a) * p.g[i];
     }
   }
 }
@@ -212,7 +218,8 @@ void LittleBitLinear::save(GgufWriter& out, const std::string& prefix) const {
 std::unique_ptr<Linear> LittleBitLinear::load(const GgufFile& file, const std::string& prefix,
                                               int64_t d_out, int64_t d_in) {
   const std::vector<int64_t> ranks = file.get_int_array("subbit.littlebit." + prefix + ".ranks");
-  if (ranks.empty() || ranks.size() > 2) fail("{}: {}: expected 1 or 2 paths", file.path().string(), prefix);
+  if (ranks.empty() || ranks.size() > 2)
+    fail("{}: {}: expected 1 or 2 paths", file.path().string(), prefix);
   std::vector<LittleBitPath> paths;
   for (size_t i = 0; i < ranks.size(); ++i) {
     const std::string name = fmt::format("{}.lb{}", prefix, i);

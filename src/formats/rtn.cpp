@@ -14,12 +14,17 @@ namespace subbit {
 
 RtnLinear::RtnLinear(int64_t d_out, int64_t d_in, int bits, std::vector<uint64_t> codes,
                      std::vector<float> scales, std::vector<float> minimums)
-    : d_out_(d_out), d_in_(d_in), bits_(bits), codes_(std::move(codes)), scales_(std::move(scales)),
+    : d_out_(d_out),
+      d_in_(d_in),
+      bits_(bits),
+      codes_(std::move(codes)),
+      scales_(std::move(scales)),
       minimums_(std::move(minimums)) {
   if (bits < 1 || bits > 8) fail("rtn: {} bits per weight is not supported (1..8)", bits);
 }
 
-std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int64_t d_in, int bits) {
+std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int64_t d_in,
+                                             int bits) {
   auto layer = std::make_unique<RtnLinear>(d_out, d_in, bits, std::vector<uint64_t>{},
                                            std::vector<float>{}, std::vector<float>{});
   const int64_t groups = layer->groups_per_row(), words = layer->words_per_row();
@@ -39,7 +44,8 @@ std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int6
       layer->scales_[r * groups + g] = scale;
       layer->minimums_[r * groups + g] = minimum;
       for (int64_t i = begin; i < end; ++i) {
-        const uint64_t q = uint64_t(std::clamp<int64_t>(std::lround((row[i] - minimum) / scale), 0, levels));
+        const uint64_t q =
+            uint64_t(std::clamp<int64_t>(std::lround((row[i] - minimum) / scale), 0, levels));
         put_bits(&layer->codes_[r * words], i, bits, q);
       }
     }
@@ -58,7 +64,8 @@ void RtnLinear::decode_row(int64_t r, float* out) const {
 
 void RtnLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
   // About four chunks per thread, each decoding its rows into its own slice of the scratch.
-  const int64_t rows_per_chunk = std::max<int64_t>(16, (d_out_ + 4 * num_threads() - 1) / (4 * num_threads()));
+  const int64_t rows_per_chunk =
+      std::max<int64_t>(16, (d_out_ + 4 * num_threads() - 1) / (4 * num_threads()));
   const int64_t chunks = (d_out_ + rows_per_chunk - 1) / rows_per_chunk;
   float* decoded = scratch.floats(0, chunks * d_in_);  // (chunks, d_in)
   parallel_for(d_out_, rows_per_chunk, [&](int64_t begin, int64_t end) {
@@ -88,7 +95,8 @@ void RtnLinear::save(GgufWriter& out, const std::string& prefix) const {
 std::unique_ptr<Linear> RtnLinear::load(const GgufFile& file, const std::string& prefix,
                                         int64_t d_out, int64_t d_in) {
   const int64_t bits = file.get_int("subbit.rtn." + prefix + ".bits");
-  if (bits < 1 || bits > 8) fail("{}: {}: rtn with {} bits is not supported", file.path().string(), prefix, bits);
+  if (bits < 1 || bits > 8)
+    fail("{}: {}: rtn with {} bits is not supported", file.path().string(), prefix, bits);
   auto layer = std::make_unique<RtnLinear>(d_out, d_in, int(bits), std::vector<uint64_t>{},
                                            std::vector<float>{}, std::vector<float>{});
   layer->codes_ = get_words(file, prefix + ".codes", d_out, layer->words_per_row());

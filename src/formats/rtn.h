@@ -14,8 +14,8 @@ class RtnLinear final : public Linear {
             std::vector<float> scales, std::vector<float> minimums);
   static std::unique_ptr<RtnLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out,
                                            int64_t d_in, int bits);
-  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix, int64_t d_out,
-                                      int64_t d_in);
+  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix,
+                                      int64_t d_out, int64_t d_in);
 
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }
@@ -32,9 +32,9 @@ class RtnLinear final : public Linear {
 
   int64_t d_out_, d_in_;
   int bits_;
-  std::vector<uint64_t> codes_;    // (d_out, words_per_row)
-  std::vector<float> scales_;      // (d_out, groups_per_row)
-  std::vector<float> minimums_;    // (d_out, groups_per_row)
+  std::vector<uint64_t> codes_;  // (d_out, words_per_row)
+  std::vector<float> scales_;    // (d_out, groups_per_row)
+  std::vector<float> minimums_;  // (d_out, groups_per_row)
 };
 
 }  // namespace subbit

@@ -43,7 +43,10 @@ void rank1_nonnegative(const float* m, int64_t rows, int64_t cols, std::vector<f
 
 SignLinear::SignLinear(int64_t d_out, int64_t d_in, std::vector<uint64_t> signs,
                        std::vector<float> row_scale, std::vector<float> col_scale)
-    : d_out_(d_out), d_in_(d_in), signs_(std::move(signs)), row_scale_(std::move(row_scale)),
+    : d_out_(d_out),
+      d_in_(d_in),
+      signs_(std::move(signs)),
+      row_scale_(std::move(row_scale)),
       col_scale_(std::move(col_scale)) {}
 
 std::unique_ptr<SignLinear> SignLinear::encode(const float* w, int64_t d_out, int64_t d_in) {
@@ -81,10 +84,9 @@ void SignLinear::save(GgufWriter& out, const std::string& prefix) const {
 
 std::unique_ptr<Linear> SignLinear::load(const GgufFile& file, const std::string& prefix,
                                          int64_t d_out, int64_t d_in) {
-  return std::make_unique<SignLinear>(d_out, d_in,
-                                      get_words(file, prefix + ".signs", d_out, sign_words_per_row(d_in)),
-                                      get_f16(file, prefix + ".row_scale", d_out),
-                                      get_f16(file, prefix + ".col_scale", d_in));
+  return std::make_unique<SignLinear>(
+      d_out, d_in, get_words(file, prefix + ".signs", d_out, sign_words_per_row(d_in)),
+      get_f16(file, prefix + ".row_scale", d_out), get_f16(file, prefix + ".col_scale", d_in));
 }
 
 }  // namespace subbit

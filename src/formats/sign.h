@@ -10,9 +10,10 @@ class SignLinear final : public Linear {
  public:
   SignLinear(int64_t d_out, int64_t d_in, std::vector<uint64_t> signs, std::vector<float> row_scale,
              std::vector<float> col_scale);
-  static std::unique_ptr<SignLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out, int64_t d_in);
-  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix, int64_t d_out,
-                                      int64_t d_in);
+  static std::unique_ptr<SignLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out,
+                                            int64_t d_in);
+  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix,
+                                      int64_t d_out, int64_t d_in);
 
   int64_t n_in() const override { return d_in_; }
   int64_t n_out() const override { return d_out_; }

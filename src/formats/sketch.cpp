@@ -24,21 +24,27 @@ bool fp16_values(int value_bits) { return value_bits == 16; }
 int max_code(int value_bits) { return (1 << (value_bits - 1)) - 1; }
 
 void check_layout(int rows, int block, int value_bits) {
-  if (rows < 1 || rows > kSketchMaxRows) fail("sketch: {} hash rows (supported: 1..{})", rows, kSketchMaxRows);
-  if (block < 1 || block > kSketchMaxBlock) fail("sketch: block {} (supported: 1..{})", block, kSketchMaxBlock);
+  if (rows < 1 || rows > kSketchMaxRows)
+    fail("sketch: {} hash rows (supported: 1..{})", rows, kSketchMaxRows);
+  if (block < 1 || block > kSketchMaxBlock)
+    fail("sketch: block {} (supported: 1..{})", block, kSketchMaxBlock);
   if (!((value_bits >= 2 && value_bits <= 8) || value_bits == 16))
     fail("sketch: {}-bit table values (supported: 2..8, or 16 for fp16)", value_bits);
 }
 
 void check_buckets(const std::vector<int64_t>& buckets, int rows, const char* what) {
-  if (int64_t(buckets.size()) != rows) fail("sketch: {} bucket counts for {} hash rows", what, buckets.size(), rows);
+  if (int64_t(buckets.size()) != rows)
+    fail("sketch: {} bucket counts for {} hash rows", what, buckets.size(), rows);
   for (int64_t b : buckets)
-    if (b < 1 || b > kMaxBuckets) fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
+    if (b < 1 || b > kMaxBuckets)
+      fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
 }
 
 // Every band needs a bucket of its own in every table.
-void check_bands(int64_t d_out, int64_t band_rows, const std::vector<int64_t>& buckets, const char* what) {
-  if (band_rows < 0 || band_rows > d_out) fail("sketch: {} rows per band for {} output rows", band_rows, d_out);
+void check_bands(int64_t d_out, int64_t band_rows, const std::vector<int64_t>& buckets,
+                 const char* what) {
+  if (band_rows < 0 || band_rows > d_out)
+    fail("sketch: {} rows per band for {} output rows", band_rows, d_out);
   const int64_t bands = sketch_band_count(d_out, band_rows);
   for (int64_t b : buckets)
     if (b < bands) fail("sketch: {} table of {} buckets cannot serve {} row bands", what, b, bands);
@@ -61,7 +67,8 @@ std::vector<uint64_t> derive_seeds(uint64_t state, int count) {
 // The step of a symmetric uniform quantizer for one table: the fp16 step (a clipped absmax)
 // with the least squared error over the occupied elements. Clipping pays off because the
 // insert rules leave few large values.
-float choose_scale(const std::vector<float>& values, const std::vector<int32_t>& count, int value_bits) {
+float choose_scale(const std::vector<float>& values, const std::vector<int32_t>& count,
+                   int value_bits) {
   const float q_max = float(max_code(value_bits));
   float abs_max = 0;
   for (size_t i = 0; i < values.size(); ++i)
@@ -75,8 +82,9 @@ float choose_scale(const std::vector<float>& values, const std::vector<int32_t>&
     double error = 0;
     for (size_t i = 0; i < values.size(); ++i) {
       if (count[i] == 0) continue;
-      const double diff = double(values[i]) - double(sketch_code_value(sketch_code(values[i], value_bits, scale),
-                                                                       value_bits, scale));
+      const double diff =
+          double(values[i]) -
+          double(sketch_code_value(sketch_code(values[i], value_bits, scale), value_bits, scale));
       error += diff * diff;
     }
     if (error < best_error) best_error = error, best_scale = scale;
@@ -112,15 +120,19 @@ float sketch_code_value(int16_t code, int value_bits, float step) {
 std::vector<float> SketchTableSet::values(int k) const {
   std::vector<float> out(codes.at(k).size());
   for (size_t i = 0; i < out.size(); ++i)
-    out[i] = sketch_code_value(codes[k][i], value_bits, fp16_values(value_bits) ? 0.0f : scales.at(k));
+    out[i] =
+        sketch_code_value(codes[k][i], value_bits, fp16_values(value_bits) ? 0.0f : scales.at(k));
   return out;
 }
 
 std::string_view sketch_rule_name(SketchRule rule) {
   switch (rule) {
-    case SketchRule::AbsMinMax: return "absminmax";
-    case SketchRule::AbsMaxMin: return "absmaxmin";
-    case SketchRule::Mean: return "mean";
+    case SketchRule::AbsMinMax:
+      return "absminmax";
+    case SketchRule::AbsMaxMin:
+      return "absmaxmin";
+    case SketchRule::Mean:
+      return "mean";
   }
   return "?";
 }
@@ -141,8 +153,9 @@ int64_t sketch_bits(int64_t d_out, int64_t d_in, int block, int value_bits, int 
 }
 
 int64_t sketch_storage_bits(int64_t d_out, int64_t d_in, const SketchParams& p) {
-  const int64_t total = std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0}) +
-                        std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(), int64_t{0});
+  const int64_t total =
+      std::accumulate(p.buckets.begin(), p.buckets.end(), int64_t{0}) +
+      std::accumulate(p.salient_buckets.begin(), p.salient_buckets.end(), int64_t{0});
   return sketch_bits(d_out, d_in, p.block, p.value_bits, p.rows, total, !p.salient_buckets.empty());
 }
 
@@ -150,12 +163,15 @@ double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& p) {
   return double(sketch_storage_bits(d_out, d_in, p)) / double(d_out * d_in);
 }
 
-SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows, int block,
-                                   int value_bits, double salient_frac, int64_t band_buckets) {
+SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows,
+                                   int block, int value_bits, double salient_frac,
+                                   int64_t band_buckets) {
   check_layout(rows, block, value_bits);
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
-  if (!(target_bpw > 0) || !std::isfinite(target_bpw)) fail("sketch: target bpw {} must be positive", target_bpw);
-  if (!(salient_frac >= 0 && salient_frac < 1)) fail("sketch: salient fraction {} outside [0, 1)", salient_frac);
+  if (!(target_bpw > 0) || !std::isfinite(target_bpw))
+    fail("sketch: target bpw {} must be positive", target_bpw);
+  if (!(salient_frac >= 0 && salient_frac < 1))
+    fail("sketch: salient fraction {} outside [0, 1)", salient_frac);
   if (band_buckets < 0) fail("sketch: {} buckets per band must not be negative", band_buckets);
   SketchParams p;
   p.rows = rows;
@@ -170,8 +186,9 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
   const int64_t total = std::max<int64_t>(budget / (int64_t(value_bits) * block), rows * sets);
   int64_t salient_total = 0;
   if (salient) {
-    const double share = double(kSketchSalientDensity * p.salient_blocks) /
-                         double(kSketchSalientDensity * p.salient_blocks + blocks - p.salient_blocks);
+    const double share =
+        double(kSketchSalientDensity * p.salient_blocks) /
+        double(kSketchSalientDensity * p.salient_blocks + blocks - p.salient_blocks);
     salient_total = std::clamp<int64_t>(std::llround(share * double(total)), rows, total - rows);
     p.salient_buckets = split_even(salient_total, rows);
   }
@@ -180,7 +197,9 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
   if (salient) check_buckets(p.salient_buckets, rows, "salient");
   if (band_buckets > 0) {
     int64_t fewest = *std::min_element(p.buckets.begin(), p.buckets.end());
-    if (salient) fewest = std::min(fewest, *std::min_element(p.salient_buckets.begin(), p.salient_buckets.end()));
+    if (salient)
+      fewest =
+          std::min(fewest, *std::min_element(p.salient_buckets.begin(), p.salient_buckets.end()));
     const int64_t bands = std::clamp<int64_t>(fewest / band_buckets, 1, d_out);
     // Rounding the rows per band up can only lower the number of bands.
     p.band_rows = bands > 1 ? (d_out + bands - 1) / bands : 0;
@@ -188,12 +207,14 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
   return p;
 }
 
-SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int64_t band_rows,
-                           const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask)
+SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block,
+                           int64_t band_rows, const std::vector<SketchTableSet>& sets,
+                           std::vector<uint64_t> salient_mask)
     : salient_mask_(std::move(salient_mask)) {
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   if (uint8_t(rule) > uint8_t(SketchRule::Mean)) fail("sketch: unknown rule {}", int(rule));
-  if (sets.empty() || sets.size() > 2) fail("sketch: {} table sets (1 main, optionally 1 salient)", sets.size());
+  if (sets.empty() || sets.size() > 2)
+    fail("sketch: {} table sets (1 main, optionally 1 salient)", sets.size());
   const int rows = int(sets[0].buckets.size());
   value_bits_ = sets[0].value_bits;
   check_layout(rows, block, value_bits_);
@@ -210,23 +231,29 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
     const SketchTableSet& set = sets[s];
     const char* what = s == 0 ? "main" : "salient";
     if (set.value_bits != value_bits_)
-      fail("sketch: {} set has {}-bit codes, the main set {}-bit", what, set.value_bits, value_bits_);
+      fail("sketch: {} set has {}-bit codes, the main set {}-bit", what, set.value_bits,
+           value_bits_);
     check_buckets(set.buckets, rows, what);
     check_bands(d_out, band_rows, set.buckets, what);
     if (int64_t(set.seeds.size()) != rows || int64_t(set.codes.size()) != rows ||
         int64_t(set.scales.size()) != (fp16 ? 0 : rows))
-      fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows, fp16 ? 0 : rows);
+      fail("sketch: {} set needs {} seeds, {} tables and {} scales", what, rows, rows,
+           fp16 ? 0 : rows);
     for (int k = 0; k < rows; ++k) {
       if (int64_t(set.codes[k].size()) != set.buckets[k] * block)
-        fail("sketch: {} table {} has {} codes, expected {}", what, k, set.codes[k].size(), set.buckets[k] * block);
+        fail("sketch: {} table {} has {} codes, expected {}", what, k, set.codes[k].size(),
+             set.buckets[k] * block);
       if (!fp16) {
         const float scale = set.scales[k];
         if (!(scale > 0) || !std::isfinite(scale) || round_f16(scale) != scale)
-          fail("sketch: {} table {} has scale {}, not a positive finite fp16 number", what, k, scale);
+          fail("sketch: {} table {} has scale {}, not a positive finite fp16 number", what, k,
+               scale);
       }
       for (const int16_t code : set.codes[k])
-        if (fp16 ? !std::isfinite(f16_to_f32(uint16_t(code))) : std::abs(code) > max_code(value_bits_))
-          fail("sketch: {} table {} has {} {}", what, k, fp16 ? "the non-finite fp16 value" : "the out-of-range code",
+        if (fp16 ? !std::isfinite(f16_to_f32(uint16_t(code)))
+                 : std::abs(code) > max_code(value_bits_))
+          fail("sketch: {} table {} has {} {}", what, k,
+               fp16 ? "the non-finite fp16 value" : "the out-of-range code",
                fp16 ? double(f16_to_f32(uint16_t(code))) : double(code));
     }
     sets_.push_back({set.buckets, set.seeds, set.scales, {}, value_bits_});
@@ -237,9 +264,10 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
   // so 4x smaller than fp32 (q · step is exact in fp32, so the kernels decode the same values),
   // or fp32 for fp16 values.
   const int64_t stride = sketch_bucket_stride(block);
-  const SketchTableLayout layout = fp16                                   ? SketchTableLayout::F32
-                                   : value_bits_ <= 4 && stride % 16 == 0 ? SketchTableLayout::Nibble
-                                                                          : SketchTableLayout::Int8;
+  const SketchTableLayout layout = fp16 ? SketchTableLayout::F32
+                                   : value_bits_ <= 4 && stride % 16 == 0
+                                       ? SketchTableLayout::Nibble
+                                       : SketchTableLayout::Int8;
   matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout, band_rows};
   const int64_t bucket_bytes = matrix_.bucket_bytes();
   for (int k = 0; k < rows; ++k) {
@@ -256,8 +284,11 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
       for (size_t i = 0; i < codes.size(); ++i)
         sketch_put_code(matrix_, table.get(), first + i / block, int64_t(i % block), codes[i]);
     }
-    matrix_.hash_rows[k] = SketchHashRow{table.get(), uint64_t(main_buckets), sets[0].seeds[k],
-                                         salient ? uint64_t(sets[1].buckets[k]) : 0, salient ? sets[1].seeds[k] : 0,
+    matrix_.hash_rows[k] = SketchHashRow{table.get(),
+                                         uint64_t(main_buckets),
+                                         sets[0].seeds[k],
+                                         salient ? uint64_t(sets[1].buckets[k]) : 0,
+                                         salient ? sets[1].seeds[k] : 0,
                                          fp16 ? 0.0f : sets[0].scales[k],
                                          salient && !fp16 ? sets[1].scales[k] : 0.0f};
     tables_.push_back(std::move(table));
@@ -287,12 +318,16 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
     std::vector<double> saliency(blocks, 0.0);  // (d_out, blocks_per_row)
     for (int64_t r = 0; r < d_out; ++r)
       for (int64_t c = 0; c < d_in; ++c)
-        saliency[r * blocks_per_row + c / t] += std::fabs(double(w[r * d_in + c])) * (column_rms ? column_rms[c] : 1.0);
+        saliency[r * blocks_per_row + c / t] +=
+            std::fabs(double(w[r * d_in + c])) * (column_rms ? column_rms[c] : 1.0);
     std::vector<int64_t> order(blocks);
     std::iota(order.begin(), order.end(), 0);
     std::nth_element(order.begin(), order.begin() + (p.salient_blocks - 1), order.end(),
-                     [&](int64_t a, int64_t b) { return saliency[a] != saliency[b] ? saliency[a] > saliency[b] : a < b; });
-    for (int64_t i = 0; i < p.salient_blocks; ++i) mask[order[i] / 64] |= uint64_t{1} << (order[i] % 64);
+                     [&](int64_t a, int64_t b) {
+                       return saliency[a] != saliency[b] ? saliency[a] > saliency[b] : a < b;
+                     });
+    for (int64_t i = 0; i < p.salient_blocks; ++i)
+      mask[order[i] / 64] |= uint64_t{1} << (order[i] % 64);
   }
 
   const int sets = salient ? 2 : 1;
@@ -334,7 +369,9 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
               case SketchRule::AbsMaxMin:
                 if (n[j] == 0 || std::fabs(candidate) > std::fabs(v[j])) v[j] = candidate;
                 break;
-              case SketchRule::Mean: sum[table][first + j] += candidate; break;
+              case SketchRule::Mean:
+                sum[table][first + j] += candidate;
+                break;
             }
             ++n[j];
           }
@@ -351,7 +388,8 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
       std::vector<float>& v = value[s * p.rows + k];
       const std::vector<int32_t>& n = count[s * p.rows + k];
       if (p.rule == SketchRule::Mean)
-        for (size_t i = 0; i < v.size(); ++i) v[i] = n[i] > 0 ? float(sum[s * p.rows + k][i] / n[i]) : 0.0f;
+        for (size_t i = 0; i < v.size(); ++i)
+          v[i] = n[i] > 0 ? float(sum[s * p.rows + k][i] / n[i]) : 0.0f;
       const float scale = fp16_values(p.value_bits) ? 0.0f : choose_scale(v, n, p.value_bits);
       if (!fp16_values(p.value_bits)) set.scales.push_back(scale);
       std::vector<int16_t> codes(v.size());
@@ -359,14 +397,17 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
       set.codes.push_back(std::move(codes));
     }
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.band_rows, table_sets, std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.band_rows, table_sets,
+                                        std::move(mask));
 }
 
 void SketchLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
   sketch_matmul(matrix_, x, y, tokens);
 }
 
-void SketchLinear::decode_row(int64_t row, float* out) const { sketch_decode_row(matrix_, row, out); }
+void SketchLinear::decode_row(int64_t row, float* out) const {
+  sketch_decode_row(matrix_, row, out);
+}
 
 void SketchLinear::dequantize(float* w) const {
   const int64_t rows_per_chunk = std::max<int64_t>(64, (int64_t{1} << 18) / matrix_.n_in);
@@ -384,10 +425,11 @@ int64_t SketchLinear::storage_bits() const {
 
 std::string SketchLinear::describe() const {
   const int64_t bands = sketch_band_count(n_out(), band_rows());
-  std::string text = fmt::format("{}, rows {}, block {}, {}, buckets {}, {}", sketch_rule_name(rule()), rows(), block(),
-                                 fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
-                                 fmt::join(sets_[0].buckets, "+"),
-                                 bands == 1 ? std::string("one band") : fmt::format("{} bands", bands));
+  std::string text =
+      fmt::format("{}, rows {}, block {}, {}, buckets {}, {}", sketch_rule_name(rule()), rows(),
+                  block(), fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
+                  fmt::join(sets_[0].buckets, "+"),
+                  bands == 1 ? std::string("one band") : fmt::format("{} bands", bands));
   if (sets() == 2) {
     int64_t salient_blocks = 0;
     for (uint64_t word : salient_mask_) salient_blocks += std::popcount(word);
@@ -427,7 +469,8 @@ int64_t SketchLinear::runtime_bytes() const {
 // of value_bits-bit codes q + max_code (I8), or fp16 values (F16); .sketch_scales (F16, main
 // rows then salient rows; absent for fp16 values); .sketch_mask (I8 words, salient set only).
 void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
-  out.set(key(prefix, "config"), std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows(), band_rows()});
+  out.set(key(prefix, "config"),
+          std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows(), band_rows()});
   std::vector<int64_t> seeds;
   std::vector<float> scales;
   for (int s = 0; s < sets(); ++s) {
@@ -451,8 +494,8 @@ void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
   if (sets() == 2) put_words(out, prefix + ".sketch_mask", salient_mask_, 1);
 }
 
-std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::string& prefix, int64_t d_out,
-                                           int64_t d_in) {
+std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::string& prefix,
+                                           int64_t d_out, int64_t d_in) {
   // GgufFile and tensor_io errors name the file themselves; the sketch's own checks get it here.
   const std::string where = fmt::format("{}: {}", file.path().string(), prefix);
   auto in_context = [&](auto&& check) {
@@ -466,9 +509,11 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
   // Files written before row bands have 4 numbers: one band.
   if (config.size() != 4 && config.size() != 5)
     fail("{}: sketch config has {} numbers, expected 5", where, config.size());
-  if (config[0] < 0 || config[0] > int64_t(SketchRule::Mean)) fail("{}: unknown sketch rule {}", where, config[0]);
+  if (config[0] < 0 || config[0] > int64_t(SketchRule::Mean))
+    fail("{}: unknown sketch rule {}", where, config[0]);
   for (size_t i = 0; i < 4; ++i)
-    if (config[i] < 0 || config[i] > 64) fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
+    if (config[i] < 0 || config[i] > 64)
+      fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
   const SketchRule rule = SketchRule(config[0]);
   const int block = int(config[1]), value_bits = int(config[2]), rows = int(config[3]);
   const int64_t band_rows = config.size() == 5 ? config[4] : 0;  // the constructor checks it
@@ -478,7 +523,8 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
   const bool salient = file.has(key(prefix, "salient_buckets"));
   const int sets = salient ? 2 : 1;
   const std::vector<int64_t> seeds = file.get_int_array(key(prefix, "seeds"));
-  if (int64_t(seeds.size()) != rows * sets) fail("{}: {} seeds, expected {}", where, seeds.size(), rows * sets);
+  if (int64_t(seeds.size()) != rows * sets)
+    fail("{}: {} seeds, expected {}", where, seeds.size(), rows * sets);
   std::vector<float> scales;
   if (!fp16_values(value_bits)) scales = get_f16(file, prefix + ".sketch_scales", rows * sets);
 
@@ -488,15 +534,19 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
     set.value_bits = value_bits;
     set.buckets = file.get_int_array(key(prefix, s == 0 ? "buckets" : "salient_buckets"));
     in_context([&] { check_buckets(set.buckets, rows, s == 0 ? "main" : "salient"); });
-    for (int k = 0; k < rows; ++k) set.seeds.push_back(std::bit_cast<uint64_t>(seeds[s * rows + k]));
-    if (!fp16_values(value_bits)) set.scales.assign(scales.begin() + s * rows, scales.begin() + (s + 1) * rows);
+    for (int k = 0; k < rows; ++k)
+      set.seeds.push_back(std::bit_cast<uint64_t>(seeds[s * rows + k]));
+    if (!fp16_values(value_bits))
+      set.scales.assign(scales.begin() + s * rows, scales.begin() + (s + 1) * rows);
     for (int k = 0; k < rows; ++k) {
       const int64_t n = set.buckets[k] * block;
       const std::string name = table_name(prefix, s, k);
       std::vector<int16_t> codes(n);
       if (fp16_values(value_bits)) {
-        const std::vector<float> values = get_f16(file, name, n);  // the constructor refuses inf and NaN
-        for (int64_t i = 0; i < n; ++i) codes[i] = int16_t(f32_to_f16(values[i]));  // exact: read from fp16
+        const std::vector<float> values =
+            get_f16(file, name, n);  // the constructor refuses inf and NaN
+        for (int64_t i = 0; i < n; ++i)
+          codes[i] = int16_t(f32_to_f16(values[i]));  // exact: read from fp16
         set.codes.push_back(std::move(codes));
         continue;
       }
@@ -506,16 +556,20 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t code = get_bits(words.data(), i, value_bits);
         if (code > uint32_t(2 * q_max))
-          fail("{}: tensor {}: code {} at element {} is out of range (0..{})", where, name, code, i, 2 * q_max);
+          fail("{}: tensor {}: code {} at element {} is out of range (0..{})", where, name, code, i,
+               2 * q_max);
         codes[i] = int16_t(int(code) - q_max);
       }
       set.codes.push_back(std::move(codes));
     }
   }
   std::vector<uint64_t> mask;
-  if (salient) mask = get_words(file, prefix + ".sketch_mask", 1, (d_out * ((d_in + block - 1) / block) + 63) / 64);
+  if (salient)
+    mask = get_words(file, prefix + ".sketch_mask", 1,
+                     (d_out * ((d_in + block - 1) / block) + 63) / 64);
   return in_context([&]() -> std::unique_ptr<Linear> {
-    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, band_rows, table_sets, std::move(mask));
+    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, band_rows, table_sets,
+                                          std::move(mask));
   });
 }
 

@@ -28,10 +28,11 @@ namespace subbit {
 
 // What the encoder builds; the bucket counts fix the layer's size (sketch_storage_bits).
 struct SketchParams {
-  SketchRule rule = SketchRule::AbsMaxMin;  // measured best before and after QAT (docs/ultrasketch.md)
-  int rows = 2;         // hash rows, 1 .. kSketchMaxRows
-  int block = 16;       // weights per block, 1 .. kSketchMaxBlock
-  int value_bits = 4;   // table value code width: 2 .. 8, or 16 for fp16 values
+  SketchRule rule =
+      SketchRule::AbsMaxMin;             // measured best before and after QAT (docs/ultrasketch.md)
+  int rows = 2;                          // hash rows, 1 .. kSketchMaxRows
+  int block = 16;                        // weights per block, 1 .. kSketchMaxBlock
+  int value_bits = 4;                    // table value code width: 2 .. 8, or 16 for fp16 values
   std::vector<int64_t> buckets;          // (rows): main table set, each 1 .. 2^32 − 1
   std::vector<int64_t> salient_buckets;  // (rows): salient table set; empty when there is none
   int64_t salient_blocks = 0;            // blocks routed to the salient set (> 0 iff it exists)
@@ -46,7 +47,7 @@ inline constexpr int kSketchSalientDensity = 4;
 // in L1 while its rows are multiplied. Docs: "Row bands" in docs/ultrasketch.md.
 inline constexpr int64_t kSketchBandBuckets = 256;
 
-std::string_view sketch_rule_name(SketchRule rule);  // "absminmax", "absmaxmin", "mean"
+std::string_view sketch_rule_name(SketchRule rule);   // "absminmax", "absmaxmin", "mean"
 SketchRule parse_sketch_rule(std::string_view name);  // throws Error for other names
 
 int64_t sketch_bits(int64_t d_out, int64_t d_in, int block, int value_bits, int rows,
@@ -75,10 +76,10 @@ float sketch_code_value(int16_t code, int value_bits, float step);
 // One table set as the file stores it and the runtime tables are packed from (the packing per
 // kernel layout lives in ops/sketch_matmul.h).
 struct SketchTableSet {
-  std::vector<int64_t> buckets;              // (rows)
-  std::vector<uint64_t> seeds;               // (rows)
-  std::vector<float> scales;                 // (rows): fp16 quantization steps; empty for fp16 values
-  std::vector<std::vector<int16_t>> codes;   // (rows) x (buckets[k], block): sketch_code's codes
+  std::vector<int64_t> buckets;  // (rows)
+  std::vector<uint64_t> seeds;   // (rows)
+  std::vector<float> scales;     // (rows): fp16 quantization steps; empty for fp16 values
+  std::vector<std::vector<int16_t>> codes;  // (rows) x (buckets[k], block): sketch_code's codes
   int value_bits = 0;
   // Row k's values, sketch_code_value of each code.
   std::vector<float> values(int k) const;
@@ -99,8 +100,8 @@ class SketchLinear final : public Linear {
   static std::unique_ptr<SketchLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out,
                                               int64_t d_in, const SketchParams& params,
                                               const float* column_rms);
-  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix, int64_t d_out,
-                                      int64_t d_in);
+  static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix,
+                                      int64_t d_out, int64_t d_in);
 
   int64_t n_in() const override { return matrix_.n_in; }
   int64_t n_out() const override { return matrix_.n_out; }

@@ -14,7 +14,8 @@ const GgufTensor& expect_tensor(const GgufFile& file, const std::string& name, G
   const GgufTensor& t = file.tensor(name);
   if (t.type != type || t.shape != shape)
     fail("{}: tensor {} is {} [{}], expected {} [{}]", file.path().string(), name,
-         ggml_type_name(t.type), fmt::join(t.shape, ","), ggml_type_name(type), fmt::join(shape, ","));
+         ggml_type_name(t.type), fmt::join(t.shape, ","), ggml_type_name(type),
+         fmt::join(shape, ","));
   return t;
 }
 

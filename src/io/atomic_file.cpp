@@ -15,7 +15,8 @@ namespace subbit {
 
 AtomicFile::AtomicFile(const std::filesystem::path& target)
     : target_(target),
-      temp_(target.parent_path() / (target.filename().string() + ".tmp." + std::to_string(::getpid()))) {
+      temp_(target.parent_path() /
+            (target.filename().string() + ".tmp." + std::to_string(::getpid()))) {
   fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("{}: cannot create: {}", temp_.string(), std::strerror(errno));
 }
@@ -44,7 +45,8 @@ void AtomicFile::commit() {
   if (rc != 0) fail("{}: close failed: {}", temp_.string(), std::strerror(errno));
   std::error_code ec;
   std::filesystem::rename(temp_, target_, ec);
-  if (ec) fail("{}: cannot rename {} into place: {}", target_.string(), temp_.string(), ec.message());
+  if (ec)
+    fail("{}: cannot rename {} into place: {}", target_.string(), temp_.string(), ec.message());
   committed_ = true;
 }
 

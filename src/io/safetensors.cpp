@@ -294,8 +294,10 @@ void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& t
   std::vector<TensorSpec> specs;
   for (const TensorToWrite& t : tensors) {
     // Checked before the output is created; the streamed writer checks again as it writes.
-    const bool valid_shape = std::none_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; });
-    const std::optional<uint64_t> expected = valid_shape ? checked_nbytes(t.shape, dtype_size(t.dtype)) : std::nullopt;
+    const bool valid_shape =
+        std::none_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; });
+    const std::optional<uint64_t> expected =
+        valid_shape ? checked_nbytes(t.shape, dtype_size(t.dtype)) : std::nullopt;
     if (valid_shape && (!expected || *expected != t.bytes.size()))
       fail("{}: tensor '{}': {} bytes given, but shape {} of {} needs {}", file.string(), t.name,
            t.bytes.size(), shape_string(t.shape), dtype_name(t.dtype),
@@ -303,15 +305,17 @@ void write_safetensors(const fs::path& file, const std::vector<TensorToWrite>& t
     specs.push_back({t.name, t.dtype, t.shape});
   }
   write_safetensors_streamed(
-      file, specs, [&](size_t index, const ByteSink& write) {
+      file, specs,
+      [&](size_t index, const ByteSink& write) {
         write(tensors[index].bytes.data(), tensors[index].bytes.size());
       },
       metadata);
 }
 
-void write_safetensors_streamed(const fs::path& file, const std::vector<TensorSpec>& tensors,
-                                const std::function<void(size_t index, const ByteSink& write)>& produce,
-                                const std::map<std::string, std::string>& metadata) {
+void write_safetensors_streamed(
+    const fs::path& file, const std::vector<TensorSpec>& tensors,
+    const std::function<void(size_t index, const ByteSink& write)>& produce,
+    const std::map<std::string, std::string>& metadata) {
   const std::string where = file.string();
   // ordered_json keeps the header entries in data order, like the reference writer.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -324,7 +328,9 @@ void write_safetensors_streamed(const fs::path& file, const std::vector<TensorSp
     if (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; }))
       fail("{}: tensor '{}': negative dimension in shape {}", where, t.name, shape_string(t.shape));
     const std::optional<uint64_t> size = checked_nbytes(t.shape, dtype_size(t.dtype));
-    if (!size) fail("{}: tensor '{}': shape {} needs more than 2^64 bytes", where, t.name, shape_string(t.shape));
+    if (!size)
+      fail("{}: tensor '{}': shape {} needs more than 2^64 bytes", where, t.name,
+           shape_string(t.shape));
     nlohmann::ordered_json& entry = header[t.name];
     entry["dtype"] = std::string(dtype_name(t.dtype));
     entry["shape"] = t.shape;

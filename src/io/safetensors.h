@@ -66,8 +66,9 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 using ByteSink = std::function<void(const void* data, size_t size)>;
-void write_safetensors_streamed(const std::filesystem::path& file, const std::vector<TensorSpec>& tensors,
-                                const std::function<void(size_t index, const ByteSink& write)>& produce,
-                                const std::map<std::string, std::string>& metadata = {});
+void write_safetensors_streamed(
+    const std::filesystem::path& file, const std::vector<TensorSpec>& tensors,
+    const std::function<void(size_t index, const ByteSink& write)>& produce,
+    const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace subbit

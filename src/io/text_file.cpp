@@ -13,11 +13,20 @@ size_t find_invalid_utf8(std::string_view s) {
     const unsigned char c = s[i];
     size_t length;
     uint32_t min_code;
-    if (c < 0x80) { ++i; continue; }
-    else if ((c & 0xE0) == 0xC0) { length = 2; min_code = 0x80; }
-    else if ((c & 0xF0) == 0xE0) { length = 3; min_code = 0x800; }
-    else if ((c & 0xF8) == 0xF0) { length = 4; min_code = 0x10000; }
-    else return i;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      length = 2;
+      min_code = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3;
+      min_code = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4;
+      min_code = 0x10000;
+    } else
+      return i;
     if (i + length > s.size()) return i;
     uint32_t code = c & (0x7F >> length);
     for (size_t k = 1; k < length; ++k) {
@@ -50,7 +59,8 @@ std::string read_text_file(const std::filesystem::path& path) {
 size_t complete_utf8_prefix(std::string_view s) {
   size_t lead = s.size();
   int continuation_bytes = 0;
-  while (lead > 0 && continuation_bytes < 4 && (static_cast<unsigned char>(s[lead - 1]) & 0xC0) == 0x80) {
+  while (lead > 0 && continuation_bytes < 4 &&
+         (static_cast<unsigned char>(s[lead - 1]) & 0xC0) == 0x80) {
     --lead;
     ++continuation_bytes;
   }

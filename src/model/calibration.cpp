@@ -42,15 +42,18 @@ class ColumnSquares final : public LinearInputObserver {
 
 }  // namespace
 
-ColumnRms collect_column_rms(const LlamaModel& model, std::span<const int32_t> tokens, int64_t ctx) {
+ColumnRms collect_column_rms(const LlamaModel& model, std::span<const int32_t> tokens,
+                             int64_t ctx) {
   const LlamaConfig& c = model.config();
   ctx = std::min(ctx, max_context(c));
-  if (int64_t(tokens.size()) < ctx) fail("calibration text has {} tokens, fewer than one window of {}", tokens.size(), ctx);
+  if (int64_t(tokens.size()) < ctx)
+    fail("calibration text has {} tokens, fewer than one window of {}", tokens.size(), ctx);
   ColumnSquares squares(c);
   RunState state(c, ctx);
   std::vector<float> logits(c.vocab_size);
   for (int64_t start = 0; start + ctx <= int64_t(tokens.size()); start += ctx)
-    model.forward(tokens.subspan(start, ctx), 0, state, logits.data(), /*all_logits=*/false, &squares);
+    model.forward(tokens.subspan(start, ctx), 0, state, logits.data(), /*all_logits=*/false,
+                  &squares);
   return squares.rms();
 }
 

@@ -39,7 +39,8 @@ int32_t token_id(const json& v, const char* key, const std::string& source) {
   return v.get<int32_t>();
 }
 
-std::optional<int32_t> optional_token_id(const json& j, const char* key, const std::string& source) {
+std::optional<int32_t> optional_token_id(const json& j, const char* key,
+                                         const std::string& source) {
   if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
   const json& v = j.at(key);
   if (v.is_array()) {
@@ -68,7 +69,8 @@ const Family& find_family(const std::string& model_type, const std::string& sour
 
 bool optional_bool(const json& j, const char* key, const std::string& source) {
   if (!j.contains(key) || j.at(key).is_null()) return false;
-  if (!j.at(key).is_boolean()) fail("{}: \"{}\" must be true or false, got {}", source, key, j.at(key).dump());
+  if (!j.at(key).is_boolean())
+    fail("{}: \"{}\" must be true or false, got {}", source, key, j.at(key).dump());
   return j.at(key).get<bool>();
 }
 
@@ -79,10 +81,12 @@ RopeScaling parse_rope_scaling(const json& rope, const char* field, const std::s
   const json& type_json = rope.contains("rope_type") ? rope.at("rope_type")
                           : rope.contains("type")    ? rope.at("type")
                                                      : json("default");
-  if (!type_json.is_string()) fail("{}: {}.rope_type must be a string, got {}", source, field, type_json.dump());
+  if (!type_json.is_string())
+    fail("{}: {}.rope_type must be a string, got {}", source, field, type_json.dump());
   const std::string type = type_json.get<std::string>();
   auto number = [&](const char* key) {
-    if (!rope.contains(key)) fail("{}: {}.{} is missing (needed by rope_type \"{}\")", source, field, key, type);
+    if (!rope.contains(key))
+      fail("{}: {}.{} is missing (needed by rope_type \"{}\")", source, field, key, type);
     return positive_number(rope.at(key), key, source);
   };
   RopeScaling s;
@@ -98,7 +102,8 @@ RopeScaling parse_rope_scaling(const json& rope, const char* field, const std::s
     if (!(s.high_freq_factor > s.low_freq_factor))
       fail("{}: {}.high_freq_factor {} must exceed low_freq_factor {}", source, field,
            s.high_freq_factor, s.low_freq_factor);
-    s.original_max_position_embeddings = positive_int(rope, "original_max_position_embeddings", source);
+    s.original_max_position_embeddings =
+        positive_int(rope, "original_max_position_embeddings", source);
   } else {
     fail("{}: {}.rope_type \"{}\" is not supported (default, linear, llama3)", source, field, type);
   }
@@ -142,8 +147,10 @@ LlamaConfig parse_config_fields(const json& j, const std::string& source) {
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source,
          c.num_heads, c.num_kv_heads);
   if (c.head_dim % 2 != 0) fail("{}: head_dim {} must be even for RoPE", source, c.head_dim);
-  if (c.head_dim > kMaxHeadDim) fail("{}: head_dim {} exceeds the engine's limit of {}", source, c.head_dim, kMaxHeadDim);
-  if (j.contains("rms_norm_eps")) c.rms_norm_eps = positive_number(j.at("rms_norm_eps"), "rms_norm_eps", source);
+  if (c.head_dim > kMaxHeadDim)
+    fail("{}: head_dim {} exceeds the engine's limit of {}", source, c.head_dim, kMaxHeadDim);
+  if (j.contains("rms_norm_eps"))
+    c.rms_norm_eps = positive_number(j.at("rms_norm_eps"), "rms_norm_eps", source);
 
   // transformers 4.x writes rope_theta + rope_scaling; 5.x writes rope_parameters.
   const bool has_scaling = j.contains("rope_scaling") && !j.at("rope_scaling").is_null();
@@ -153,22 +160,28 @@ LlamaConfig parse_config_fields(const json& j, const std::string& source) {
   if (has_parameters) {
     const json& rope = j.at("rope_parameters");
     c.rope_scaling = parse_rope_scaling(rope, "rope_parameters", source);
-    if (rope.contains("rope_theta")) c.rope_theta = positive_number(rope.at("rope_theta"), "rope_theta", source);
+    if (rope.contains("rope_theta"))
+      c.rope_theta = positive_number(rope.at("rope_theta"), "rope_theta", source);
   } else {
-    if (has_scaling) c.rope_scaling = parse_rope_scaling(j.at("rope_scaling"), "rope_scaling", source);
-    if (j.contains("rope_theta")) c.rope_theta = positive_number(j.at("rope_theta"), "rope_theta", source);
+    if (has_scaling)
+      c.rope_scaling = parse_rope_scaling(j.at("rope_scaling"), "rope_scaling", source);
+    if (j.contains("rope_theta"))
+      c.rope_theta = positive_number(j.at("rope_theta"), "rope_theta", source);
   }
 
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2's q/k/v projections always carry biases; o and the MLP never.
     if (optional_bool(j, "use_sliding_window", source))
-      fail("{}: \"use_sliding_window\": true is not supported (sliding-window attention is not "
-           "implemented; Qwen2.5 checkpoints ship with it false)", source);
+      fail(
+          "{}: \"use_sliding_window\": true is not supported (sliding-window attention is not "
+          "implemented; Qwen2.5 checkpoints ship with it false)",
+          source);
   } else {
     c.qkv_bias = c.o_bias = optional_bool(j, "attention_bias", source);
     c.mlp_bias = optional_bool(j, "mlp_bias", source);
   }
-  if (c.model_type == "mistral" && j.contains("sliding_window") && !j.at("sliding_window").is_null())
+  if (c.model_type == "mistral" && j.contains("sliding_window") &&
+      !j.at("sliding_window").is_null())
     c.sliding_window = positive_int(j, "sliding_window", source);
 
   c.tie_word_embeddings = j.value("tie_word_embeddings", false);
@@ -223,9 +236,11 @@ json llama_config_to_json(const LlamaConfig& c) {
     j["attention_bias"] = c.qkv_bias;
     j["mlp_bias"] = c.mlp_bias;
   }
-  if (c.model_type == "mistral") j["sliding_window"] = c.sliding_window ? json(*c.sliding_window) : json();
+  if (c.model_type == "mistral")
+    j["sliding_window"] = c.sliding_window ? json(*c.sliding_window) : json();
   const RopeScaling& s = c.rope_scaling;
-  if (s.kind == RopeScaling::Kind::Linear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.factor}};
+  if (s.kind == RopeScaling::Kind::Linear)
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.factor}};
   if (s.kind == RopeScaling::Kind::Llama3)
     j["rope_scaling"] = {{"rope_type", "llama3"},
                          {"factor", s.factor},

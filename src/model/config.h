@@ -3,12 +3,11 @@
 // Qwen2/2.5), read from a Hugging Face config.json.
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace subbit {
 

@@ -13,8 +13,10 @@ namespace subbit {
 
 namespace {
 
-TensorToWrite bf16_tensor(std::string name, const std::vector<float>& values, std::vector<int64_t> shape) {
-  TensorToWrite t{std::move(name), DType::BF16, std::move(shape), std::vector<uint8_t>(values.size() * 2)};
+TensorToWrite bf16_tensor(std::string name, const std::vector<float>& values,
+                          std::vector<int64_t> shape) {
+  TensorToWrite t{std::move(name), DType::BF16, std::move(shape),
+                  std::vector<uint8_t>(values.size() * 2)};
   for (size_t i = 0; i < values.size(); ++i) {
     const uint16_t h = f32_to_bf16(values[i]);
     std::memcpy(t.bytes.data() + 2 * i, &h, 2);
@@ -54,16 +56,20 @@ void export_hf_checkpoint(const ModelBundle& bundle, const std::filesystem::path
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LlamaLayer& layer = w.layers[l];
       for (int i = 0; i < kNormsPerBlock; ++i)
-        tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"), layer.norm[i], {c.hidden_size}));
+        tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"),
+                                      layer.norm[i], {c.hidden_size}));
       for (int i = 0; i < kLinearsPerBlock; ++i) {
-        tensors.push_back(linear_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"), *layer.linear[i]));
+        tensors.push_back(linear_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"),
+                                        *layer.linear[i]));
         const std::vector<float>& bias = layer.bias[i];
         if (!bias.empty())
-          tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "bias"), bias, {int64_t(bias.size())}));
+          tensors.push_back(bf16_tensor(hf_block_tensor(l, kBlockLinears[i].hf_name, "bias"), bias,
+                                        {int64_t(bias.size())}));
       }
     }
     tensors.push_back(bf16_tensor(std::string(kFinalNorm.hf_name), w.final_norm, {c.hidden_size}));
-    if (!c.tie_word_embeddings) tensors.push_back(linear_tensor(std::string(kLmHead.hf_name), *w.lm_head));
+    if (!c.tie_word_embeddings)
+      tensors.push_back(linear_tensor(std::string(kLmHead.hf_name), *w.lm_head));
     write_safetensors(tmp / "model.safetensors", tensors, {{"format", "pt"}});
     write_text(tmp / "config.json", llama_config_to_json(c).dump(2) + "\n");
     write_text(tmp / "tokenizer.json", bundle.tokenizer_json);

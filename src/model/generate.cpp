@@ -12,13 +12,16 @@ namespace subbit {
 Sampler::Sampler(SamplingParams params) : params_(params), rng_(params.seed) {}
 
 int32_t Sampler::sample(const float* logits, int64_t vocab) {
-  if (params_.temperature <= 0.0f) return int32_t(std::max_element(logits, logits + vocab) - logits);
+  if (params_.temperature <= 0.0f)
+    return int32_t(std::max_element(logits, logits + vocab) - logits);
   const int64_t candidates = params_.top_k > 0 ? std::min(params_.top_k, vocab) : vocab;
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   const auto more_likely = [&](int32_t a, int32_t b) { return logits[a] > logits[b]; };
-  if (candidates == vocab) std::sort(order.begin(), order.end(), more_likely);
-  else std::partial_sort(order.begin(), order.begin() + candidates, order.end(), more_likely);
+  if (candidates == vocab)
+    std::sort(order.begin(), order.end(), more_likely);
+  else
+    std::partial_sort(order.begin(), order.begin() + candidates, order.end(), more_likely);
   std::vector<double> probs(candidates);
   double total = 0;
   for (int64_t i = 0; i < candidates; ++i) {

@@ -156,8 +156,9 @@ KldBaseWriter::KldBaseWriter(const std::filesystem::path& path, int64_t vocab, i
       top_k_(std::clamp<int64_t>(top_k, 1, vocab)),
       record_(record_bytes(top_k_)),
       order_(vocab) {
-  if (top_k < 1) fail("{}: the number of saved log-probabilities per token must be at least 1, got {}",
-                      path.string(), top_k);
+  if (top_k < 1)
+    fail("{}: the number of saved log-probabilities per token must be at least 1, got {}",
+         path.string(), top_k);
   std::vector<uint8_t> header(kHeaderBytes);
   std::memcpy(header.data(), kMagic, sizeof kMagic);
   put(header, 8, kVersion);
@@ -171,13 +172,16 @@ KldBaseWriter::KldBaseWriter(const std::filesystem::path& path, int64_t vocab, i
 void KldBaseWriter::add_chunk(int64_t window, std::span<const int32_t> window_tokens, int64_t first,
                               int64_t count, const float* logits) {
   if (window * (ctx_ - 1) + first != positions_written_)
-    fail("{}: internal: chunk of window {} at position {} out of order", path_.string(), window, first);
+    fail("{}: internal: chunk of window {} at position {} out of order", path_.string(), window,
+         first);
   if (first == 0) out_.write(window_tokens.data(), window_tokens.size() * sizeof(int32_t));
   for (int64_t i = 0; i < count; ++i) {
     const float* row = logits + i * vocab_;
     const LogNormalizer norm = normalizer(row, vocab_);
     std::iota(order_.begin(), order_.end(), 0);
-    const auto by_logit = [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
+    const auto by_logit = [row](int32_t a, int32_t b) {
+      return row[a] > row[b] || (row[a] == row[b] && a < b);
+    };
     std::partial_sort(order_.begin(), order_.begin() + top_k_, order_.end(), by_logit);
     // The rest's mass summed directly (not 1 - top mass) keeps it accurate when it is tiny.
     double rest = 0;
@@ -205,8 +209,10 @@ KldBase::KldBase(const std::filesystem::path& path) : file_(path) {
   const std::string where = path.string();
   const auto bytes = file_.bytes();
   if (bytes.size() < kHeaderBytes || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
-    fail("{}: not a subbit KL-divergence base file (no SBKLBASE header; write one with "
-         "`subbit ppl REF --text FILE --save-logits {}`)", where, where);
+    fail(
+        "{}: not a subbit KL-divergence base file (no SBKLBASE header; write one with "
+        "`subbit ppl REF --text FILE --save-logits {}`)",
+        where, where);
   uint32_t version, top_k;
   uint64_t vocab, ctx, windows;
   std::memcpy(&version, bytes.data() + 8, 4);
@@ -214,12 +220,15 @@ KldBase::KldBase(const std::filesystem::path& path) : file_(path) {
   std::memcpy(&vocab, bytes.data() + 16, 8);
   std::memcpy(&ctx, bytes.data() + 24, 8);
   std::memcpy(&windows, bytes.data() + 32, 8);
-  if (version != kVersion) fail("{}: base file version {} is not supported (only {})", where, version, kVersion);
+  if (version != kVersion)
+    fail("{}: base file version {} is not supported (only {})", where, version, kVersion);
   constexpr uint64_t kLimit = uint64_t(1) << 31;
   if (vocab < 1 || vocab >= kLimit) fail("{}: bad vocabulary size {} in the header", where, vocab);
-  if (top_k < 1 || top_k > vocab) fail("{}: bad top_k {} in the header (vocabulary {})", where, top_k, vocab);
+  if (top_k < 1 || top_k > vocab)
+    fail("{}: bad top_k {} in the header (vocabulary {})", where, top_k, vocab);
   if (ctx < 2 || ctx >= kLimit) fail("{}: bad ctx {} in the header", where, ctx);
-  if (windows < 1 || windows >= kLimit) fail("{}: bad window count {} in the header", where, windows);
+  if (windows < 1 || windows >= kLimit)
+    fail("{}: bad window count {} in the header", where, windows);
   vocab_ = int64_t(vocab);
   ctx_ = int64_t(ctx);
   windows_ = int64_t(windows);
@@ -227,13 +236,16 @@ KldBase::KldBase(const std::filesystem::path& path) : file_(path) {
   // ctx, windows < 2^31 and top_k < 2^31 keep this product far below 2^64.
   const uint64_t expected = kHeaderBytes + uint64_t(windows_) * window_bytes(ctx_, top_k_);
   if (bytes.size() != expected)
-    fail("{}: {} bytes, but a header of {} windows of ctx {} with top_k {} needs {} (truncated or "
-         "not written by this version?)", where, bytes.size(), windows_, ctx_, top_k_, expected);
+    fail(
+        "{}: {} bytes, but a header of {} windows of ctx {} with top_k {} needs {} (truncated or "
+        "not written by this version?)",
+        where, bytes.size(), windows_, ctx_, top_k_, expected);
   seen_.assign(vocab_, 0);
 }
 
 std::span<const int32_t> KldBase::window_tokens(int64_t window) const {
-  const uint8_t* base = file_.bytes().data() + kHeaderBytes + size_t(window) * window_bytes(ctx_, top_k_);
+  const uint8_t* base =
+      file_.bytes().data() + kHeaderBytes + size_t(window) * window_bytes(ctx_, top_k_);
   return {reinterpret_cast<const int32_t*>(base), size_t(ctx_)};
 }
 
@@ -251,8 +263,10 @@ CompactLogProbs KldBase::position(int64_t window, int64_t p) {
     fail("{}: window {} position {}: {}", file_.path().string(), window, p, problem);
   };
   const auto valid_log_prob = [](float v) { return std::isfinite(v) && v <= kLogProbSlack; };
-  if (!valid_log_prob(r.target_log_prob)) bad(fmt::format("bad target log-probability {}", r.target_log_prob));
-  if (std::isnan(r.rest_log_mass) || r.rest_log_mass > kLogProbSlack || r.rest_log_mass == std::numeric_limits<float>::infinity())
+  if (!valid_log_prob(r.target_log_prob))
+    bad(fmt::format("bad target log-probability {}", r.target_log_prob));
+  if (std::isnan(r.rest_log_mass) || r.rest_log_mass > kLogProbSlack ||
+      r.rest_log_mass == std::numeric_limits<float>::infinity())
     bad(fmt::format("bad log of the remaining mass {}", r.rest_log_mass));
   double mass = std::exp(double(r.rest_log_mass));
   bool ok = true;
@@ -260,10 +274,14 @@ CompactLogProbs KldBase::position(int64_t window, int64_t p) {
   for (int64_t j = 0; j < top_k_ && ok; ++j) {
     const int32_t id = r.ids[j];
     const float lp = r.log_probs[j];
-    if (id < 0 || id >= vocab_) problem = fmt::format("token id {} outside the vocabulary of {}", id, vocab_);
-    else if (seen_[id]) problem = fmt::format("token id {} listed twice", id);
-    else if (!valid_log_prob(lp)) problem = fmt::format("bad log-probability {} for token {}", lp, id);
-    else if (j > 0 && lp > r.log_probs[j - 1]) problem = "log-probabilities not in non-increasing order";
+    if (id < 0 || id >= vocab_)
+      problem = fmt::format("token id {} outside the vocabulary of {}", id, vocab_);
+    else if (seen_[id])
+      problem = fmt::format("token id {} listed twice", id);
+    else if (!valid_log_prob(lp))
+      problem = fmt::format("bad log-probability {} for token {}", lp, id);
+    else if (j > 0 && lp > r.log_probs[j - 1])
+      problem = "log-probabilities not in non-increasing order";
     ok = problem.empty();
     if (ok) {
       seen_[id] = 1;
@@ -283,14 +301,17 @@ KldResult evaluate_kl_divergence(const LlamaModel& model, const LlamaModel& refe
                                  const WindowProgress& progress) {
   const int64_t vocab = model.config().vocab_size;
   if (reference.config().vocab_size != vocab)
-    fail("the reference's vocabulary ({}) differs from the model's ({})", reference.config().vocab_size, vocab);
+    fail("the reference's vocabulary ({}) differs from the model's ({})",
+         reference.config().vocab_size, vocab);
   if (ctx > max_context(reference.config()))
-    fail("--ctx {} exceeds the reference's maximum context of {}", ctx, max_context(reference.config()));
+    fail("--ctx {} exceeds the reference's maximum context of {}", ctx,
+         max_context(reference.config()));
   WindowLogits reference_logits(reference, ctx);
   KldAccumulator acc;
   const PerplexityResult ppl = evaluate_perplexity(
       model, tokens, ctx, max_windows, progress,
-      [&](int64_t, std::span<const int32_t> window, int64_t first, int64_t count, const float* logits) {
+      [&](int64_t, std::span<const int32_t> window, int64_t first, int64_t count,
+          const float* logits) {
         const float* ref = reference_logits.logits(window, first, count);
         for (int64_t i = 0; i < count; ++i)
           acc.add(position_kld(ref + i * vocab, logits + i * vocab, vocab, window[first + i + 1]));
@@ -308,24 +329,29 @@ KldResult evaluate_kl_divergence(const LlamaModel& model, KldBase& base,
   const int64_t vocab = model.config().vocab_size;
   const std::string where = base.path().string();
   if (base.vocab_size() != vocab)
-    fail("{}: the base's vocabulary ({}) differs from the model's ({})", where, base.vocab_size(), vocab);
+    fail("{}: the base's vocabulary ({}) differs from the model's ({})", where, base.vocab_size(),
+         vocab);
   const int64_t windows = max_windows > 0 ? std::min(max_windows, base.windows()) : base.windows();
   if (int64_t(tokens.size()) < windows * base.ctx())
-    fail("{}: the base holds {} windows of {} tokens, but the text has only {} tokens", where, windows,
-         base.ctx(), tokens.size());
+    fail("{}: the base holds {} windows of {} tokens, but the text has only {} tokens", where,
+         windows, base.ctx(), tokens.size());
   KldAccumulator acc;
-  const PerplexityResult ppl = evaluate_perplexity(
-      model, tokens, base.ctx(), windows, progress,
-      [&](int64_t w, std::span<const int32_t> window, int64_t first, int64_t count, const float* logits) {
-        if (first == 0) {
-          const auto saved = base.window_tokens(w);
-          if (!std::equal(saved.begin(), saved.end(), window.begin()))
-            fail("{}: window {} holds other tokens than the text (saved from another text or tokenizer?)",
-                 where, w);
-        }
-        for (int64_t i = 0; i < count; ++i)
-          acc.add(position_kld(base.position(w, first + i), logits + i * vocab, vocab, window[first + i + 1]));
-      });
+  const PerplexityResult ppl =
+      evaluate_perplexity(model, tokens, base.ctx(), windows, progress,
+                          [&](int64_t w, std::span<const int32_t> window, int64_t first,
+                              int64_t count, const float* logits) {
+                            if (first == 0) {
+                              const auto saved = base.window_tokens(w);
+                              if (!std::equal(saved.begin(), saved.end(), window.begin()))
+                                fail(
+                                    "{}: window {} holds other tokens than the text (saved from "
+                                    "another text or tokenizer?)",
+                                    where, w);
+                            }
+                            for (int64_t i = 0; i < count; ++i)
+                              acc.add(position_kld(base.position(w, first + i), logits + i * vocab,
+                                                   vocab, window[first + i + 1]));
+                          });
   KldResult r = acc.finish();
   r.text_tokens = ppl.text_tokens;
   r.ctx = ppl.ctx;

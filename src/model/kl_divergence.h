@@ -27,11 +27,11 @@ struct KldResult {
   int64_t text_tokens = 0;
   int64_t ctx = 0;
   int64_t windows = 0;
-  int64_t top_k = 0;  // 0: exact (reference model); else the base file's k
+  int64_t top_k = 0;                    // 0: exact (reference model); else the base file's k
   double kld_mean = 0, kld_stderr = 0;  // standard error of the mean over scored tokens
   double kld_median = 0, kld_p90 = 0, kld_p99 = 0, kld_p999 = 0, kld_max = 0;
   double top1_agreement = 0, top1_stderr = 0;  // fraction of positions with the same argmax
-  double nll_mean = 0, nll_stderr = 0;              // the model's
+  double nll_mean = 0, nll_stderr = 0;         // the model's
   double reference_nll_mean = 0, reference_nll_stderr = 0;
   double ppl = 0, reference_ppl = 0;
   double ppl_ratio = 0;  // ppl / reference_ppl
@@ -56,9 +56,9 @@ PositionKld position_kld(const float* reference_logits, const float* model_logit
 
 // A reference distribution at one position as a base file stores it.
 struct CompactLogProbs {
-  float target_log_prob;           // log p(target)
-  float rest_log_mass;             // log of the mass outside the top k; -inf when there is none
-  std::span<const int32_t> ids;    // the top k token ids, most probable first
+  float target_log_prob;             // log p(target)
+  float rest_log_mass;               // log of the mass outside the top k; -inf when there is none
+  std::span<const int32_t> ids;      // the top k token ids, most probable first
   std::span<const float> log_probs;  // their log-probabilities, non-increasing
 };
 

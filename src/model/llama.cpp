@@ -30,7 +30,8 @@ void RunState::reserve_activations(const LlamaConfig& c, int64_t tokens) {
 }
 
 int64_t RunState::bytes_for(const LlamaConfig& config, int64_t capacity) {
-  return 2 * config.num_layers * capacity * config.num_kv_heads * config.head_dim * int64_t(sizeof(float));
+  return 2 * config.num_layers * capacity * config.num_kv_heads * config.head_dim *
+         int64_t(sizeof(float));
 }
 
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
@@ -67,13 +68,15 @@ void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, in
 }
 
 void LlamaModel::project(const LlamaLayer& layer, int64_t layer_index, int index, const float* x,
-                         float* y, int64_t tokens, RunState& state, LinearInputObserver* observer) const {
+                         float* y, int64_t tokens, RunState& state,
+                         LinearInputObserver* observer) const {
   const Linear& linear = *layer.linear[index];
   if (observer) observer->observe(layer_index, index, x, tokens, linear.n_in());
   linear.forward(x, y, tokens, state.scratch_);
   const std::vector<float>& bias = layer.bias[index];
   if (bias.empty()) return;
-  for (int64_t t = 0; t < tokens; ++t) axpy(1.0f, bias.data(), y + t * linear.n_out(), linear.n_out());
+  for (int64_t t = 0; t < tokens; ++t)
+    axpy(1.0f, bias.data(), y + t * linear.n_out(), linear.n_out());
 }
 
 void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, RunState& state,
@@ -85,7 +88,8 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int64_t start_pos, Run
   if (n == 0) return;
   const int64_t context = std::min(state.capacity(), max_context(c));
   if (start_pos + n > context)
-    fail("context overflow: {} tokens at position {} exceed the context of {}", n, start_pos, context);
+    fail("context overflow: {} tokens at position {} exceed the context of {}", n, start_pos,
+         context);
 
   state.reserve_activations(c, n);
   float* x = state.x_.data();            // (tokens, hidden) residual stream

@@ -50,7 +50,8 @@ std::string read_hf_chat_template(const std::filesystem::path& path) {
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", path.string(), e.what());
   }
-  if (!config.is_object() || !config.contains("chat_template") || config["chat_template"].is_null()) return "";
+  if (!config.is_object() || !config.contains("chat_template") || config["chat_template"].is_null())
+    return "";
   const nlohmann::json& t = config["chat_template"];
   if (t.is_string()) return t.get<std::string>();
   if (t.is_array()) {
@@ -59,8 +60,10 @@ std::string read_hf_chat_template(const std::filesystem::path& path) {
           named["template"].is_string())
         return named["template"].get<std::string>();
   }
-  fail("{}: chat_template must be a string or a list with a {{\"name\": \"default\", \"template\": ...}} entry",
-       path.string());
+  fail(
+      "{}: chat_template must be a string or a list with a {{\"name\": \"default\", \"template\": "
+      "...}} entry",
+      path.string());
 }
 
 ModelBundle load_hf_model(const std::filesystem::path& dir) {
@@ -85,21 +88,25 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
          bundle.tokenizer->vocab_size(), c.vocab_size);
 
   LlamaWeights w;
-  const auto& embed = expect(*archive, dir, std::string(kEmbedding.hf_name), {c.vocab_size, c.hidden_size});
+  const auto& embed =
+      expect(*archive, dir, std::string(kEmbedding.hf_name), {c.vocab_size, c.hidden_size});
   w.embedding = DenseLinear::from_stored(embed.dtype, embed.data, c.vocab_size, c.hidden_size);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
     for (int i = 0; i < kNormsPerBlock; ++i)
-      layer.norm[i] = to_f32(expect(*archive, dir, hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"), {c.hidden_size}));
+      layer.norm[i] = to_f32(expect(
+          *archive, dir, hf_block_tensor(l, kBlockNorms[i].hf_name, "weight"), {c.hidden_size}));
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto [rows, cols] = linear_shape(c, i);
-      const auto& t = expect(*archive, dir, hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"), {rows, cols});
+      const auto& t = expect(*archive, dir, hf_block_tensor(l, kBlockLinears[i].hf_name, "weight"),
+                             {rows, cols});
       layer.linear[i] = DenseLinear::from_stored(t.dtype, t.data, rows, cols);
       const std::string bias_name = hf_block_tensor(l, kBlockLinears[i].hf_name, "bias");
       if (linear_has_bias(c, i))
         layer.bias[i] = to_f32(expect(*archive, dir, bias_name, {rows}));
       else if (archive->find(bias_name) != nullptr)
-        fail("{}: tensor {} is present but config.json declares no such bias", dir.string(), bias_name);
+        fail("{}: tensor {} is present but config.json declares no such bias", dir.string(),
+             bias_name);
     }
     w.layers.push_back(std::move(layer));
   }
@@ -107,7 +114,8 @@ ModelBundle load_hf_model(const std::filesystem::path& dir) {
   if (c.tie_word_embeddings) {
     w.lm_head = w.embedding;
   } else {
-    const auto& head = expect(*archive, dir, std::string(kLmHead.hf_name), {c.vocab_size, c.hidden_size});
+    const auto& head =
+        expect(*archive, dir, std::string(kLmHead.hf_name), {c.vocab_size, c.hidden_size});
     w.lm_head = DenseLinear::from_stored(head.dtype, head.data, c.vocab_size, c.hidden_size);
   }
   w.storage.emplace_back(archive);

@@ -26,7 +26,7 @@ struct ModelBundle {
   std::string container;  // "huggingface" or "subbit"
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::string tokenizer_json;  // the tokenizer.json text, for embedding and export
+  std::string tokenizer_json;    // the tokenizer.json text, for embedding and export
   std::string compression_json;  // subbit files: how the model was compressed (JSON)
   std::string chat_template;     // Jinja chat template; empty when the model has none
   std::vector<StoredTensor> inventory;

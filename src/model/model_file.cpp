@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -15,7 +14,6 @@
 namespace subbit {
 
 namespace {
-
 
 void put_f32(GgufWriter& out, const std::string& name, const std::vector<float>& v) {
   std::vector<uint8_t> bytes(v.size() * 4);
@@ -73,8 +71,8 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     fail("{}: a GGUF file, but not a subbit model (no subbit.format_version)", source);
   const int64_t version = file->get_int("subbit.format_version");
   if (version != kModelFileVersion)
-    fail("{}: subbit file format version {} is not supported (this build reads {})", source, version,
-         kModelFileVersion);
+    fail("{}: subbit file format version {} is not supported (this build reads {})", source,
+         version, kModelFileVersion);
   nlohmann::json config_json;
   try {
     config_json = nlohmann::json::parse(file->get_string("subbit.config"));
@@ -88,24 +86,29 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
   bundle.container = "subbit";
   bundle.tokenizer_json = file->get_string("subbit.tokenizer");
   bundle.compression_json = file->get_string("subbit.compression");
-  if (file->has("tokenizer.chat_template")) bundle.chat_template = file->get_string("tokenizer.chat_template");
+  if (file->has("tokenizer.chat_template"))
+    bundle.chat_template = file->get_string("tokenizer.chat_template");
   bundle.tokenizer = std::make_unique<Tokenizer>(
       Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
 
   LlamaWeights w;
-  auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in, const std::string& kind) {
+  auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in,
+                         const std::string& kind) {
     // Files written before embeddings had formats store a dense embedding without a format key.
     const std::string key = "subbit.layer." + prefix + ".format";
-    const std::string format = file->has(key) || prefix != kEmbedding.file_name ? file->get_string(key) : "dense";
-    std::unique_ptr<Linear> linear = find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
+    const std::string format =
+        file->has(key) || prefix != kEmbedding.file_name ? file->get_string(key) : "dense";
+    std::unique_ptr<Linear> linear =
+        find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
     const int64_t params = n_out * n_in;
-    bundle.inventory.push_back({prefix, kind, format == "dense" ? linear->describe() : format, params,
-                                linear->storage_bits() / 8,
+    bundle.inventory.push_back({prefix, kind, format == "dense" ? linear->describe() : format,
+                                params, linear->storage_bits() / 8,
                                 fmt::format("{} | {:.3f} bpw", linear->describe(),
                                             double(linear->storage_bits()) / double(params))});
     return linear;
   };
-  w.embedding = load_linear(std::string(kEmbedding.file_name), c.vocab_size, c.hidden_size, "embedding");
+  w.embedding =
+      load_linear(std::string(kEmbedding.file_name), c.vocab_size, c.hidden_size, "embedding");
 
   auto load_f32 = [&](const std::string& name, int64_t n, const std::string& kind) {
     bundle.inventory.push_back({name, kind, "F32", n, n * 4, ""});
@@ -114,7 +117,8 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer layer;
     for (int i = 0; i < kNormsPerBlock; ++i)
-      layer.norm[i] = load_f32(file_block_tensor(l, kBlockNorms[i].file_name) + ".weight", c.hidden_size, "norm");
+      layer.norm[i] = load_f32(file_block_tensor(l, kBlockNorms[i].file_name) + ".weight",
+                               c.hidden_size, "norm");
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto [n_out, n_in] = linear_shape(c, i);
       const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
@@ -125,8 +129,10 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = load_f32(std::string(kFinalNorm.file_name), c.hidden_size, "norm");
-  const bool head_stored = !c.tie_word_embeddings || file->has(fmt::format("subbit.layer.{}.format", kLmHead.file_name));
-  w.lm_head = head_stored ? load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size, "lm_head")
+  const bool head_stored =
+      !c.tie_word_embeddings || file->has(fmt::format("subbit.layer.{}.format", kLmHead.file_name));
+  w.lm_head = head_stored ? load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size,
+                                        "lm_head")
                           : w.embedding;
   w.storage.emplace_back(file);
   bundle.model = std::make_unique<LlamaModel>(c, std::move(w));

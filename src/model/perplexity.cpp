@@ -30,7 +30,8 @@ WindowLogits::WindowLogits(const LlamaModel& model, int64_t ctx)
       logits_(std::min(ctx, kScoringChunk) * model.config().vocab_size) {}
 
 const float* WindowLogits::logits(std::span<const int32_t> window, int64_t first, int64_t count) {
-  if (count > kScoringChunk) fail("internal: a scoring chunk of {} tokens exceeds {}", count, kScoringChunk);
+  if (count > kScoringChunk)
+    fail("internal: a scoring chunk of {} tokens exceeds {}", count, kScoringChunk);
   model_.forward(window.subspan(first, count), first, cache_, logits_.data(), /*all_logits=*/true);
   return logits_.data();
 }
@@ -54,7 +55,8 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
       const int64_t count = std::min(kScoringChunk, ctx - 1 - first);
       const float* logits = runner.logits(window, first, count);
       for (int64_t i = 0; i < count; ++i) {
-        const double nll = token_nll(logits + i * c.vocab_size, c.vocab_size, window[first + i + 1]);
+        const double nll =
+            token_nll(logits + i * c.vocab_size, c.vocab_size, window[first + i + 1]);
         sum += nll;
         sum_sq += nll * nll;
         ++scored;
@@ -65,8 +67,13 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, std::span<const in
   }
   const double mean = sum / double(scored);
   const double variance = std::max(0.0, sum_sq / double(scored) - mean * mean);
-  return {std::exp(mean), mean, std::sqrt(variance / double(scored)), scored,
-          int64_t(tokens.size()), ctx, windows};
+  return {std::exp(mean),
+          mean,
+          std::sqrt(variance / double(scored)),
+          scored,
+          int64_t(tokens.size()),
+          ctx,
+          windows};
 }
 
 }  // namespace subbit

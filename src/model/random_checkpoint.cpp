@@ -98,7 +98,8 @@ const std::vector<std::pair<std::string, json>>& presets() {
 }
 
 int64_t positive_field(const json& config, const char* key, const std::string& source) {
-  if (!config.contains(key) || !config.at(key).is_number_integer() || config.at(key).get<int64_t>() <= 0)
+  if (!config.contains(key) || !config.at(key).is_number_integer() ||
+      config.at(key).get<int64_t>() <= 0)
     fail("{}: \"{}\" must be a positive integer, got {}", source, key,
          config.contains(key) ? config.at(key).dump() : "nothing");
   return config.at(key).get<int64_t>();
@@ -123,7 +124,9 @@ void fill_gaussian_block(uint16_t* out, int64_t count, uint64_t seed, size_t ten
                          double std) {
   uint64_t state = seed ^ (uint64_t(tensor) << 40) ^ uint64_t(block) * 0xD1B54A32D192ED03ull;
   splitmix64(state);
-  const auto uniform = [&] { return (double(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53; };  // (0, 1)
+  const auto uniform = [&] {
+    return (double(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53;
+  };  // (0, 1)
   for (int64_t i = 0; i < count; i += 2) {
     // Box-Muller: two independent normals from two uniforms.
     const double radius = std * std::sqrt(-2.0 * std::log(uniform()));
@@ -150,7 +153,8 @@ std::vector<std::string> random_checkpoint_preset_names() {
 json random_checkpoint_preset(const std::string& name) {
   for (const auto& [preset, config] : presets())
     if (preset == name) return config;
-  fail("unknown model name \"{}\" (known: {})", name, fmt::join(random_checkpoint_preset_names(), ", "));
+  fail("unknown model name \"{}\" (known: {})", name,
+       fmt::join(random_checkpoint_preset_names(), ", "));
 }
 
 std::vector<TensorSpec> random_checkpoint_tensors(const json& config, const std::string& source) {
@@ -202,8 +206,10 @@ std::vector<TensorSpec> random_checkpoint_tensors(const json& config, const std:
 void write_random_checkpoint(const fs::path& dir, const json& config,
                              const RandomCheckpointOptions& options,
                              const std::function<void(int64_t, int64_t)>& progress) {
-  const std::vector<TensorSpec> tensors = random_checkpoint_tensors(config, (dir / "config.json").string());
-  if (!(options.std > 0) || !std::isfinite(options.std)) fail("--std must be a positive number, got {}", options.std);
+  const std::vector<TensorSpec> tensors =
+      random_checkpoint_tensors(config, (dir / "config.json").string());
+  if (!(options.std > 0) || !std::isfinite(options.std))
+    fail("--std must be a positive number, got {}", options.std);
   const fs::path tokenizer = options.tokenizer_dir / "tokenizer.json";
   if (!fs::exists(tokenizer)) fail("{}: no tokenizer.json to copy", options.tokenizer_dir.string());
   std::error_code ec;
@@ -219,28 +225,29 @@ void write_random_checkpoint(const fs::path& dir, const json& config,
   // One buffer of a few blocks per write keeps memory flat for any model size.
   constexpr int64_t kBufferElements = 16 * kBlock;
   std::vector<uint16_t> buffer(kBufferElements);
-  write_safetensors_streamed(
-      dir / "model.safetensors", tensors, [&](size_t index, const ByteSink& write) {
-        const TensorSpec& t = tensors[index];
-        int64_t n = 1;
-        for (int64_t d : t.shape) n *= d;
-        const bool norm = t.name.ends_with("norm.weight");
-        for (int64_t start = 0; start < n; start += kBufferElements) {
-          const int64_t count = std::min(kBufferElements, n - start);
-          if (norm) {
-            std::fill_n(buffer.begin(), count, f32_to_bf16(1.0f));
-          } else {
-            parallel_for(count, kBlock, [&](int64_t begin, int64_t end) {
-              fill_gaussian_block(buffer.data() + begin, end - begin, options.seed, index,
-                                  (start + begin) / kBlock, options.std);
-            });
-          }
-          write(buffer.data(), size_t(count) * 2);
-          done += 2 * count;
-          if (progress) progress(done, total);
-        }
-      },
-      {{"format", "pt"}});
+  write_safetensors_streamed(dir / "model.safetensors", tensors,
+                             [&](size_t index, const ByteSink& write) {
+                               const TensorSpec& t = tensors[index];
+                               int64_t n = 1;
+                               for (int64_t d : t.shape) n *= d;
+                               const bool norm = t.name.ends_with("norm.weight");
+                               for (int64_t start = 0; start < n; start += kBufferElements) {
+                                 const int64_t count = std::min(kBufferElements, n - start);
+                                 if (norm) {
+                                   std::fill_n(buffer.begin(), count, f32_to_bf16(1.0f));
+                                 } else {
+                                   parallel_for(count, kBlock, [&](int64_t begin, int64_t end) {
+                                     fill_gaussian_block(buffer.data() + begin, end - begin,
+                                                         options.seed, index,
+                                                         (start + begin) / kBlock, options.std);
+                                   });
+                                 }
+                                 write(buffer.data(), size_t(count) * 2);
+                                 done += 2 * count;
+                                 if (progress) progress(done, total);
+                               }
+                             },
+                             {{"format", "pt"}});
 
   write_text_atomically(dir / "config.json", config.dump(2) + "\n");
   write_text_atomically(dir / "tokenizer.json", read_text_file(tokenizer));

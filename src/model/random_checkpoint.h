@@ -7,10 +7,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 
@@ -24,10 +23,11 @@ nlohmann::json random_checkpoint_preset(const std::string& name);
 // Every tensor the checkpoint holds, in file order, with Hugging Face names and bf16 shapes:
 // embeddings, per layer the norms, the seven projections (and q/k/v biases for qwen2), the
 // final norm and, when untied, lm_head. Fails naming `source` for configs it cannot describe.
-std::vector<TensorSpec> random_checkpoint_tensors(const nlohmann::json& config, const std::string& source);
+std::vector<TensorSpec> random_checkpoint_tensors(const nlohmann::json& config,
+                                                  const std::string& source);
 
 struct RandomCheckpointOptions {
-  double std = 0.02;   // weights and biases ~ N(0, std^2); norm weights are 1
+  double std = 0.02;  // weights and biases ~ N(0, std^2); norm weights are 1
   uint64_t seed = 0;
   std::filesystem::path tokenizer_dir;  // tokenizer.json (+ tokenizer_config.json) copied from here
 };

@@ -7,13 +7,18 @@ namespace subbit {
 std::pair<int64_t, int64_t> linear_shape(const LlamaConfig& c, int index) {
   const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   switch (index) {
-    case kQ: return {q_dim, c.hidden_size};
+    case kQ:
+      return {q_dim, c.hidden_size};
     case kK:
-    case kV: return {kv_dim, c.hidden_size};
-    case kO: return {c.hidden_size, q_dim};
+    case kV:
+      return {kv_dim, c.hidden_size};
+    case kO:
+      return {c.hidden_size, q_dim};
     case kGate:
-    case kUp: return {c.intermediate_size, c.hidden_size};
-    default: return {c.hidden_size, c.intermediate_size};
+    case kUp:
+      return {c.intermediate_size, c.hidden_size};
+    default:
+      return {c.hidden_size, c.intermediate_size};
   }
 }
 

@@ -29,15 +29,16 @@ HWY_INLINE hn::Vec<DF> load_weights(DF d, const void* row, int64_t i) {
 
 template <DType kType>
 HWY_INLINE float load_weight_scalar(const void* row, int64_t i) {
-  if constexpr (kType == DType::F32) return static_cast<const float*>(row)[i];
-  else return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+  if constexpr (kType == DType::F32)
+    return static_cast<const float*>(row)[i];
+  else
+    return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
 }
 
 // kRows weight rows x kTokens activation rows (ops/matmul_tile-inl.h), then the columns past the
 // last whole vector.
 template <DType kType, int kRows, int kTokens>
-HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t token0,
-                     float* y) {
+HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t token0, float* y) {
   const DF d;
   const int64_t n_in = w.n_in;
   const size_t row_bytes = n_in * dtype_size(kType);
@@ -49,11 +50,15 @@ HWY_INLINE void tile(const DenseMatrix& w, int64_t row0, const float* x, int64_t
 
   hn::Vec<DF> acc[kRows][kTokens];
   const int64_t whole = TileDots<kRows, kTokens>(
-      d, n_in, [&](int r, int64_t i) HWY_ATTR __attribute__((always_inline)) { return load_weights<kType>(d, rows[r], i); }, xs, acc);
+      d, n_in,
+      [&](int r, int64_t i) HWY_ATTR
+      __attribute__((always_inline)) { return load_weights<kType>(d, rows[r], i); },
+      xs, acc);
   for (int r = 0; r < kRows; ++r) {
     for (int t = 0; t < kTokens; ++t) {
       float sum = hn::GetLane(hn::SumOfLanes(d, acc[r][t]));
-      for (int64_t j = whole; j < n_in; ++j) sum += load_weight_scalar<kType>(rows[r], j) * xs[t][j];
+      for (int64_t j = whole; j < n_in; ++j)
+        sum += load_weight_scalar<kType>(rows[r], j) * xs[t][j];
       y[(token0 + t) * w.n_out + row0 + r] = sum;
     }
   }
@@ -68,8 +73,8 @@ HWY_INLINE void rows_all_tokens(const DenseMatrix& w, int64_t row0, const float*
 }
 
 template <DType kType>
-void matmul_rows(const DenseMatrix& w, const float* x, float* y, int64_t tokens,
-                 int64_t row_begin, int64_t row_end) {
+void matmul_rows(const DenseMatrix& w, const float* x, float* y, int64_t tokens, int64_t row_begin,
+                 int64_t row_end) {
   // Token blocks keep a slice of x hot in cache while a band of weight rows streams past.
   constexpr int64_t kTokenBlock = 64;
   for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
@@ -84,10 +89,13 @@ void matmul_rows(const DenseMatrix& w, const float* x, float* y, int64_t tokens,
 
 void DenseMatmul(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
   // Bands of rows sized so each thread gets several, and each band stays in L2.
-  const int64_t grain = std::max<int64_t>(16, std::min<int64_t>(256, w.n_out / (num_threads() * 4)));
+  const int64_t grain =
+      std::max<int64_t>(16, std::min<int64_t>(256, w.n_out / (num_threads() * 4)));
   parallel_for(w.n_out, grain & ~int64_t{3}, [&](int64_t begin, int64_t end) {
-    if (w.dtype == DType::F32) matmul_rows<DType::F32>(w, x, y, tokens, begin, end);
-    else matmul_rows<DType::BF16>(w, x, y, tokens, begin, end);
+    if (w.dtype == DType::F32)
+      matmul_rows<DType::F32>(w, x, y, tokens, begin, end);
+    else
+      matmul_rows<DType::BF16>(w, x, y, tokens, begin, end);
   });
 }
 
@@ -112,15 +120,22 @@ void dense_row_to_f32(const DenseMatrix& w, int64_t row, float* out) {
   const uint8_t* base = static_cast<const uint8_t*>(w.data) + row * n * dtype_size(w.dtype);
   for (int64_t i = 0; i < n; ++i) {
     switch (w.dtype) {
-      case DType::F32: out[i] = reinterpret_cast<const float*>(base)[i]; break;
-      case DType::BF16: out[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]); break;
-      case DType::F16: out[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]); break;
+      case DType::F32:
+        out[i] = reinterpret_cast<const float*>(base)[i];
+        break;
+      case DType::BF16:
+        out[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]);
+        break;
+      case DType::F16:
+        out[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(base)[i]);
+        break;
     }
   }
 }
 
 void dense_matmul_reference(const DenseMatrix& w, const float* x, float* y, int64_t tokens) {
-  matmul_reference_by_rows(w.n_out, w.n_in, [&](int64_t o, float* row) { dense_row_to_f32(w, o, row); }, x, y, tokens);
+  matmul_reference_by_rows(
+      w.n_out, w.n_in, [&](int64_t o, float* row) { dense_row_to_f32(w, o, row); }, x, y, tokens);
 }
 
 }  // namespace subbit

@@ -11,9 +11,9 @@
 #define SUBBIT_OPS_MATMUL_TILE_INL_H_
 #endif
 
-#include <cstdint>
-
 #include <hwy/highway.h>
+
+#include <cstdint>
 
 HWY_BEFORE_NAMESPACE();
 namespace subbit::HWY_NAMESPACE {

@@ -56,7 +56,8 @@ struct Share {
 };
 inline Share share_of(int64_t count, int thread, int threads, int64_t align) {
   const int64_t units = (count + align - 1) / align;
-  const int64_t begin = units * thread / threads * align, end = units * (thread + 1) / threads * align;
+  const int64_t begin = units * thread / threads * align,
+                end = units * (thread + 1) / threads * align;
   return {begin < count ? begin : count, end < count ? end : count};
 }
 

@@ -9,8 +9,8 @@
 namespace subbit {
 
 template <class DecodeRow>
-void matmul_reference_by_rows(int64_t n_out, int64_t n_in, const DecodeRow& decode_row, const float* x, float* y,
-                              int64_t tokens) {
+void matmul_reference_by_rows(int64_t n_out, int64_t n_in, const DecodeRow& decode_row,
+                              const float* x, float* y, int64_t tokens) {
   std::vector<float> row(n_in);
   for (int64_t o = 0; o < n_out; ++o) {
     decode_row(o, row.data());

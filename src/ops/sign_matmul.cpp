@@ -2,8 +2,8 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/sign_matmul.cpp"
-#include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/cache_control.h>
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -17,18 +17,18 @@
 //
 //  * "wide" (mask design; rows in register tiles): Σ_c S[r][c]·x[c] = 2·P[r] − T with
 //    P[r] = Σ_{c: bit=1} x[c] and T = Σ_c x[c], so each weight costs one masked add. A tile of
-//    kRows rows x kTokens tokens walks the columns; every loaded x vector feeds kRows masked adds and
-//    every loaded mask kTokens of them; one horizontal sum per row at the end. On AVX-512 a 16-bit
-//    chunk mask is one kmovw from the packed row plus vaddps{k}; other targets broadcast 32 row
-//    bits, move bit j to the sign with a variable shift and select. Best for few long rows
+//    kRows rows x kTokens tokens walks the columns; every loaded x vector feeds kRows masked adds
+//    and every loaded mask kTokens of them; one horizontal sum per row at the end. On AVX-512 a
+//    16-bit chunk mask is one kmovw from the packed row plus vaddps{k}; other targets broadcast 32
+//    row bits, move bit j to the sign with a variable shift and select. Best for few long rows
 //    (LittleBit stage 1 at small rank) and the only kernel below AVX2.
 //  * "lut" (T-MAC-style lookup, AVX2 and AVX-512; rows in lanes): per token and group of 4
 //    columns a 16-entry table of the signed sums ±x0 ±x1 ±x2 ±x3 (4 FMAs per table). N consecutive
 //    rows sit in the lanes of a vector: one load from the block layout (sign_blocks; a gather from
 //    the file-order words when the caller has none) fetches the 32 bits of a 32-column block for
-//    the N rows, then each group of 4 columns is shift + vpermps (the permute reads only the low 4 bits
-//    of each lane, so no masking) + add: 3 ops per 4·N weights instead of 2 per N, no horizontal
-//    sums, and N outputs per store. Used when there are at least kLutMinRows rows.
+//    the N rows, then each group of 4 columns is shift + vpermps (the permute reads only the low 4
+//    bits of each lane, so no masking) + add: 3 ops per 4·N weights instead of 2 per N, no
+//    horizontal sums, and N outputs per store. Used when there are at least kLutMinRows rows.
 //
 // Measured on the development machine (Zen 5, AVX-512, one thread, busy machine so ±20%), time
 // per call, lut vs wide:
@@ -139,10 +139,10 @@ struct WideBlock {
   const float* x;
   float* y;
   int64_t c0, c_full, c1;
-  int64_t tok_base;    // token of tail[0] and tsum[0]
-  const float* tail;   // (token - tok_base, 32)
-  const float* tsum;   // (token - tok_base): Σ_{c0 <= c < c1} x[token][c]
-  bool accumulate;     // y += result instead of y = result
+  int64_t tok_base;   // token of tail[0] and tsum[0]
+  const float* tail;  // (token - tok_base, 32)
+  const float* tsum;  // (token - tok_base): Σ_{c0 <= c < c1} x[token][c]
+  bool accumulate;    // y += result instead of y = result
 };
 
 // acc[r][t] += Σ over the 32 columns at c of bit(r, c)·x[t][c]; xc[t] points at x[t][c].
@@ -200,9 +200,8 @@ HWY_INLINE void WideTile(const WideBlock& b, int64_t row0, int64_t tok0) {
   for (int t = 0; t < kTokens; ++t) xp[t] = b.x + (tok0 + t) * b.cols;
   VF acc[kRows][kTokens];
   HWY_UNROLL(16)
-  for (int r = 0; r < kRows; ++r)
-    HWY_UNROLL(16)
-    for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
+  for (int r = 0; r < kRows; ++r) HWY_UNROLL(16)
+  for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
 
   const float* xc[kTokens];
   for (int64_t c = b.c0; c < b.c_full; c += 32) {
@@ -374,7 +373,8 @@ HWY_INLINE VF Lookup(VF lo, VF hi, VU idx) {
 #else
   const __m256 from_lo = _mm256_permutevar8x32_ps(lo.raw, idx.raw);
   const __m256 from_hi = _mm256_permutevar8x32_ps(hi.raw, idx.raw);
-  return VF{_mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx.raw, 28)))};
+  return VF{
+      _mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx.raw, 28)))};
 #endif
 }
 
@@ -397,11 +397,9 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
   const int64_t wpr = s.words_per_row();
   VF acc[kSets][kRV][kTokens];
   HWY_UNROLL(16)
-  for (int k = 0; k < kSets; ++k)
-    HWY_UNROLL(16)
-    for (int v = 0; v < kRV; ++v)
-      HWY_UNROLL(16)
-      for (int t = 0; t < kTokens; ++t) acc[k][v][t] = hn::Zero(df);
+  for (int k = 0; k < kSets; ++k) HWY_UNROLL(16)
+  for (int v = 0; v < kRV; ++v) HWY_UNROLL(16)
+  for (int t = 0; t < kTokens; ++t) acc[k][v][t] = hn::Zero(df);
   const uint64_t* base = s.words + row0 * wpr;
   // 32-bit word of (row0 + i, block b) is at uint32 index i·2·wpr + b from base.
   const auto index = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(2 * wpr)));
@@ -427,7 +425,8 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
         // sign(U), 17 blocks a row) bound by memory latency.
         const int64_t next = r + kRV * kLanes;
         if (v * kLanes < pf_rows)
-          __builtin_prefetch(s.blocks + ((next >> 4) * blocks_per_row + (c >> 5)) * 16 + (next & 15), 0, 2);
+          __builtin_prefetch(
+              s.blocks + ((next >> 4) * blocks_per_row + (c >> 5)) * 16 + (next & 15), 0, 2);
       }
     } else {
       for (int64_t i = 0; i < per_step && pf_row < pf_rows; ++i) {
@@ -479,22 +478,28 @@ HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb,
                         const float* tables, int64_t groups, float* y, int64_t t, int64_t nt,
                         bool acc) {
   // Rows of the next tile, to prefetch while a tile of `tile` rows starting at r runs.
-  const auto next = [&](int64_t r, int64_t tile) { return std::clamp<int64_t>(r1 - (r + tile), 0, tile); };
+  const auto next = [&](int64_t r, int64_t tile) {
+    return std::clamp<int64_t>(r1 - (r + tile), 0, tile);
+  };
   int64_t r = r0;
   if (nt == kTokTile) {
     constexpr int64_t kTile = kLutRVB * kLanes;
     for (; r + kTile <= r1; r += kTile)
-      LutTile<kLutRVB, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kTile));
+      LutTile<kLutRVB, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc,
+                                                 next(r, kTile));
     for (; r < r1; r += kLanes)
-      LutTile<1, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc, next(r, kLanes));
+      LutTile<1, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc,
+                                           next(r, kLanes));
   } else {
     constexpr int64_t kTile = kLutRV1 * kLanes;
     for (int64_t u = 0; u < nt; ++u) {
       const float* tu = tables + u * groups * 16;
       for (r = r0; r + kTile <= r1; r += kTile)
-        LutTile<kLutRV1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kTile));
+        LutTile<kLutRV1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc,
+                                                    next(r, kTile));
       for (; r < r1; r += kLanes)
-        LutTile<1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc, next(r, kLanes));
+        LutTile<1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc,
+                                              next(r, kLanes));
     }
   }
 }
@@ -505,7 +510,7 @@ void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t
               int64_t t1, int64_t c0, int64_t c1, bool accumulate) {
   const int64_t col_block = t1 - t0 >= kTokTile ? kLutColBlockBatched : kLutColBlockSingle;
   float* tables = thread_scratch<float>(ThreadScratchSlot::SignTables,
-                                       size_t((kTokTile - 1) * (kLutColBlockSingle / 4) * 16));
+                                        size_t((kTokTile - 1) * (kLutColBlockSingle / 4) * 16));
   static_assert(kTokTile * kLutColBlockBatched <= (kTokTile - 1) * kLutColBlockSingle);
   for (int64_t cb = c0; cb < c1; cb += col_block) {
     const int64_t ce = std::min(c1, cb + col_block);
@@ -549,11 +554,12 @@ int64_t LutRowCount(const SignMatrix& s) {
 #endif
 }
 
-void SignMatmulBlock(const SignMatrix& s, const float* x, float* y, int64_t tokens, int64_t row_begin,
-                     int64_t row_end, int64_t col_begin, int64_t col_end) {
+void SignMatmulBlock(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                     int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) {
   if (row_begin >= row_end || tokens <= 0) return;
   if (col_begin >= col_end) {
-    for (int64_t t = 0; t < tokens; ++t) std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
+    for (int64_t t = 0; t < tokens; ++t)
+      std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
     return;
   }
   RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRowCount(s));
@@ -567,7 +573,8 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     return;
   }
   const int64_t threads = omp_in_parallel() ? 1 : num_threads();
-  const bool parallel = threads > 1 && double(rows) * double(cols) * double(tokens) >= kSignMinParallelWork;
+  const bool parallel =
+      threads > 1 && double(rows) * double(cols) * double(tokens) >= kSignMinParallelWork;
   const int64_t lut_rows = LutRowCount(s);
 #if SUBBIT_SIGN_LUT
   const int64_t row_tile = lut_rows > 0 ? kLutRV1 * kLanes : kWideRows1;
@@ -586,7 +593,8 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     // for a handful of rows. Each part sums over its columns, then the parts are added.
     const int64_t per = ((cols + threads - 1) / threads + 63) & ~int64_t{63};
     const int64_t parts = (cols + per - 1) / per;
-    float* partial = thread_scratch<float>(ThreadScratchSlot::SignPartialSums, size_t((parts - 1) * tokens * rows));
+    float* partial = thread_scratch<float>(ThreadScratchSlot::SignPartialSums,
+                                           size_t((parts - 1) * tokens * rows));
     parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         float* out = k == 0 ? y : partial + (k - 1) * tokens * rows;
@@ -630,8 +638,8 @@ void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) 
   HWY_DYNAMIC_DISPATCH(SignMatmul)(s, x, y, tokens);
 }
 
-void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens, int64_t row_begin,
-                       int64_t row_end, int64_t col_begin, int64_t col_end) {
+void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) {
   HWY_DYNAMIC_DISPATCH(SignMatmulBlock)(s, x, y, tokens, row_begin, row_end, col_begin, col_end);
 }
 

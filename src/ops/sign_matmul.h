@@ -11,9 +11,9 @@
 //   NaN packs as +1 too.
 //
 // The kernels compute y (tokens, rows) = x (tokens, cols) · Sᵀ, i.e. y[t][r] = Σ_c S[r][c]·x[t][c],
-// with fp32 accumulation. The fast kernel uses Σ_c S[r][c]·x[c] = 2·Σ_{c: S[r][c]=+1} x[c] − Σ_c x[c],
-// so it needs one masked add per weight; non-finite activations (±inf) may therefore give NaN where
-// the reference gives ±inf.
+// with fp32 accumulation. The fast kernel uses Σ_c S[r][c]·x[c] = 2·Σ_{c: S[r][c]=+1} x[c] − Σ_c
+// x[c], so it needs one masked add per weight; non-finite activations (±inf) may therefore give NaN
+// where the reference gives ±inf.
 #include <cstdint>
 #include <vector>
 

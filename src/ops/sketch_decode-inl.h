@@ -9,10 +9,10 @@
 #define SUBBIT_OPS_SKETCH_DECODE_INL_H_
 #endif
 
+#include <hwy/highway.h>
+
 #include <cstdint>
 #include <cstring>
-
-#include <hwy/highway.h>
 
 #include "ops/sketch_setup-inl.h"
 
@@ -57,11 +57,13 @@ HWY_INLINE void Refs(const Setup& s, const RowEntries& e, int64_t b, BlockRefs<k
 
 // Hash row k's signed values of elements [v, v + lanes) of its bucket.
 template <Decoder kDec, class DF>
-HWY_INLINE hn::Vec<DF> Value(DF df, const Setup& s, int k, const uint8_t* bucket, const uint32_t* operand, int64_t v) {
+HWY_INLINE hn::Vec<DF> Value(DF df, const Setup& s, int k, const uint8_t* bucket,
+                             const uint32_t* operand, int64_t v) {
   const hn::RebindToUnsigned<DF> du;
   const hn::RebindToSigned<DF> di;
   if constexpr (kDec == Decoder::F32) {
-    return hn::Xor(hn::LoadU(df, reinterpret_cast<const float*>(bucket) + v), hn::BitCast(df, hn::Set(du, *operand)));
+    return hn::Xor(hn::LoadU(df, reinterpret_cast<const float*>(bucket) + v),
+                   hn::BitCast(df, hn::Set(du, *operand)));
   } else if constexpr (kDec == Decoder::Scale8) {
     const hn::Rebind<int8_t, DF> d8;
     const auto q = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(bucket) + v));
@@ -76,7 +78,8 @@ HWY_INLINE hn::Vec<DF> Value(DF df, const Setup& s, int k, const uint8_t* bucket
       codes = hn::Set(du, uint32_t(word >> (4 * sketch_nibble(v))));
     } else {
       const hn::Repartition<uint64_t, decltype(du)> d64;
-      const auto shift = hn::ShiftLeft<2>(hn::ShiftRight<1>(hn::Add(hn::Iota(du, 0), hn::Set(du, uint32_t(v % 16)))));
+      const auto shift = hn::ShiftLeft<2>(
+          hn::ShiftRight<1>(hn::Add(hn::Iota(du, 0), hn::Set(du, uint32_t(v % 16)))));
       codes = hn::Shr(hn::BitCast(du, hn::Set(d64, word)), shift);
     }
     if constexpr (kDec == Decoder::Scale4) {
@@ -85,9 +88,10 @@ HWY_INLINE hn::Vec<DF> Value(DF df, const Setup& s, int k, const uint8_t* bucket
     } else {
 #if SUBBIT_SKETCH_AVX512
       // VPERMPS reads only the low 4 bits of each index.
-      const float* lut = kDec == Decoder::Lut4
-                             ? s.luts[k][0]
-                             : reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(s.luts) + *operand);
+      const float* lut =
+          kDec == Decoder::Lut4
+              ? s.luts[k][0]
+              : reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(s.luts) + *operand);
       return hn::Vec<DF>{_mm512_permutexvar_ps(codes.raw, hn::Load(df, lut).raw)};
 #else
       return hn::Zero(df);  // never dispatched: Lut4 needs 16-lane AVX-512 vectors
@@ -112,13 +116,17 @@ HWY_INLINE hn::Vec<DF> Combine(DF df, const hn::Vec<DF>* e) {
   } else {
     HWY_UNROLL(kSketchMaxRows)
     for (int k = 1; k < kRows; ++k) {
-      if constexpr (kRule == SketchRule::Mean) best = hn::Add(best, e[k]);
-      else if constexpr (kRule == SketchRule::AbsMinMax) best = hn::IfThenElse(hn::Abs(e[k]) > hn::Abs(best), e[k], best);
-      else best = hn::IfThenElse(hn::Abs(e[k]) < hn::Abs(best), e[k], best);
+      if constexpr (kRule == SketchRule::Mean)
+        best = hn::Add(best, e[k]);
+      else if constexpr (kRule == SketchRule::AbsMinMax)
+        best = hn::IfThenElse(hn::Abs(e[k]) > hn::Abs(best), e[k], best);
+      else
+        best = hn::IfThenElse(hn::Abs(e[k]) < hn::Abs(best), e[k], best);
     }
     if constexpr (kRule == SketchRule::Mean && kRows == 3) return hn::Div(best, hn::Set(df, 3.0f));
     // x · (1/2^k) rounds exactly like x / 2^k.
-    if constexpr (kRule == SketchRule::Mean && kRows > 1) return hn::Mul(best, hn::Set(df, 1.0f / kRows));
+    if constexpr (kRule == SketchRule::Mean && kRows > 1)
+      return hn::Mul(best, hn::Set(df, 1.0f / kRows));
   }
   return best;
 }
@@ -135,8 +143,8 @@ HWY_INLINE hn::Vec<DF> Decode(DF df, const Setup& s, const BlockRefs<kRows>& r, 
 // Rows of W in the blocked layout (blocks · stride floats each, 64-byte aligned): e0 into out0
 // and, unless e1 is nullptr, e1 into out1 (two rows keep more bucket loads in flight).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_NOINLINE void DecodeRows(const Setup& s, const RowEntries& e0, const RowEntries* e1, float* HWY_RESTRICT out0,
-                             float* HWY_RESTRICT out1) {
+HWY_NOINLINE void DecodeRows(const Setup& s, const RowEntries& e0, const RowEntries* e1,
+                             float* HWY_RESTRICT out0, float* HWY_RESTRICT out1) {
   const DF df;
   const int64_t stride = Stride<kStride>(s), blocks = s.blocks;
   if (e1 != nullptr) {
@@ -156,7 +164,8 @@ HWY_NOINLINE void DecodeRows(const Setup& s, const RowEntries& e0, const RowEntr
   for (int64_t b = 0; b < blocks; ++b) {
     BlockRefs<kRows> r0;
     Refs<kDec, kRows>(s, e0, b, r0);
-    for (int64_t v = 0; v < stride; v += hn::Lanes(df)) hn::Store(Decode<kDec, kRule, kRows>(df, s, r0, v), df, out0 + b * stride + v);
+    for (int64_t v = 0; v < stride; v += hn::Lanes(df))
+      hn::Store(Decode<kDec, kRule, kRows>(df, s, r0, v), df, out0 + b * stride + v);
   }
 }
 

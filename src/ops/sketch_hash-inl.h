@@ -10,10 +10,10 @@
 #define SUBBIT_OPS_SKETCH_HASH_INL_H_
 #endif
 
+#include <hwy/highway.h>
+
 #include <algorithm>
 #include <cstdint>
-
-#include <hwy/highway.h>
 
 #include "ops/sketch_setup-inl.h"
 
@@ -33,7 +33,8 @@ HWY_INLINE hn::Vec<DU64> MulLow32(hn::Vec<DU64> a, hn::Vec<DU64> b) {
 #if HWY_TARGET == HWY_SCALAR
   const DU64 d;
   const auto low = hn::Set(d, 0xFFFFFFFFull);
-  return hn::Mul(hn::And(a, low), hn::And(b, low));  // one lane: no 32-bit halves to repartition into
+  return hn::Mul(hn::And(a, low),
+                 hn::And(b, low));  // one lane: no 32-bit halves to repartition into
 #else
   const hn::Repartition<uint32_t, DU64> d32;
   return hn::MulEven(hn::BitCast(d32, a), hn::BitCast(d32, b));
@@ -47,14 +48,16 @@ constexpr int64_t BucketBytes(int64_t stride) {
 }
 template <Decoder kDec, int64_t kStride>
 constexpr int kBucketShift = std::countr_zero(uint64_t(BucketBytes<kDec>(kStride)));
-constexpr bool Nibbles(Decoder d) { return d == Decoder::Lut4 || d == Decoder::Lut4S || d == Decoder::Scale4; }
+constexpr bool Nibbles(Decoder d) {
+  return d == Decoder::Lut4 || d == Decoder::Lut4S || d == Decoder::Scale4;
+}
 
 // What hashing one output row in one hash row needs (scalars: vectors cannot be struct members
 // on every target; the loops hoist their broadcasts).
 // `buckets` are the row's band's (SketchBand::count) and `first` its first bucket, in the high
 // half as the bucket index is there.
 struct HashConsts {
-  uint64_t seed, buckets, operand, first;                                 // main set
+  uint64_t seed, buckets, operand, first;                                  // main set
   uint64_t salient_seed, salient_buckets, salient_operand, salient_first;  // salient set
 };
 
@@ -70,14 +73,16 @@ HWY_INLINE HashConsts MakeHashConsts(const SketchMatrix& m, const Setup& s, int 
                     sketch_detail::xorshift30(hr.salient_seed ^ row_term),
                     salient_band.count,
                     s.operand[k][1],
-                    (hr.buckets + salient_band.first) << 32};  // the salient buckets follow the main ones
+                    (hr.buckets + salient_band.first)
+                        << 32};  // the salient buckets follow the main ones
 }
 
 // One hash row's entries of blocks [b, b + lanes): the byte offsets of their buckets and their
 // operands (each < 2^32 in its lane). `salient` (kSalient only) marks the salient blocks.
 template <Decoder kDec, int64_t kStride, bool kSalient>
 HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU64> block_terms,
-                           const hn::Mask<DU64> salient, hn::Vec<DU64>& offset, hn::Vec<DU64>& operand) {
+                           const hn::Mask<DU64> salient, hn::Vec<DU64>& offset,
+                           hn::Vec<DU64>& operand) {
   const DU64 d;
   auto seed = hn::Set(d, c.seed), buckets = hn::Set(d, c.buckets);
   operand = hn::Set(d, c.operand);
@@ -89,9 +94,13 @@ HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU
   const auto h = Mix64Tail(hn::Xor(seed, block_terms));
   // sketch_bucket() in the band plus its first bucket (and the salient base) in the high 32 bits,
   // then its byte offset.
-  auto bucket = hn::Add(MulLow32(hn::ShiftRight<32>(h), buckets), hn::ShiftRight<32>(MulLow32(h, buckets)));
-  if constexpr (kSalient) bucket = hn::Add(bucket, hn::IfThenElse(salient, hn::Set(d, c.salient_first), hn::Set(d, c.first)));
-  else bucket = hn::Add(bucket, hn::Set(d, c.first));
+  auto bucket =
+      hn::Add(MulLow32(hn::ShiftRight<32>(h), buckets), hn::ShiftRight<32>(MulLow32(h, buckets)));
+  if constexpr (kSalient)
+    bucket =
+        hn::Add(bucket, hn::IfThenElse(salient, hn::Set(d, c.salient_first), hn::Set(d, c.first)));
+  else
+    bucket = hn::Add(bucket, hn::Set(d, c.first));
   if constexpr (kStride != 0 && Nibbles(kDec)) {
     // bucket · kStride | (negative ? kStride / 2 : 0): the negated codes follow the codes. The
     // bits below kStride come from h shifted so that its bit 0 lands on kStride / 2.
@@ -99,11 +108,14 @@ HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU
     offset = hn::OrAnd(hn::AndNot(high_bits, hn::ShiftLeft<kBucketShift<kDec, kStride> - 1>(h)),
                        hn::ShiftRight<32 - kBucketShift<kDec, kStride>>(bucket), high_bits);
   } else if constexpr (kStride != 0) {
-    offset = hn::ShiftRight<32 - kBucketShift<kDec, kStride>>(hn::And(bucket, hn::Set(d, 0xFFFFFFFF00000000ull)));
+    offset = hn::ShiftRight<32 - kBucketShift<kDec, kStride>>(
+        hn::And(bucket, hn::Set(d, 0xFFFFFFFF00000000ull)));
   } else {
-    offset = MulLow32(hn::ShiftRight<32>(bucket), hn::Set(d, uint64_t(BucketBytes<kDec>(s.stride))));
+    offset =
+        MulLow32(hn::ShiftRight<32>(bucket), hn::Set(d, uint64_t(BucketBytes<kDec>(s.stride))));
     if constexpr (Nibbles(kDec))
-      offset = hn::Add(offset, hn::IfThenElseZero(hn::TestBit(h, hn::Set(d, 1)), hn::Set(d, uint64_t(s.stride / 2))));
+      offset = hn::Add(offset, hn::IfThenElseZero(hn::TestBit(h, hn::Set(d, 1)),
+                                                  hn::Set(d, uint64_t(s.stride / 2))));
   }
   if constexpr (!Nibbles(kDec)) {
     // ±: the float sign bit of the operand.
@@ -117,7 +129,8 @@ HWY_INLINE void HashBlocks(const Setup& s, const HashConsts& c, const hn::Vec<DU
 template <Decoder kDec, int kRows, int64_t kStride, bool kSalient>
 class RowHasher {
  public:
-  RowHasher(const SketchMatrix& m, const Setup& s, int64_t row, RowEntries& out) : m_(m), s_(s), row_(row), out_(out) {
+  RowHasher(const SketchMatrix& m, const Setup& s, int64_t row, RowEntries& out)
+      : m_(m), s_(s), row_(row), out_(out) {
     for (int k = 0; k < kRows; ++k) c_[k] = MakeHashConsts(m, s, k, row);
   }
 
@@ -131,8 +144,9 @@ class RowHasher {
     const int64_t lanes = hn::Lanes(d);
     hn::Mask<DU64> salient = hn::FirstN(d, 0);
     if constexpr (kSalient) {
-      const uint64_t bits = sketch_detail::mask_bits(m_.salient_mask, m_.n_out * s_.blocks, row_ * s_.blocks + b,
-                                                     std::min<int64_t>(lanes, s_.blocks - b));
+      const uint64_t bits =
+          sketch_detail::mask_bits(m_.salient_mask, m_.n_out * s_.blocks, row_ * s_.blocks + b,
+                                   std::min<int64_t>(lanes, s_.blocks - b));
       salient = hn::TestBit(hn::Set(d, bits), hn::Shl(hn::Set(d, 1), hn::Iota(d, 0)));
     }
     const auto block_terms = hn::LoadU(d, s_.block_terms + b);
@@ -151,7 +165,8 @@ class RowHasher {
       HashBlocks<kDec, kStride, kSalient>(s_, c_[0], block_terms, salient, offset, operand);
       HashBlocks<kDec, kStride, kSalient>(s_, c_[1], block_terms, salient, offset1, operand);
       // Both rows' offsets of a block in one uint64_t, read back as one.
-      hn::StoreU(hn::Or(offset, hn::ShiftLeft<32>(offset1)), d, reinterpret_cast<uint64_t*>(out_.words) + b);
+      hn::StoreU(hn::Or(offset, hn::ShiftLeft<32>(offset1)), d,
+                 reinterpret_cast<uint64_t*>(out_.words) + b);
     } else {
       HWY_ALIGN uint64_t lane_offsets[kRows][hn::MaxLanes(d)];
       for (int k = 0; k < kRows; ++k) {
@@ -159,7 +174,8 @@ class RowHasher {
         hn::Store(offset, d, lane_offsets[k]);
       }
       for (int64_t i = 0; i < lanes; ++i)
-        for (int k = 0; k < kRows; ++k) out_.words[(b + i) * kRows + k] = uint32_t(lane_offsets[k][i]);
+        for (int k = 0; k < kRows; ++k)
+          out_.words[(b + i) * kRows + k] = uint32_t(lane_offsets[k][i]);
     }
   }
 
@@ -173,8 +189,10 @@ class RowHasher {
 
 template <Decoder kDec, int kRows, int64_t kStride>
 HWY_INLINE void Hash(const SketchMatrix& m, const Setup& s, int64_t row, RowEntries& out) {
-  if (m.salient_mask != nullptr) RowHasher<kDec, kRows, kStride, true>(m, s, row, out).All();
-  else RowHasher<kDec, kRows, kStride, false>(m, s, row, out).All();
+  if (m.salient_mask != nullptr)
+    RowHasher<kDec, kRows, kStride, true>(m, s, row, out).All();
+  else
+    RowHasher<kDec, kRows, kStride, false>(m, s, row, out).All();
 }
 
 }  // namespace subbit::HWY_NAMESPACE

@@ -90,7 +90,8 @@ struct RowEntries {
 inline void entry_buffers(int64_t words, int count, int64_t padded_blocks, RowEntries* e) {
   constexpr int64_t kSkew[4] = {0, 512, 256, 768};  // words
   const int64_t each = (words + 1023) / 1024 * 1024 + 1024;
-  uint32_t* first = thread_scratch<uint32_t>(ThreadScratchSlot::SketchEntries, size_t(each * count));
+  uint32_t* first =
+      thread_scratch<uint32_t>(ThreadScratchSlot::SketchEntries, size_t(each * count));
   for (int i = 0; i < count; ++i) e[i] = RowEntries{first + i * each + kSkew[i], padded_blocks};
 }
 

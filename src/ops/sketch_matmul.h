@@ -70,12 +70,14 @@ constexpr int64_t sketch_band_count(int64_t n_out, int64_t band_rows) {
 }
 constexpr SketchBand sketch_band(uint64_t buckets, int64_t n_out, int64_t band_rows, int64_t row) {
   if (band_rows <= 0) return {0, buckets};
-  const uint64_t bands = uint64_t(sketch_band_count(n_out, band_rows)), g = uint64_t(row / band_rows);
+  const uint64_t bands = uint64_t(sketch_band_count(n_out, band_rows)),
+                 g = uint64_t(row / band_rows);
   const uint64_t first = buckets * g / bands;  // < 2^64: buckets < 2^32, bands <= n_out < 2^32
   return {first, buckets * (g + 1) / bands - first};
 }
 // The bucket a block with hash `hash` in output row `row` reads, in a table of `buckets`.
-constexpr uint64_t sketch_row_bucket(uint64_t hash, uint64_t buckets, int64_t n_out, int64_t band_rows, int64_t row) {
+constexpr uint64_t sketch_row_bucket(uint64_t hash, uint64_t buckets, int64_t n_out,
+                                     int64_t band_rows, int64_t row) {
   const SketchBand band = sketch_band(buckets, n_out, band_rows, row);
   return band.first + sketch_bucket(hash, band.count);
 }
@@ -89,8 +91,8 @@ constexpr int64_t sketch_bucket_stride(int64_t block) {
 // How the runtime tables hold their values. Codes are the signed quantization codes q, whose
 // value is q · step (exact in fp32: |q| < 2^7 and the step is an fp16 number).
 enum class SketchTableLayout : uint8_t {
-  F32,     // fp32 values (layers with fp16 values): `stride` floats per bucket
-  Int8,    // one int8 code per element: `stride` bytes per bucket
+  F32,   // fp32 values (layers with fp16 values): `stride` floats per bucket
+  Int8,  // one int8 code per element: `stride` bytes per bucket
   // 4-bit two's-complement codes (value_bits <= 4, stride a multiple of 16), `stride` bytes per
   // bucket: the codes of each group of 16 elements in one uint64_t, element j of the group in
   // nibble sketch_nibble(j), for the bucket's stride / 16 groups; then the same words for the
@@ -132,7 +134,8 @@ struct SketchMatrix {
     const uint64_t h = sketch_block_hash(in_salient ? hr.salient_seed : hr.seed, row, b);
     *negative = sketch_negative(h);
     return (in_salient ? hr.buckets : 0) +
-           sketch_row_bucket(h, in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows, row);
+           sketch_row_bucket(h, in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows,
+                             row);
   }
   int64_t stride() const { return sketch_bucket_stride(block); }
   // Bytes per bucket of the tables.
@@ -157,10 +160,13 @@ struct SketchMatrix {
     const void* table = hash_rows[k].table;
     const uint64_t at = index * uint64_t(stride()) + uint64_t(j);
     switch (layout) {
-      case SketchTableLayout::F32: return int16_t(f32_to_f16(static_cast<const float*>(table)[at]));
-      case SketchTableLayout::Int8: return static_cast<const int8_t*>(table)[at];
+      case SketchTableLayout::F32:
+        return int16_t(f32_to_f16(static_cast<const float*>(table)[at]));
+      case SketchTableLayout::Int8:
+        return static_cast<const int8_t*>(table)[at];
       case SketchTableLayout::Nibble: {
-        const uint64_t word = static_cast<const uint64_t*>(table)[index * uint64_t(stride() / 8) + uint64_t(j / 16)];
+        const uint64_t word =
+            static_cast<const uint64_t*>(table)[index * uint64_t(stride() / 8) + uint64_t(j / 16)];
         const int nibble = int(word >> (4 * sketch_nibble(j))) & 15;
         return int16_t(nibble < 8 ? nibble : nibble - 16);
       }
@@ -171,15 +177,21 @@ struct SketchMatrix {
 
 // Writes code() of element j of bucket `index` into a zero-filled table of m's layout: the
 // packing the kernels read, kept beside them.
-inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, int64_t j, int16_t code) {
+inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, int64_t j,
+                            int16_t code) {
   const int64_t stride = m.stride();
   const uint64_t at = index * uint64_t(stride) + uint64_t(j);
   switch (m.layout) {
-    case SketchTableLayout::F32: static_cast<float*>(table)[at] = f16_to_f32(uint16_t(code)); return;
-    case SketchTableLayout::Int8: static_cast<int8_t*>(table)[at] = int8_t(code); return;
+    case SketchTableLayout::F32:
+      static_cast<float*>(table)[at] = f16_to_f32(uint16_t(code));
+      return;
+    case SketchTableLayout::Int8:
+      static_cast<int8_t*>(table)[at] = int8_t(code);
+      return;
     case SketchTableLayout::Nibble: {
       // Positive words, then negated ones (stride / 16 each per bucket).
-      uint64_t* words = static_cast<uint64_t*>(table) + index * uint64_t(stride / 8) + uint64_t(j / 16);
+      uint64_t* words =
+          static_cast<uint64_t*>(table) + index * uint64_t(stride / 8) + uint64_t(j / 16);
       words[0] |= (uint64_t(code) & 15) << (4 * sketch_nibble(j));
       words[stride / 16] |= (uint64_t(-code) & 15) << (4 * sketch_nibble(j));
       return;

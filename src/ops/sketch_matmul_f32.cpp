@@ -1,4 +1,5 @@
-// The sketch product for tables of the F32 layout: fp32 tables (layers whose values are fp16) (ops/sketch_kernels.h).
+// The sketch product for tables of the F32 layout: fp32 tables (layers whose values are fp16)
+// (ops/sketch_kernels.h).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/sketch_matmul_f32.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep

@@ -10,12 +10,12 @@
 #define SUBBIT_OPS_SKETCH_PRODUCTS_INL_H_
 #endif
 
+#include <hwy/cache_control.h>
+#include <hwy/highway.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-
-#include <hwy/cache_control.h>
-#include <hwy/highway.h>
 
 #include "ops/matmul_tile-inl.h"
 #include "ops/parallel.h"
@@ -47,7 +47,8 @@ class TableStreamer {
  public:
   TableStreamer(const SketchMatrix& m, const Setup& s, int64_t row_begin)
       : m_(m), s_(s), on_(m.band_rows > 0 && !s.prefetch && s.table_bytes > kStreamTableBytes) {
-    for (int k = 0; k < kRows; ++k) requested_[k] = sketch_band(m.hash_rows[k].buckets, m.n_out, m.band_rows, row_begin).first;
+    for (int k = 0; k < kRows; ++k)
+      requested_[k] = sketch_band(m.hash_rows[k].buckets, m.n_out, m.band_rows, row_begin).first;
   }
 
   // What to request while multiplying rows up to `row`.
@@ -60,7 +61,8 @@ class TableStreamer {
       const SketchBand band = sketch_band(m_.hash_rows[k].buckets, m_.n_out, m_.band_rows, ahead);
       const uint64_t end = band.first + band.count;
       stream.next[k] = s_.base[k] + requested_[k] * bucket_bytes;
-      stream.lines = std::max(stream.lines, int64_t(((end - requested_[k]) * bucket_bytes + 63) / 64));
+      stream.lines =
+          std::max(stream.lines, int64_t(((end - requested_[k]) * bucket_bytes + 63) / 64));
       requested_[k] = end;
     }
     return stream;
@@ -93,19 +95,22 @@ HWY_INLINE void Prefetch(const Setup& s, const RowEntries& e, int64_t b) {
 
 // acc += decode(block b) · x(block b).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_INLINE void AccumulateBlock(const Setup& s, const RowEntries& e, int64_t b, const float* x, hn::Vec<DF>& acc) {
+HWY_INLINE void AccumulateBlock(const Setup& s, const RowEntries& e, int64_t b, const float* x,
+                                hn::Vec<DF>& acc) {
   const DF df;
   const int64_t stride = Stride<kStride>(s);
   BlockRefs<kRows> r;
   Refs<kDec, kRows>(s, e, b, r);
   for (int64_t v = 0; v < stride; v += hn::Lanes(df))
-    acc = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r, v), hn::LoadU(df, x + b * stride + v), acc);
+    acc =
+        hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r, v), hn::LoadU(df, x + b * stride + v), acc);
 }
 
 // Blocks b and b + 1 of two output rows: even0/even1 += block b, odd0/odd1 += block b + 1.
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const RowEntries& e1, int64_t b, const float* x,
-                                 hn::Vec<DF>& even0, hn::Vec<DF>& even1, hn::Vec<DF>& odd0, hn::Vec<DF>& odd1) {
+HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const RowEntries& e1,
+                                 int64_t b, const float* x, hn::Vec<DF>& even0, hn::Vec<DF>& even1,
+                                 hn::Vec<DF>& odd0, hn::Vec<DF>& odd1) {
   const DF df;
   const int64_t stride = Stride<kStride>(s);
   BlockRefs<kRows> r00, r01, r10, r11;  // (row, block)
@@ -128,8 +133,8 @@ HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const Row
 // accumulate separately so the FMA latency does not bound it. With e1 == nullptr, one row.
 // Not inlined: the loop gets the registers to itself (inlined, GCC spills its indices).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
-HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries* e1, const float* x, float* y0,
-                          float* y1, TableStream<kRows>& stream) {
+HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries* e1,
+                          const float* x, float* y0, float* y1, TableStream<kRows>& stream) {
   const DF df;
   const int64_t blocks = s.blocks;
   auto even0 = hn::Zero(df), odd0 = hn::Zero(df), even1 = hn::Zero(df), odd1 = hn::Zero(df);
@@ -145,7 +150,8 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
         Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead);
         Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead + 1);
         Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead + 1);
-        TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+        TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0,
+                                                          odd1);
       }
     }
     for (; b + 2 <= blocks; b += 2)
@@ -165,8 +171,8 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
 // Two output rows (e1 == nullptr: one) times kT tokens: each block is decoded once and multiplied
 // with every token; xs: kT blocked token rows; out (2, kT).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride, int kT>
-HWY_NOINLINE void RowDotsTokens(const Setup& s, const RowEntries& e0, const RowEntries* e1, const float* const* xs,
-                                float* out) {
+HWY_NOINLINE void RowDotsTokens(const Setup& s, const RowEntries& e0, const RowEntries* e1,
+                                const float* const* xs, float* out) {
   const DF df;
   const int64_t blocks = s.blocks, stride = Stride<kStride>(s);
   const float* x[kT];
@@ -195,7 +201,8 @@ HWY_NOINLINE void RowDotsTokens(const Setup& s, const RowEntries& e0, const RowE
       Refs<kDec, kRows>(s, e0, b, r0);
       for (int64_t v = 0; v < stride; v += hn::Lanes(df)) {
         const auto w0 = Decode<kDec, kRule, kRows>(df, s, r0, v);
-        for (int t = 0; t < kT; ++t) acc0[t] = hn::MulAdd(w0, hn::Load(df, x[t] + b * stride + v), acc0[t]);
+        for (int t = 0; t < kT; ++t)
+          acc0[t] = hn::MulAdd(w0, hn::Load(df, x[t] + b * stride + v), acc0[t]);
       }
     }
   }
@@ -205,10 +212,15 @@ HWY_NOINLINE void RowDotsTokens(const Setup& s, const RowEntries& e0, const RowE
 // out (kR, kT) = decoded rows (kR, width) · token rows xs[0 .. kT) (each `width` floats), with
 // the dense products' register tile. Not inlined: the tile gets the registers to itself.
 template <class DF, int kR, int kT>
-HWY_NOINLINE void DecodedRowsTile(const float* rows, int64_t width, const float* const* xs, float* out) {
+HWY_NOINLINE void DecodedRowsTile(const float* rows, int64_t width, const float* const* xs,
+                                  float* out) {
   const DF df;
   hn::Vec<DF> acc[kR][kT];
-  TileDots<kR, kT>(df, width, [&](int r, int64_t c) HWY_ATTR __attribute__((always_inline)) { return hn::Load(df, rows + r * width + c); }, xs, acc);
+  TileDots<kR, kT>(
+      df, width,
+      [&](int r, int64_t c) HWY_ATTR
+      __attribute__((always_inline)) { return hn::Load(df, rows + r * width + c); },
+      xs, acc);
   for (int i = 0; i < kR; ++i)
     for (int t = 0; t < kT; ++t) out[i * kT + t] = hn::GetLane(hn::SumOfLanes(df, acc[i][t]));
 }
@@ -265,11 +277,18 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
         for (int t = 0; t < kT; ++t) xs[t] = t0 + t < tokens ? x + (t0 + t) * width : zeros;
         const int64_t left = tokens - t0;
         const int n = left <= 2 ? 2 : left <= 4 ? 4 : kT;  // tokens in this tile
-        if (n == 2) RowDotsTokens<kDec, kRule, kRows, DF, kStride, 2>(s, e[0], pair ? &e[1] : nullptr, xs, out);
-        else if (n == 4) RowDotsTokens<kDec, kRule, kRows, DF, kStride, 4>(s, e[0], pair ? &e[1] : nullptr, xs, out);
-        else RowDotsTokens<kDec, kRule, kRows, DF, kStride, kT>(s, e[0], pair ? &e[1] : nullptr, xs, out);
+        if (n == 2)
+          RowDotsTokens<kDec, kRule, kRows, DF, kStride, 2>(s, e[0], pair ? &e[1] : nullptr, xs,
+                                                            out);
+        else if (n == 4)
+          RowDotsTokens<kDec, kRule, kRows, DF, kStride, 4>(s, e[0], pair ? &e[1] : nullptr, xs,
+                                                            out);
+        else
+          RowDotsTokens<kDec, kRule, kRows, DF, kStride, kT>(s, e[0], pair ? &e[1] : nullptr, xs,
+                                                             out);
         for (int i = 0; i < (pair ? 2 : 1); ++i)
-          for (int t = 0; t < n && t0 + t < tokens; ++t) y[(t0 + t) * m.n_out + r + i] = out[i * n + t];
+          for (int t = 0; t < n && t0 + t < tokens; ++t)
+            y[(t0 + t) * m.n_out + r + i] = out[i * n + t];
       }
     }
     return;
@@ -277,15 +296,16 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
   // Many tokens: decode kR rows once into an L1/L2-sized buffer, then multiply them with every
   // token, kTileTokens at a time, so decoding costs once per row, not once per token.
   constexpr int kR = kDecodedRows<DF>;
-  float* decoded = thread_scratch<float>(ThreadScratchSlot::SketchDecodedRows, size_t(kR * width));  // (kR, width)
+  float* decoded = thread_scratch<float>(ThreadScratchSlot::SketchDecodedRows,
+                                         size_t(kR * width));  // (kR, width)
   float out[kR * kTileTokens];
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kR) {
     const int64_t nr = std::min<int64_t>(kR, row_end - r0);
     for (int64_t i = 0; i < nr; i += 2) {
       Hash<kDec, kRows, kStride>(m, s, r0 + i, e[0]);
       if (i + 1 < nr) Hash<kDec, kRows, kStride>(m, s, r0 + i + 1, e[1]);
-      DecodeRows<kDec, kRule, kRows, DF, kStride>(s, e[0], i + 1 < nr ? &e[1] : nullptr, decoded + i * width,
-                                                  decoded + (i + 1) * width);
+      DecodeRows<kDec, kRule, kRows, DF, kStride>(s, e[0], i + 1 < nr ? &e[1] : nullptr,
+                                                  decoded + i * width, decoded + (i + 1) * width);
     }
     for (int64_t t0 = 0; t0 < tokens; t0 += kTileTokens) {
       const float* xs[kTileTokens];
@@ -294,24 +314,27 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
         DecodedRowsTile<DF, kR, kTileTokens>(decoded, width, xs, out);
       } else {
         for (int64_t i = 0; i < nr; ++i)
-          DecodedRowsTile<DF, 1, kTileTokens>(decoded + i * width, width, xs, out + i * kTileTokens);
+          DecodedRowsTile<DF, 1, kTileTokens>(decoded + i * width, width, xs,
+                                              out + i * kTileTokens);
       }
       for (int64_t i = 0; i < nr; ++i)
-        for (int t = 0; t < kTileTokens && t0 + t < tokens; ++t) y[(t0 + t) * m.n_out + r0 + i] = out[i * kTileTokens + t];
+        for (int t = 0; t < kTileTokens && t0 + t < tokens; ++t)
+          y[(t0 + t) * m.n_out + r0 + i] = out[i * kTileTokens + t];
     }
   }
 }
 
 template <Decoder kDec, SketchRule kRule, int kRows>
-void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens, int64_t row_begin,
-                         int64_t row_end) {
+void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
+                         int64_t row_begin, int64_t row_end) {
   using D16 = hn::CappedTag<float, 16>;
   // Block 16 (the default) has its own instantiation; every other stride shares the generic one
   // (each instantiation is another copy of every kernel to compile, docs/building.md). Its vectors
   // must divide every stride it serves: 8 and multiples of 16 for fp32 and int8 tables, multiples
   // of 16 only for the Nibble layout (sketch_bucket_stride).
   using DGeneric = std::conditional_t<Nibbles(kDec), D16, hn::CappedTag<float, 8>>;
-  if (m.stride() == 16) return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
+  if (m.stride() == 16)
+    return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
   return MatmulRows<kDec, kRule, kRows, DGeneric, 0>(m, x, y, tokens, row_begin, row_end);
 }
 
@@ -327,7 +350,8 @@ void MatmulWithDecoder(const SketchMatrix& m, const float* x, float* y, int64_t 
   parallel_for(m.n_out, grain, [&](int64_t begin, int64_t end) {
     // The pairs sketch_detail::has_simd_kernel lists; one hash row is the same under every rule.
     if (m.rows == 1) return MatmulRowsForStride<kDec, AbsMaxMin, 1>(m, x, y, tokens, begin, end);
-    if (m.rule == AbsMinMax) return MatmulRowsForStride<kDec, AbsMinMax, 2>(m, x, y, tokens, begin, end);
+    if (m.rule == AbsMinMax)
+      return MatmulRowsForStride<kDec, AbsMinMax, 2>(m, x, y, tokens, begin, end);
     if (m.rule == Mean) return MatmulRowsForStride<kDec, Mean, 2>(m, x, y, tokens, begin, end);
     if (m.rows == 2) return MatmulRowsForStride<kDec, AbsMaxMin, 2>(m, x, y, tokens, begin, end);
     if (m.rows == 3) return MatmulRowsForStride<kDec, AbsMaxMin, 3>(m, x, y, tokens, begin, end);

@@ -10,10 +10,10 @@
 #define SUBBIT_OPS_SKETCH_SETUP_INL_H_
 #endif
 
+#include <hwy/highway.h>
+
 #include <bit>
 #include <cstdint>
-
-#include <hwy/highway.h>
 
 #include "ops/sketch_kernels.h"
 
@@ -69,9 +69,9 @@ constexpr int64_t kPrefetchTableBytes = int64_t{8} << 20;
 // Everything a kernel needs of a layer, built once per call.
 struct Setup {
   alignas(64) float luts[kSketchMaxRows][2][16];  // Lut4/Lut4S: (hash row, set) -> q · step
-  const uint8_t* base[kSketchMaxRows];           // each hash row's table
-  uint32_t operand[kSketchMaxRows][2];           // entry operand of a + block, per set
-  const uint64_t* block_terms;                   // (padded_blocks) xorshift30(b · B), thread scratch
+  const uint8_t* base[kSketchMaxRows];            // each hash row's table
+  uint32_t operand[kSketchMaxRows][2];            // entry operand of a + block, per set
+  const uint64_t* block_terms;  // (padded_blocks) xorshift30(b · B), thread scratch
   int64_t blocks, padded_blocks, stride;
   int64_t table_bytes;  // all hash rows' tables
   bool prefetch;        // one band's share of the tables is large (kPrefetchTableBytes)
@@ -83,7 +83,8 @@ void BuildSetup(const SketchMatrix& m, Setup& s) {
   s.blocks = m.blocks_per_row();
   s.padded_blocks = (s.blocks + lanes - 1) / lanes * lanes;
   s.stride = m.stride();
-  uint64_t* block_terms = thread_scratch<uint64_t>(ThreadScratchSlot::SketchBlockTerms, size_t(s.padded_blocks));
+  uint64_t* block_terms =
+      thread_scratch<uint64_t>(ThreadScratchSlot::SketchBlockTerms, size_t(s.padded_blocks));
   for (int64_t b = 0; b < s.padded_blocks; ++b)
     block_terms[b] = sketch_detail::xorshift30(uint64_t(b) * kSketchBlockMultiplier);
   s.block_terms = block_terms;
@@ -96,11 +97,14 @@ void BuildSetup(const SketchMatrix& m, Setup& s) {
     for (int set = 0; set < 2; ++set) {
       const float step = set == 0 ? hr.scale : hr.salient_scale;
       for (int i = 0; i < 16; ++i)  // q = the nibble, signed
-        s.luts[k][set][i] = std::bit_cast<float>(std::bit_cast<uint32_t>(float(i < 8 ? i : i - 16) * step) | tie);
+        s.luts[k][set][i] =
+            std::bit_cast<float>(std::bit_cast<uint32_t>(float(i < 8 ? i : i - 16) * step) | tie);
       if constexpr (kDec == Decoder::F32) s.operand[k][set] = tie;
-      if constexpr (kDec == Decoder::Scale8 || kDec == Decoder::Scale4) s.operand[k][set] = std::bit_cast<uint32_t>(step);
+      if constexpr (kDec == Decoder::Scale8 || kDec == Decoder::Scale4)
+        s.operand[k][set] = std::bit_cast<uint32_t>(step);
       if constexpr (kDec == Decoder::Lut4 || kDec == Decoder::Lut4S)
-        s.operand[k][set] = uint32_t(reinterpret_cast<const uint8_t*>(s.luts[k][set]) - reinterpret_cast<const uint8_t*>(s.luts));
+        s.operand[k][set] = uint32_t(reinterpret_cast<const uint8_t*>(s.luts[k][set]) -
+                                     reinterpret_cast<const uint8_t*>(s.luts));
     }
   }
   // What one row's loads range over: its band's share of the tables.

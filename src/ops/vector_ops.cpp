@@ -21,7 +21,8 @@ float Dot(const float* a, const float* b, int64_t n) {
     acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
     acc1 = hn::MulAdd(hn::LoadU(d, a + i + lanes), hn::LoadU(d, b + i + lanes), acc1);
   }
-  for (; i + lanes <= n; i += lanes) acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+  for (; i + lanes <= n; i += lanes)
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;

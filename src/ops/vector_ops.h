@@ -10,7 +10,8 @@ float dot(const float* a, const float* b, int64_t n);
 void axpy(float a, const float* x, float* y, int64_t n);
 
 // out (tokens, dim) = x / rms(x) * weight, per row.
-void rms_norm(const float* x, const float* weight, float* out, int64_t tokens, int64_t dim, float eps);
+void rms_norm(const float* x, const float* weight, float* out, int64_t tokens, int64_t dim,
+              float eps);
 
 // gate (tokens, dim) <- silu(gate) * up
 void silu_mul(float* gate, const float* up, int64_t count);

@@ -20,11 +20,16 @@ constexpr size_t kDecodeContext = 4;
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Cancelled: return "cancelled";
-    case FinishReason::Failed: return "error";
-    case FinishReason::None: break;
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Cancelled:
+      return "cancelled";
+    case FinishReason::Failed:
+      return "error";
+    case FinishReason::None:
+      break;
   }
   return "";
 }
@@ -42,7 +47,8 @@ Job::Update Job::take_locked() {
 
 Job::Update Job::wait(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
-  changed_.wait_for(lock, timeout, [&] { return !pending_.empty() || finish_ != FinishReason::None; });
+  changed_.wait_for(lock, timeout,
+                    [&] { return !pending_.empty() || finish_ != FinishReason::None; });
   return take_locked();
 }
 
@@ -67,17 +73,18 @@ void Job::publish(const std::string& text, FinishReason finish, int64_t completi
 }
 
 struct Engine::Slot {
-  Slot(const LlamaConfig& config, int64_t context) : state(config, context), logits(config.vocab_size) {}
+  Slot(const LlamaConfig& config, int64_t context)
+      : state(config, context), logits(config.vocab_size) {}
   RunState state;  // keys, values and activation scratch of this slot's sequence
   std::vector<float> logits;
   std::shared_ptr<Job> job;  // null when free
   CompletionRequest request;
   Sampler sampler{SamplingParams{}};
-  int64_t fed = 0;                 // prompt tokens already in the cache
-  std::vector<int32_t> decoded;    // decode context (prompt tail) + completion tokens
-  size_t context_tokens = 0;       // how many of `decoded` are prompt context
-  size_t context_bytes = 0;        // their decoded length
-  size_t emitted = 0;              // completion bytes already published
+  int64_t fed = 0;               // prompt tokens already in the cache
+  std::vector<int32_t> decoded;  // decode context (prompt tail) + completion tokens
+  size_t context_tokens = 0;     // how many of `decoded` are prompt context
+  size_t context_bytes = 0;      // their decoded length
+  size_t emitted = 0;            // completion bytes already published
   int64_t completion_tokens = 0;
 };
 
@@ -137,8 +144,8 @@ void Engine::run() {
         ++busy_;
         slot->job = std::move(job);
         slot->request = std::move(request);
-        slot->request.max_tokens = std::min(slot->request.max_tokens,
-                                            context_ - int64_t(slot->request.prompt.size()));
+        slot->request.max_tokens =
+            std::min(slot->request.max_tokens, context_ - int64_t(slot->request.prompt.size()));
         slot->sampler = Sampler(slot->request.sampling);
         slot->fed = 0;
         const auto& prompt = slot->request.prompt;
@@ -172,7 +179,8 @@ std::string Engine::completion_text(const Slot& slot) const {
   return all.substr(std::min(slot.context_bytes, all.size()));
 }
 
-void Engine::finish(Slot& slot, FinishReason reason, const std::string& rest, const std::string& error) {
+void Engine::finish(Slot& slot, FinishReason reason, const std::string& rest,
+                    const std::string& error) {
   slot.job->publish(rest, reason, slot.completion_tokens, error);
   slot.job.reset();
   std::lock_guard lock(mutex_);
@@ -184,19 +192,21 @@ void Engine::step(Slot& slot) {
   const int64_t vocab = model_.config().vocab_size;
   if (slot.fed < int64_t(prompt.size())) {
     const int64_t n = std::min<int64_t>(kPrefillChunk, int64_t(prompt.size()) - slot.fed);
-    model_.forward(std::span<const int32_t>(prompt.data() + slot.fed, size_t(n)), slot.fed, slot.state,
-                   slot.logits.data(), /*all_logits=*/false);
+    model_.forward(std::span<const int32_t>(prompt.data() + slot.fed, size_t(n)), slot.fed,
+                   slot.state, slot.logits.data(), /*all_logits=*/false);
     slot.fed += n;
     if (slot.fed < int64_t(prompt.size())) return;
   } else {
     const int32_t last = slot.decoded.back();
     const int64_t position = int64_t(prompt.size()) + slot.completion_tokens - 1;
-    model_.forward(std::span<const int32_t>(&last, 1), position, slot.state, slot.logits.data(), false);
+    model_.forward(std::span<const int32_t>(&last, 1), position, slot.state, slot.logits.data(),
+                   false);
   }
 
   const int32_t token = slot.sampler.sample(slot.logits.data(), vocab);
   const auto& stop_tokens = slot.request.stop_tokens;
-  const bool end_token = std::find(stop_tokens.begin(), stop_tokens.end(), token) != stop_tokens.end();
+  const bool end_token =
+      std::find(stop_tokens.begin(), stop_tokens.end(), token) != stop_tokens.end();
   if (!end_token) {
     slot.decoded.push_back(token);
     ++slot.completion_tokens;
@@ -207,7 +217,8 @@ void Engine::step(Slot& slot) {
     const size_t from = slot.emitted >= stop.size() ? slot.emitted - stop.size() + 1 : 0;
     const size_t at = text.find(stop, from);
     if (at != std::string::npos) {
-      finish(slot, FinishReason::Stop, at > slot.emitted ? text.substr(slot.emitted, at - slot.emitted) : "");
+      finish(slot, FinishReason::Stop,
+             at > slot.emitted ? text.substr(slot.emitted, at - slot.emitted) : "");
       return;
     }
   }

@@ -22,11 +22,11 @@
 namespace subbit::server {
 
 struct CompletionRequest {
-  std::vector<int32_t> prompt;             // at least one token, fewer than the context
-  int64_t max_tokens = 16;                 // the engine clips it to the context left
+  std::vector<int32_t> prompt;  // at least one token, fewer than the context
+  int64_t max_tokens = 16;      // the engine clips it to the context left
   SamplingParams sampling;
-  std::vector<std::string> stop_strings;   // end the text before the first occurrence
-  std::vector<int32_t> stop_tokens;        // end of turn / sequence; not part of the text
+  std::vector<std::string> stop_strings;  // end the text before the first occurrence
+  std::vector<int32_t> stop_tokens;       // end of turn / sequence; not part of the text
 };
 
 enum class FinishReason { None, Stop, Length, Cancelled, Failed };
@@ -95,7 +95,8 @@ class Engine {
   void step(Slot& slot);
   std::string completion_text(const Slot& slot) const;  // all decoded completion text
   // Publishes `rest` (the final text not yet sent) and the end, and frees the slot.
-  void finish(Slot& slot, FinishReason reason, const std::string& rest, const std::string& error = {});
+  void finish(Slot& slot, FinishReason reason, const std::string& rest,
+              const std::string& error = {});
 
   const LlamaModel& model_;
   const Tokenizer& tokenizer_;

@@ -6,7 +6,6 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -27,10 +26,13 @@ void send_error(httplib::Response& res, int status, const std::string& message) 
                      : status == 404 ? "not_found_error"
                                      : "invalid_request_error";
   res.status = status;
-  res.set_content(dump({{"error", {{"message", message}, {"type", type}, {"code", status}}}}), "application/json");
+  res.set_content(dump({{"error", {{"message", message}, {"type", type}, {"code", status}}}}),
+                  "application/json");
 }
 
-void send_json(httplib::Response& res, const Json& body) { res.set_content(dump(body), "application/json"); }
+void send_json(httplib::Response& res, const Json& body) {
+  res.set_content(dump(body), "application/json");
+}
 
 }  // namespace
 
@@ -42,14 +44,16 @@ struct HttpServer::Impl {
   std::atomic<uint64_t> next_id{1};
   const int64_t created = int64_t(std::time(nullptr));
 
-  Impl(Engine& e, ModelInterface m, ServerOptions o) : engine(e), model(std::move(m)), options(std::move(o)) {}
+  Impl(Engine& e, ModelInterface m, ServerOptions o)
+      : engine(e), model(std::move(m)), options(std::move(o)) {}
 
   std::shared_ptr<Job> submit(CompletionRequest request) {
     auto job = engine.submit(std::move(request));
     if (!job) {
       const Engine::Load load = engine.load();
-      throw RequestError{503, fmt::format("the server is busy ({} slots busy, {} requests queued); retry later",
-                                          load.busy, load.queued)};
+      throw RequestError{
+          503, fmt::format("the server is busy ({} slots busy, {} requests queued); retry later",
+                           load.busy, load.queued)};
     }
     return job;
   }
@@ -72,7 +76,8 @@ struct HttpServer::Impl {
 
     const std::string id = fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", next_id++);
     const Json header = {{"id", id},
-                         {"object", chat ? (stream ? "chat.completion.chunk" : "chat.completion") : "text_completion"},
+                         {"object", chat ? (stream ? "chat.completion.chunk" : "chat.completion")
+                                         : "text_completion"},
                          {"created", int64_t(std::time(nullptr))},
                          {"model", options.model_name}};
     if (!stream) {
@@ -97,7 +102,8 @@ struct HttpServer::Impl {
 
   // Server-sent events: one "data: {chunk}" per piece of text, a last chunk with the finish
   // reason and usage, then "data: [DONE]". A client that goes away cancels its request.
-  void stream_response(httplib::Response& res, const std::shared_ptr<Job>& job, const Json& header, bool chat) {
+  void stream_response(httplib::Response& res, const std::shared_ptr<Job>& job, const Json& header,
+                       bool chat) {
     struct State {
       std::shared_ptr<Job> job;
       Json header;
@@ -140,9 +146,11 @@ struct HttpServer::Impl {
           if (!u.text.empty() && !send(dump(chunk(u.text, nullptr)))) return false;
           if (u.finish == FinishReason::None) return true;
           if (u.finish == FinishReason::Failed || u.finish == FinishReason::Cancelled) {
-            const std::string message = u.finish == FinishReason::Failed ? "generation failed: " + u.error
-                                                                         : "the server is shutting down";
-            if (!send(dump({{"error", {{"message", message}, {"type", "server_error"}, {"code", 500}}}})))
+            const std::string message = u.finish == FinishReason::Failed
+                                            ? "generation failed: " + u.error
+                                            : "the server is shutting down";
+            if (!send(dump(
+                    {{"error", {{"message", message}, {"type", "server_error"}, {"code", 500}}}})))
               return false;
           } else {
             Json last = chunk("", finish_reason_name(u.finish));
@@ -188,7 +196,8 @@ struct HttpServer::Impl {
     const std::string given = req.get_header_value("Authorization");
     // Compare without an early exit so timing does not reveal how much of the key matched.
     unsigned char difference = given.size() != expected.size();
-    for (size_t i = 0; i < std::min(given.size(), expected.size()); ++i) difference |= given[i] ^ expected[i];
+    for (size_t i = 0; i < std::min(given.size(), expected.size()); ++i)
+      difference |= given[i] ^ expected[i];
     return difference == 0;
   }
 
@@ -204,44 +213,55 @@ struct HttpServer::Impl {
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (req.method == "OPTIONS" || req.path == "/health" || authorized(req))
         return httplib::Server::HandlerResponse::Unhandled;
-      send_error(res, 401, "missing or wrong API key (send the header 'Authorization: Bearer <key>')");
+      send_error(res, 401,
+                 "missing or wrong API key (send the header 'Authorization: Bearer <key>')");
       return httplib::Server::HandlerResponse::Handled;
     });
     http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
       if (!res.body.empty()) return;
-      if (res.status == 413) send_error(res, 413, "the request body is too large");
-      else if (res.status == 404) send_error(res, 404, "no such endpoint");
-      else send_error(res, res.status, fmt::format("the request failed (HTTP {})", res.status));
+      if (res.status == 413)
+        send_error(res, 413, "the request body is too large");
+      else if (res.status == 404)
+        send_error(res, 404, "no such endpoint");
+      else
+        send_error(res, res.status, fmt::format("the request failed (HTTP {})", res.status));
     });
-    http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-      send_error(res, 500, "internal error");
-    });
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& res,
+                                  std::exception_ptr) { send_error(res, 500, "internal error"); });
     http.Options(".*", [](const httplib::Request&, httplib::Response& res) {
       res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
       res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
       res.status = 204;
     });
     http.Get("/health", guarded([this](const httplib::Request&, httplib::Response& res) {
-      const Engine::Load load = engine.load();
-      send_json(res, {{"status", "ok"}, {"slots", load.slots}, {"slots_busy", load.busy}, {"queued", load.queued}});
-    }));
+               const Engine::Load load = engine.load();
+               send_json(res, {{"status", "ok"},
+                               {"slots", load.slots},
+                               {"slots_busy", load.busy},
+                               {"queued", load.queued}});
+             }));
     http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
-      send_json(res, {{"object", "list"},
-                      {"data", Json::array({{{"id", options.model_name},
-                                             {"object", "model"},
-                                             {"created", created},
-                                             {"owned_by", "subbit"},
-                                             {"context_length", engine.context()}}})}});
-    }));
-    http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      completions(req, res, false);
-    }));
-    http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      completions(req, res, true);
-    }));
-    http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) { tokenize(req, res); }));
-    http.Post("/detokenize",
-              guarded([this](const httplib::Request& req, httplib::Response& res) { detokenize(req, res); }));
+               send_json(res, {{"object", "list"},
+                               {"data", Json::array({{{"id", options.model_name},
+                                                      {"object", "model"},
+                                                      {"created", created},
+                                                      {"owned_by", "subbit"},
+                                                      {"context_length", engine.context()}}})}});
+             }));
+    http.Post("/v1/completions",
+              guarded([this](const httplib::Request& req, httplib::Response& res) {
+                completions(req, res, false);
+              }));
+    http.Post("/v1/chat/completions",
+              guarded([this](const httplib::Request& req, httplib::Response& res) {
+                completions(req, res, true);
+              }));
+    http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                tokenize(req, res);
+              }));
+    http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                detokenize(req, res);
+              }));
   }
 };
 
@@ -255,8 +275,11 @@ HttpServer::~HttpServer() = default;
 int HttpServer::bind() {
   const std::string& host = impl_->options.host;
   const int port = impl_->options.port;
-  const int bound = port == 0 ? impl_->http.bind_to_any_port(host) : (impl_->http.bind_to_port(host, port) ? port : -1);
-  if (bound <= 0) fail("{}:{}: cannot listen there (address in use, or not an address of this machine?)", host, port);
+  const int bound = port == 0 ? impl_->http.bind_to_any_port(host)
+                              : (impl_->http.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0)
+    fail("{}:{}: cannot listen there (address in use, or not an address of this machine?)", host,
+         port);
   return bound;
 }
 

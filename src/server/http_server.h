@@ -16,10 +16,10 @@ namespace subbit::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
-  std::string api_key;          // empty: no authentication
-  std::string model_name;       // reported by /v1/models and in responses
+  std::string api_key;     // empty: no authentication
+  std::string model_name;  // reported by /v1/models and in responses
   size_t max_body_bytes = 1 << 20;
-  int http_threads = 16;        // connections served at once (streams hold one each)
+  int http_threads = 16;  // connections served at once (streams hold one each)
 };
 
 class HttpServer {

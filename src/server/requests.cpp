@@ -2,11 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <set>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 
@@ -54,10 +53,12 @@ std::optional<double> number_field(const Json& body, const char* name, double lo
 
 // Saturates unsigned JSON integers beyond int64 (they are out of every range asked for).
 int64_t as_int64(const Json& v) {
-  return v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+  return v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? INT64_MAX
+                                                                           : v.get<int64_t>();
 }
 
-std::optional<int64_t> integer_field(const Json& body, const char* name, int64_t low, int64_t high) {
+std::optional<int64_t> integer_field(const Json& body, const char* name, int64_t low,
+                                     int64_t high) {
   const Json* v = field(body, name);
   if (v == nullptr) return std::nullopt;
   if (!v->is_number_integer()) bad_request("'{}' must be an integer", name);
@@ -113,7 +114,8 @@ std::vector<int32_t> completion_prompt(const Json& body, const ModelInterface& m
   const Json* p = field(body, "prompt");
   if (p == nullptr) bad_request("'prompt' is required");
   if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) p = &(*p)[0];
-  if (p->is_string()) return model.tokenizer->encode(p->get<std::string>(), model.add_special_tokens_to_completions);
+  if (p->is_string())
+    return model.tokenizer->encode(p->get<std::string>(), model.add_special_tokens_to_completions);
   if (p->is_array()) return token_ids(*p, model.vocab_size, "prompt");
   bad_request("'prompt' must be a string, a list of one string, or a list of token ids");
 }
@@ -138,7 +140,8 @@ Json chat_messages(const Json& body) {
         const Json* type = part.is_object() ? field(part, "type") : nullptr;
         const Json* part_text = part.is_object() ? field(part, "text") : nullptr;
         if (type == nullptr || *type != "text" || part_text == nullptr || !part_text->is_string())
-          bad_request("only text content parts ({{\"type\": \"text\", \"text\": ...}}) are supported");
+          bad_request(
+              "only text content parts ({{\"type\": \"text\", \"text\": ...}}) are supported");
         text += part_text->get<std::string>();
       }
       message["content"] = text;
@@ -151,15 +154,18 @@ Json chat_messages(const Json& body) {
 }
 
 // Sampling, limits and stops shared by both completion endpoints.
-CompletionRequest common_request(const Json& body, std::vector<int32_t> prompt, int64_t default_max_tokens,
-                                 const ModelInterface& model, int64_t context) {
+CompletionRequest common_request(const Json& body, std::vector<int32_t> prompt,
+                                 int64_t default_max_tokens, const ModelInterface& model,
+                                 int64_t context) {
   if (auto n = integer_field(body, "n", 1, 1); n && *n != 1) bad_request("'n' must be 1");
-  if (const Json* logprobs = field(body, "logprobs"); logprobs && *logprobs != false && *logprobs != Json(0))
+  if (const Json* logprobs = field(body, "logprobs");
+      logprobs && *logprobs != false && *logprobs != Json(0))
     bad_request("'logprobs' is not supported");
   if (prompt.empty()) bad_request("the prompt is empty (no tokens)");
   if (int64_t(prompt.size()) >= context)
-    bad_request("the prompt has {} tokens; the context (--ctx) holds {}, so at most {} can be given",
-                prompt.size(), context, context - 1);
+    bad_request(
+        "the prompt has {} tokens; the context (--ctx) holds {}, so at most {} can be given",
+        prompt.size(), context, context - 1);
   CompletionRequest r;
   r.max_tokens = integer_field(body, "max_tokens", 1, INT64_MAX).value_or(default_max_tokens);
   if (auto m = integer_field(body, "max_completion_tokens", 1, INT64_MAX)) r.max_tokens = *m;
@@ -193,7 +199,8 @@ ParsedCompletion parse_completion(std::string_view text, bool chat, const ModelI
   ParsedCompletion parsed;
   parsed.stream = bool_field(body, "stream", false);
   if (!chat) {
-    parsed.request = common_request(body, completion_prompt(body, model), /*OpenAI's default*/ 16, model, context);
+    parsed.request = common_request(body, completion_prompt(body, model), /*OpenAI's default*/ 16,
+                                    model, context);
     return parsed;
   }
   const Json messages = chat_messages(body);
@@ -208,7 +215,8 @@ ParsedCompletion parse_completion(std::string_view text, bool chat, const ModelI
       prompt_text, !model.chat_format->has_template() && model.add_special_tokens_to_completions);
   const int64_t default_max_tokens = context - int64_t(prompt.size());
   parsed.request = common_request(body, std::move(prompt), default_max_tokens, model, context);
-  for (std::string& stop : model.chat_format->stop_strings()) parsed.request.stop_strings.push_back(std::move(stop));
+  for (std::string& stop : model.chat_format->stop_strings())
+    parsed.request.stop_strings.push_back(std::move(stop));
   return parsed;
 }
 

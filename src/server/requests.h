@@ -44,7 +44,8 @@ struct TokenizeRequest {
   std::string content;
   bool add_special = false;
 };
-TokenizeRequest parse_tokenize(std::string_view body);              // POST /tokenize
-std::vector<int32_t> parse_detokenize(std::string_view body, int64_t vocab_size);  // POST /detokenize
+TokenizeRequest parse_tokenize(std::string_view body);  // POST /tokenize
+std::vector<int32_t> parse_detokenize(std::string_view body,
+                                      int64_t vocab_size);  // POST /detokenize
 
 }  // namespace subbit::server

@@ -140,9 +140,10 @@ struct Tokenizer::Impl {
       if (entry.value("single_word", false))
         fail("{}: added token '{}' uses single_word, which is not supported", path, content);
       if (content.empty()) continue;  // tokenizers ignores empty added tokens
-      added_tokens.push_back(AddedToken{content, tokenization::read_token_id(entry.at("id"), path, "an added token's id"),
-                                        entry.value("lstrip", false), entry.value("rstrip", false),
-                                        entry.value("normalized", true)});
+      added_tokens.push_back(AddedToken{
+          content, tokenization::read_token_id(entry.at("id"), path, "an added token's id"),
+          entry.value("lstrip", false), entry.value("rstrip", false),
+          entry.value("normalized", true)});
     }
     // Matchers and maps point into added_tokens, so fill them only once it is complete.
     for (const AddedToken& token : added_tokens) {

@@ -17,7 +17,8 @@
 
 namespace subbit::testing {
 
-inline void expect_within_bf16_rounding(const std::vector<float>& file, const std::vector<float>& exported,
+inline void expect_within_bf16_rounding(const std::vector<float>& file,
+                                        const std::vector<float>& exported,
                                         const std::string& what) {
   ASSERT_EQ(file.size(), exported.size()) << what;
   for (size_t i = 0; i < file.size(); ++i)
@@ -31,15 +32,18 @@ inline std::vector<float> weights_of(const Linear& linear) {
   return w;
 }
 
-inline void expect_export_holds_the_files_model(const std::filesystem::path& file, const std::filesystem::path& exported,
-                                                const std::filesystem::path& text, int64_t ctx, int64_t windows) {
+inline void expect_export_holds_the_files_model(const std::filesystem::path& file,
+                                                const std::filesystem::path& exported,
+                                                const std::filesystem::path& text, int64_t ctx,
+                                                int64_t windows) {
   const ModelBundle a = load_model(file), b = load_model(exported);
   const LlamaWeights &wa = a.model->weights(), &wb = b.model->weights();
   ASSERT_EQ(wa.layers.size(), wb.layers.size());
   for (size_t l = 0; l < wa.layers.size(); ++l) {
     const LlamaLayer &la = wa.layers[l], &lb = wb.layers[l];
     for (int i = 0; i < kLinearsPerBlock; ++i)
-      expect_within_bf16_rounding(weights_of(*la.linear[i]), weights_of(*lb.linear[i]), "layer " + std::to_string(l) + " linear " + std::to_string(i));
+      expect_within_bf16_rounding(weights_of(*la.linear[i]), weights_of(*lb.linear[i]),
+                                  "layer " + std::to_string(l) + " linear " + std::to_string(i));
     expect_within_bf16_rounding(la.norm[kAttnNorm], lb.norm[kAttnNorm], "attn_norm");
     expect_within_bf16_rounding(la.norm[kMlpNorm], lb.norm[kMlpNorm], "mlp_norm");
   }
@@ -60,8 +64,8 @@ inline void expect_export_holds_the_files_model(const std::filesystem::path& fil
   }
   const double ppl_a = evaluate_perplexity(*a.model, tokens, ctx, windows).ppl;
   const double ppl_b = evaluate_perplexity(*b.model, tokens, ctx, windows).ppl;
-  std::cout << "file ppl " << ppl_a << ", export ppl " << ppl_b << ", |ln ratio| " << std::fabs(std::log(ppl_a / ppl_b))
-            << ", max |Δlogit| " << max_dz << "\n";
+  std::cout << "file ppl " << ppl_a << ", export ppl " << ppl_b << ", |ln ratio| "
+            << std::fabs(std::log(ppl_a / ppl_b)) << ", max |Δlogit| " << max_dz << "\n";
   EXPECT_LE(std::fabs(std::log(ppl_a / ppl_b)), 2.0 * max_dz);
 }
 

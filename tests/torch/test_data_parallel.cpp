@@ -40,36 +40,41 @@ int free_port() {
 
 // `subbit compress` of sb-8m to LittleBit 0.3 with a few QAT steps on one thread.
 std::string qat_command(const fs::path& out, int64_t batch, const std::string& extra = "") {
-  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() + " --method littlebit --bpw 0.3" +
-         " --train-text " + calib_text().string() + " --train-tokens 4096 --seq 128 --lr 3e-3 -t 1" +
-         " --batch " + std::to_string(batch) + " -o " + out.string() + " " + extra;
+  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() +
+         " --method littlebit --bpw 0.3" + " --train-text " + calib_text().string() +
+         " --train-tokens 4096 --seq 128 --lr 3e-3 -t 1" + " --batch " + std::to_string(batch) +
+         " -o " + out.string() + " " + extra;
 }
 
 std::string rank_flags(int rank, int world, int port) {
-  return "--world-size " + std::to_string(world) + " --rank " + std::to_string(rank) + " --master-port " +
-         std::to_string(port);
+  return "--world-size " + std::to_string(world) + " --rank " + std::to_string(rank) +
+         " --master-port " + std::to_string(port);
 }
 
 // The same QAT command for ranks 0 and 1 of a world of two, meeting at a free port.
-std::vector<std::string> two_rank_commands(const fs::path& out, int64_t batch, const std::string& extra) {
+std::vector<std::string> two_rank_commands(const fs::path& out, int64_t batch,
+                                           const std::string& extra) {
   const int port = free_port();
   return {qat_command(out, batch, extra + " " + rank_flags(0, 2, port)),
           qat_command(out, batch, extra + " " + rank_flags(1, 2, port))};
 }
 
 // Runs the commands at once (one per rank) and returns each one's exit code and output.
-std::vector<testing::CommandResult> run_together(const std::vector<std::string>& commands, const fs::path& dir) {
+std::vector<testing::CommandResult> run_together(const std::vector<std::string>& commands,
+                                                 const fs::path& dir) {
   std::string script;
   for (size_t i = 0; i < commands.size(); ++i) {
     const std::string log = (dir / ("rank" + std::to_string(i))).string();
-    script += "(" + commands[i] + " >" + log + ".out 2>" + log + ".err; echo $? >" + log + ".rc) & ";
+    script +=
+        "(" + commands[i] + " >" + log + ".out 2>" + log + ".err; echo $? >" + log + ".rc) & ";
   }
   EXPECT_EQ(std::system(("bash -c '" + script + "wait'").c_str()), 0);
   std::vector<testing::CommandResult> results;
   for (size_t i = 0; i < commands.size(); ++i) {
     const fs::path log = dir / ("rank" + std::to_string(i));
     results.push_back({std::atoi(testing::file_bytes(log.string() + ".rc").c_str()),
-                       testing::file_bytes(log.string() + ".out"), testing::file_bytes(log.string() + ".err")});
+                       testing::file_bytes(log.string() + ".out"),
+                       testing::file_bytes(log.string() + ".err")});
   }
   return results;
 }
@@ -98,7 +103,8 @@ TEST(DataParallel, FlagsWinOverTorchrunVariablesAndBadValuesAreRefused) {
   EXPECT_EQ(flags.rank, 1);
   EXPECT_EQ(flags.master_addr, "127.0.0.1");
   EXPECT_EQ(flags.master_port, 1234);
-  EXPECT_THROW(resolve_data_parallel(2, 2, "", 0, std::chrono::seconds(5)), Error);  // rank >= world
+  EXPECT_THROW(resolve_data_parallel(2, 2, "", 0, std::chrono::seconds(5)),
+               Error);  // rank >= world
   ::setenv("RANK", "x", 1);
   try {
     resolve_data_parallel(0, -1, "", 0, std::chrono::seconds(5));
@@ -155,15 +161,19 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
   const ModelBundle a = load_model(one), b = load_model(two);
   // Summing two half-batch gradients instead of one full-batch gradient changes only the
   // rounding of what trains (a sign latent near zero could still flip; none did here).
-  const double weight_difference = largest_relative_difference(a.model->weights(), b.model->weights());
+  const double weight_difference =
+      largest_relative_difference(a.model->weights(), b.model->weights());
   EXPECT_LT(weight_difference, 1e-5);
-  const std::vector<int32_t> tokens =
-      a.tokenizer->encode(testing::file_bytes(testing::shared_dir() / "text" / "wikitext2.valid.tokens").substr(0, 20000));
+  const std::vector<int32_t> tokens = a.tokenizer->encode(
+      testing::file_bytes(testing::shared_dir() / "text" / "wikitext2.valid.tokens")
+          .substr(0, 20000));
   const double ppl_a = evaluate_perplexity(*a.model, tokens, 256, 8).ppl;
   const double ppl_b = evaluate_perplexity(*b.model, tokens, 256, 8).ppl;
   EXPECT_NEAR(ppl_b / ppl_a, 1.0, 1e-4) << ppl_a << " vs " << ppl_b;
-  std::printf("largest relative difference of a trained tensor %.3g; perplexity %.6f (1 rank) vs %.6f (2 ranks)\n",
-              weight_difference, ppl_a, ppl_b);
+  std::printf(
+      "largest relative difference of a trained tensor %.3g; perplexity %.6f (1 rank) vs %.6f (2 "
+      "ranks)\n",
+      weight_difference, ppl_a, ppl_b);
   fs::remove_all(dir);
 }
 
@@ -196,12 +206,12 @@ TEST(DataParallel, ARankThatDiesStopsTheOtherAndARerunResumesToTheUninterruptedF
   // Rank 1 is killed once rank 0 has written its first checkpoint.
   const int port = free_port();
   const fs::path checkpoint = out.string() + ".ckpt";
-  const std::string script = qat_command(out, 2, every + rank_flags(0, 2, port)) + " >" + (dir / "r0.out").string() +
-                             " 2>" + (dir / "r0.err").string() + " & r0=$!; " +
-                             qat_command(out, 2, every + rank_flags(1, 2, port)) + " >/dev/null 2>&1 & r1=$!; " +
-                             "for i in $(seq 1200); do [ -e " + checkpoint.string() +
-                             " ] && break; sleep 0.05; done; kill -9 $r1; wait $r0; echo $? >" +
-                             (dir / "r0.rc").string();
+  const std::string script =
+      qat_command(out, 2, every + rank_flags(0, 2, port)) + " >" + (dir / "r0.out").string() +
+      " 2>" + (dir / "r0.err").string() + " & r0=$!; " +
+      qat_command(out, 2, every + rank_flags(1, 2, port)) + " >/dev/null 2>&1 & r1=$!; " +
+      "for i in $(seq 1200); do [ -e " + checkpoint.string() +
+      " ] && break; sleep 0.05; done; kill -9 $r1; wait $r0; echo $? >" + (dir / "r0.rc").string();
   std::system(("bash -c '" + script + "'").c_str());
   EXPECT_TRUE(fs::exists(checkpoint)) << "rank 0 wrote no checkpoint";
   EXPECT_EQ(std::atoi(testing::file_bytes(dir / "r0.rc").c_str()), 1);
@@ -226,7 +236,8 @@ TEST(DataParallel, ARankWhoseOthersNeverComeFailsAfterTheTimeout) {
   const auto r = testing::run_command(
       qat_command(dir / "out.gguf", 2, rank_flags(0, 2, free_port()) + " --dist-timeout 2"));
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("rank 0 of 2: could not join the ranks at 127.0.0.1:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rank 0 of 2: could not join the ranks at 127.0.0.1:"), std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find("within 2 s"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   fs::remove_all(dir);
@@ -237,15 +248,18 @@ TEST(DataParallel, RanksWithDifferentTrainingOptionsAreRefused) {
   SKIP_UNLESS_EXISTS(calib_text());
   const fs::path dir = testing::temp_dir("dp-differ");
   const int port = free_port();
-  const auto ranks = run_together({qat_command(dir / "out.gguf", 2, rank_flags(0, 2, port)),
-                                   qat_command(dir / "out.gguf", 2, rank_flags(1, 2, port) + " --seed 5")},
-                                  dir);
+  const auto ranks =
+      run_together({qat_command(dir / "out.gguf", 2, rank_flags(0, 2, port)),
+                    qat_command(dir / "out.gguf", 2, rank_flags(1, 2, port) + " --seed 5")},
+                   dir);
   EXPECT_EQ(ranks[0].exit_code, 1);
   EXPECT_EQ(ranks[1].exit_code, 1);
-  EXPECT_NE(ranks[1].err.find("rank 1 of 2: training options differ from rank 0's"), std::string::npos)
+  EXPECT_NE(ranks[1].err.find("rank 1 of 2: training options differ from rank 0's"),
+            std::string::npos)
       << ranks[1].err;
   EXPECT_NE(ranks[1].err.find("seed=5"), std::string::npos) << ranks[1].err;
-  EXPECT_NE(ranks[0].err.find("rank 0 of 2: another rank's training options differ"), std::string::npos)
+  EXPECT_NE(ranks[0].err.find("rank 0 of 2: another rank's training options differ"),
+            std::string::npos)
       << ranks[0].err;
   EXPECT_FALSE(fs::exists(dir / "out.gguf"));
   fs::remove_all(dir);
@@ -254,9 +268,9 @@ TEST(DataParallel, RanksWithDifferentTrainingOptionsAreRefused) {
 TEST(DataParallel, SeveralRanksNeedTraining) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const fs::path dir = testing::temp_dir("dp-ptq");
-  const auto r = testing::run_command(testing::cli_path().string() + " compress " + model_dir("sb-8m").string() +
-                                      " --method littlebit --bpw 0.3 --world-size 2 -o " +
-                                      (dir / "out.gguf").string());
+  const auto r = testing::run_command(
+      testing::cli_path().string() + " compress " + model_dir("sb-8m").string() +
+      " --method littlebit --bpw 0.3 --world-size 2 -o " + (dir / "out.gguf").string());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("only QAT runs on several ranks"), std::string::npos) << r.err;
   fs::remove_all(dir);

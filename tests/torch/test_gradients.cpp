@@ -45,8 +45,8 @@ double objective(TrainableLinear& layer, const torch::Tensor& x, const torch::Te
   return (layer.forward(x) * r).sum().item<double>();
 }
 
-torch::Tensor autograd_gradient(TrainableLinear& layer, const torch::Tensor& x, const torch::Tensor& r,
-                                const std::string& name) {
+torch::Tensor autograd_gradient(TrainableLinear& layer, const torch::Tensor& x,
+                                const torch::Tensor& r, const std::string& name) {
   layer.zero_grad();
   (layer.forward(x) * r).sum().backward();
   return parameter(layer, name).grad().clone();
@@ -78,14 +78,16 @@ TEST_P(LittleBitGradient, MatchesFiniteDifferences) {
     torch::NoGradGuard no_grad;
     const double spread = c.surrogate == SignSurrogate::Tanh ? 1.0 / c.alpha : 0.8;
     for (auto& p : layer.named_parameters())
-      if (p.key().ends_with("_u") || p.key().ends_with("_v")) p.value().copy_(torch::randn_like(p.value()) * spread);
+      if (p.key().ends_with("_u") || p.key().ends_with("_v"))
+        p.value().copy_(torch::randn_like(p.value()) * spread);
   }
   const torch::Tensor x = torch::randn({3, d_in}, torch::kFloat64);
   const torch::Tensor r = torch::randn({3, d_out}, torch::kFloat64);
   const double f0 = objective(layer, x, r);
 
   int checked_signs = 0, live_signs = 0;
-  for (const std::string& path : c.residual ? std::vector<std::string>{"path0_", "path1_"} : std::vector<std::string>{"path0_"}) {
+  for (const std::string& path : c.residual ? std::vector<std::string>{"path0_", "path1_"}
+                                            : std::vector<std::string>{"path0_"}) {
     // Scales: F is linear in each, so the central difference is exact up to rounding.
     for (const char* scale : {"h", "g", "l"}) {
       const std::string name = path + scale;
@@ -100,7 +102,8 @@ TEST_P(LittleBitGradient, MatchesFiniteDifferences) {
         const double minus = objective(layer, x, r);
         p.view(-1)[i] = saved;
         const double expected = (plus - minus) / (2 * eps);
-        EXPECT_NEAR(grad.view(-1)[i].item<double>(), expected, 1e-8 * (1 + std::fabs(expected))) << name << "[" << i << "]";
+        EXPECT_NEAR(grad.view(-1)[i].item<double>(), expected, 1e-8 * (1 + std::fabs(expected)))
+            << name << "[" << i << "]";
       }
     }
     // Signs: ∂F/∂S from a flip of the latent value, times the surrogate's derivative.
@@ -116,7 +119,8 @@ TEST_P(LittleBitGradient, MatchesFiniteDifferences) {
         p.view(-1)[i] = saved;
         const double d_sign = (flipped - f0) / (saved >= 0 ? -2.0 : 2.0);
         const double expected = d_sign * surrogate_derivative(saved, c.surrogate, c.alpha);
-        EXPECT_NEAR(grad.view(-1)[i].item<double>(), expected, 1e-9 * (1 + std::fabs(expected))) << name << "[" << i << "]";
+        EXPECT_NEAR(grad.view(-1)[i].item<double>(), expected, 1e-9 * (1 + std::fabs(expected)))
+            << name << "[" << i << "]";
         ++checked_signs;
         live_signs += std::fabs(expected) > 1e-6;
       }
@@ -132,8 +136,9 @@ INSTANTIATE_TEST_SUITE_P(Surrogates, LittleBitGradient,
                                            LittleBitCase{SignSurrogate::ClippedSte, 100, true}),
                          [](const ::testing::TestParamInfo<LittleBitCase>& info) {
                            const LittleBitCase& c = info.param;
-                           return std::string(c.surrogate == SignSurrogate::Tanh ? "tanh" : "ste") + "_alpha" +
-                                  std::to_string(int(c.alpha)) + (c.residual ? "_residual" : "_single");
+                           return std::string(c.surrogate == SignSurrogate::Tanh ? "tanh" : "ste") +
+                                  "_alpha" + std::to_string(int(c.alpha)) +
+                                  (c.residual ? "_residual" : "_single");
                          });
 
 // Trains only the latent sign factors (scales frozen) towards the output of the same layer with
@@ -170,13 +175,16 @@ int64_t signs_flipped_while_training(SignSurrogate surrogate, double alpha) {
     optimizer.step();
   }
   int64_t flipped = 0;
-  for (size_t i = 0; i < latents.size(); ++i) flipped += (latents[i].detach().sign() != before[i]).sum().item<int64_t>();
+  for (size_t i = 0; i < latents.size(); ++i)
+    flipped += (latents[i].detach().sign() != before[i]).sum().item<int64_t>();
   return flipped;
 }
 
 TEST(SignSurrogate, GradientFlipsSigns) {
-  for (auto [surrogate, alpha] : {std::pair{SignSurrogate::Tanh, 100.0}, {SignSurrogate::ClippedSte, 100.0}})
-    EXPECT_GT(signs_flipped_while_training(surrogate, alpha), 0) << (surrogate == SignSurrogate::Tanh ? "tanh" : "ste");
+  for (auto [surrogate, alpha] :
+       {std::pair{SignSurrogate::Tanh, 100.0}, {SignSurrogate::ClippedSte, 100.0}})
+    EXPECT_GT(signs_flipped_while_training(surrogate, alpha), 0)
+        << (surrogate == SignSurrogate::Tanh ? "tanh" : "ste");
   // The detector itself: with α = 1e9, tanh'(αu) underflows to 0 in fp32 for every latent value
   // of this layer, the sign gradient is dead, and no sign may change.
   EXPECT_EQ(signs_flipped_while_training(SignSurrogate::Tanh, 1e9), 0);
@@ -187,7 +195,8 @@ TEST(SignSurrogate, GradientFlipsSigns) {
 TEST(SignSurrogate, FrozenSignsLeaveOnlyTheScalesTrainable) {
   torch::manual_seed(5);
   const torch::Tensor w = torch::randn({24, 16}) * 0.02;
-  LittleBitTrainable frozen(w, 4, true, SignSurrogate::Frozen, 100), tanh(w, 4, true, SignSurrogate::Tanh, 100);
+  LittleBitTrainable frozen(w, 4, true, SignSurrogate::Frozen, 100),
+      tanh(w, 4, true, SignSurrogate::Tanh, 100);
   const torch::Tensor x = torch::randn({8, 16});
   const torch::Tensor y = frozen.forward(x);
   EXPECT_TRUE(torch::equal(y, tanh.forward(x)));
@@ -270,18 +279,22 @@ TEST_P(SketchGradient, MatchesOneStepDifferences) {
   }
   // The mean rule is linear everywhere. On these tiny 4-bit tables the min/max rules leave 13 of
   // 72 and 24 of 104 entries away from zero codes and choice changes (measured); ten must remain.
-  if (c.rule == SketchRule::Mean) EXPECT_GE(compared * 10, total * 8) << compared << " of " << total;
-  else EXPECT_GE(compared, 10) << compared << " of " << total;
+  if (c.rule == SketchRule::Mean)
+    EXPECT_GE(compared * 10, total * 8) << compared << " of " << total;
+  else
+    EXPECT_GE(compared, 10) << compared << " of " << total;
 }
 
 INSTANTIATE_TEST_SUITE_P(Rules, SketchGradient,
-                         ::testing::Values(SketchCase{SketchRule::Mean, 4, false}, SketchCase{SketchRule::Mean, 8, true},
+                         ::testing::Values(SketchCase{SketchRule::Mean, 4, false},
+                                           SketchCase{SketchRule::Mean, 8, true},
                                            SketchCase{SketchRule::AbsMinMax, 4, true},
                                            SketchCase{SketchRule::AbsMaxMin, 4, false},
                                            SketchCase{SketchRule::AbsMaxMin, 8, true}),
                          [](const ::testing::TestParamInfo<SketchCase>& info) {
                            const SketchCase& c = info.param;
-                           return std::string(sketch_rule_name(c.rule)) + "_" + std::to_string(c.value_bits) + "bit" +
+                           return std::string(sketch_rule_name(c.rule)) + "_" +
+                                  std::to_string(c.value_bits) + "bit" +
                                   (c.salient ? "_salient" : "");
                          });
 

@@ -16,8 +16,8 @@ using testing::model_dir;
 namespace fs = std::filesystem;
 
 std::string compress_command(const std::string& args, const fs::path& out) {
-  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() + " " + args + " -t 1 -o " +
-         out.string();
+  return testing::cli_path().string() + " compress " + model_dir("sb-8m").string() + " " + args +
+         " -t 1 -o " + out.string();
 }
 
 // Runs the command to completion and returns how long it took.

@@ -10,12 +10,12 @@
 #include "compress/littlebit.h"
 #include "compress/pipeline.h"
 #include "compress/qat.h"
+#include "export_check.h"
 #include "formats/littlebit.h"
 #include "io/text_file.h"
 #include "model/export.h"
 #include "model/loader.h"
 #include "model/perplexity.h"
-#include "export_check.h"
 #include "test_support.h"
 
 namespace subbit {
@@ -63,12 +63,13 @@ TEST(DualSvid, ExactAtFullRankWithoutSign) {
 TEST(DualSvid, ErrorFallsAsRankGrows) {
   torch::manual_seed(0);
   // A matrix with a decaying spectrum, like trained weights.
-  const torch::Tensor w = torch::matmul(torch::randn({128, 128}) * torch::exp(-torch::arange(128) / 16.0),
-                                        torch::randn({128, 192}));
+  const torch::Tensor w = torch::matmul(
+      torch::randn({128, 128}) * torch::exp(-torch::arange(128) / 16.0), torch::randn({128, 192}));
   double previous = 1e30;
   // Well below full rank: near full rank the rank-1 scale split, not the rank, limits the error.
   for (int64_t r : {4, 8, 16, 32}) {
-    const double error = (reconstruct(dual_svid(w, r), true) - w).norm().item<double>() / w.norm().item<double>();
+    const double error =
+        (reconstruct(dual_svid(w, r), true) - w).norm().item<double>() / w.norm().item<double>();
     EXPECT_LT(error, previous) << "rank " << r;
     previous = error;
   }
@@ -90,7 +91,8 @@ TEST(LittleBitTrainable, RuntimeLayerComputesTheSameAsTheModule) {
   Scratch scratch;
   runtime->forward(x.data_ptr<float>(), y.data_ptr<float>(), 5, scratch);
   // The runtime stores scales in fp16: agreement to fp16 precision.
-  EXPECT_LT((y - expected).abs().max().item<float>(), 2e-3 * (1 + expected.abs().max().item<float>()));
+  EXPECT_LT((y - expected).abs().max().item<float>(),
+            2e-3 * (1 + expected.abs().max().item<float>()));
   EXPECT_EQ(runtime->storage_bits(), littlebit_bits(45, 70, 16, 2));
 }
 
@@ -113,10 +115,13 @@ TEST(Qat, ShortRunLowersDistillationLoss) {
   for (int64_t l = 0; l < student.config().num_layers; ++l)
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-      student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, 16, true, SignSurrogate::Tanh, 100));
+      student.set_linear(
+          l, i, std::make_shared<LittleBitTrainable>(w, 16, true, SignSurrogate::Tanh, 100));
     }
   const auto tokens = load_training_tokens({calib_text()}, *bundle.tokenizer, 20000);
-  const torch::Tensor probe = torch::tensor(std::vector<int64_t>(tokens.begin() + 10000, tokens.begin() + 10256)).view({2, 128});
+  const torch::Tensor probe =
+      torch::tensor(std::vector<int64_t>(tokens.begin() + 10000, tokens.begin() + 10256))
+          .view({2, 128});
   QatOptions o;
   double before, after;
   {
@@ -158,7 +163,8 @@ TEST(Qat, NormsTrainOnlyWhenAsked) {
     for (int64_t l = 0; l < student.config().num_layers; ++l)
       for (int i = 0; i < kLinearsPerBlock; ++i) {
         const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        student.set_linear(l, i, std::make_shared<LittleBitTrainable>(w, 8, true, SignSurrogate::Tanh, 100));
+        student.set_linear(
+            l, i, std::make_shared<LittleBitTrainable>(w, 8, true, SignSurrogate::Tanh, 100));
       }
     std::map<std::string, torch::Tensor> before;
     for (const auto& p : student.named_parameters()) before[p.key()] = p.value().detach().clone();
@@ -187,7 +193,8 @@ TEST(Qat, NormsTrainOnlyWhenAsked) {
 TEST(Qat, RefusesTheEvaluationText) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   ModelBundle bundle = load_model(model_dir("sb-8m"));
-  EXPECT_THROW(load_training_tokens({testing::shared_dir() / "text" / "wiki.test.raw"}, *bundle.tokenizer, 100),
+  EXPECT_THROW(load_training_tokens({testing::shared_dir() / "text" / "wiki.test.raw"},
+                                    *bundle.tokenizer, 100),
                Error);
 }
 
@@ -196,10 +203,11 @@ TEST(LittleBitFile, PerplexityEqualsItsDenseExport) {
   SKIP_UNLESS_EXISTS(testing::shared_dir() / "text" / "wikitext2.valid.tokens");
   const auto dir = testing::temp_dir("lbfile");
   const std::string file = (dir / "sb8m-lb.gguf").string();
-  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file + " --method littlebit --bpw 0.55");
+  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file +
+                   " --method littlebit --bpw 0.55");
   testing::run_cli("export " + file + " -o " + (dir / "exported").string());
-  testing::expect_export_holds_the_files_model(file, dir / "exported", testing::shared_dir() / "text" / "wikitext2.valid.tokens",
-                                               256, 6);
+  testing::expect_export_holds_the_files_model(
+      file, dir / "exported", testing::shared_dir() / "text" / "wikitext2.valid.tokens", 256, 6);
   const std::string info = testing::run_cli("info " + file);
   EXPECT_NE(info.find("littlebit"), std::string::npos);
   EXPECT_NE(info.find("rank"), std::string::npos);
@@ -210,10 +218,12 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   const auto dir = testing::temp_dir("resume");
-  const std::string common = "compress " + model_dir("sb-8m").string() + " --method littlebit --bpw 0.3 --train-text " +
-                             calib_text().string() + " --train-tokens 2048 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
+  const std::string common = "compress " + model_dir("sb-8m").string() +
+                             " --method littlebit --bpw 0.3 --train-text " + calib_text().string() +
+                             " --train-tokens 2048 --seq 128 --batch 2 --lr 2e-3 -t 1 " +
                              "--checkpoint-every 2 ";
-  const std::string straight = (dir / "straight.gguf").string(), resumed = (dir / "resumed.gguf").string();
+  const std::string straight = (dir / "straight.gguf").string(),
+                    resumed = (dir / "resumed.gguf").string();
   testing::run_cli(common + "-o " + straight);
 
   // Start the same run, kill it (SIGKILL) as soon as its first checkpoint exists, then rerun.
@@ -230,7 +240,8 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
   EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed once the output is written";
 
   std::ifstream a(straight, std::ios::binary), b(resumed, std::ios::binary);
-  const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}), bytes_b((std::istreambuf_iterator<char>(b)), {});
+  const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}),
+      bytes_b((std::istreambuf_iterator<char>(b)), {});
   EXPECT_TRUE(bytes_a == bytes_b) << "the resumed run wrote a different file";
   fs::remove_all(dir);
 }
@@ -239,12 +250,14 @@ TEST(LittleBitFile, CorruptOrTruncatedFilesFailCleanly) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("corrupt");
   const fs::path file = dir / "m.gguf";
-  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file.string() + " --method littlebit --bpw 0.1");
+  testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file.string() +
+                   " --method littlebit --bpw 0.1");
   const auto size = fs::file_size(file);
   for (double fraction : {0.001, 0.3, 0.9, 0.9999}) {
     fs::copy_file(file, dir / "cut.gguf", fs::copy_options::overwrite_existing);
     fs::resize_file(dir / "cut.gguf", uintmax_t(double(size) * fraction));
-    const auto r = testing::run_command(testing::cli_path().string() + " info " + (dir / "cut.gguf").string());
+    const auto r =
+        testing::run_command(testing::cli_path().string() + " info " + (dir / "cut.gguf").string());
     EXPECT_EQ(r.exit_code, 1) << fraction << ": " << r.err;
     EXPECT_NE(r.err.find("cut.gguf"), std::string::npos) << r.err;
   }

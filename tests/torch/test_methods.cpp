@@ -2,9 +2,9 @@
 // options (with the defaults `subbit compress` has always had) and validates them before any
 // model is loaded.
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "compress/methods.h"
@@ -47,7 +47,8 @@ TEST(CompressMethods, EveryMethodWritesAFormatOfTheRuntimeTable) {
 
 TEST(CompressMethods, DefaultsAreTheDocumentedOnes) {
   const nlohmann::json svd = {{"method", "auto"}, {"oversample", 16}, {"iterations", 8}};
-  EXPECT_EQ(recorded("littlebit", ""), nlohmann::json({{"residual", true}, {"rank_granularity", 8}, {"svd", svd}}));
+  EXPECT_EQ(recorded("littlebit", ""),
+            nlohmann::json({{"residual", true}, {"rank_granularity", 8}, {"svd", svd}}));
   EXPECT_EQ(recorded("sketch", ""), nlohmann::json({{"rule", "absmaxmin"},
                                                     {"rows", 2},
                                                     {"block", 16},
@@ -67,7 +68,8 @@ TEST(CompressMethods, UnknownMethodErrorListsEveryMethod) {
   const auto r = compress("/nonexistent -o /nonexistent/x.gguf --method lattice");
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("error: unknown --method \"lattice\""), std::string::npos) << r.err;
-  for (const CompressMethodRow& row : compress_methods()) EXPECT_NE(r.err.find(row.name), std::string::npos) << r.err;
+  for (const CompressMethodRow& row : compress_methods())
+    EXPECT_NE(r.err.find(row.name), std::string::npos) << r.err;
 }
 
 TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
@@ -75,13 +77,19 @@ TEST(CompressMethods, BadOptionsAreRefusedBeforeTheModelLoads) {
   const std::pair<std::string, std::string> cases[] = {
       {"--method rtn --bits 9", "--bits must be 2..8 for rtn, got 9"},
       {"--method sketch --rule widest", "unknown sketch rule \"widest\""},
-      {"--method littlebit --surrogate relu", "--surrogate must be tanh, ste or frozen, got \"relu\""},
-      {"--method littlebit --svd fast", "--svd must be exact, gram, randomized or auto, got \"fast\""},
+      {"--method littlebit --surrogate relu",
+       "--surrogate must be tanh, ste or frozen, got \"relu\""},
+      {"--method littlebit --svd fast",
+       "--svd must be exact, gram, randomized or auto, got \"fast\""},
       {"--method sketch --bpw 0", "--bpw must be in (0, 16], got 0"},
-      {"--method sign --train-text /dev/null --train-tokens 64", "--method sign is post-training only"},
-      {"--method littlebit --allocate fisher", "--allocate must be uniform or sensitivity, got \"fisher\""},
-      {"--method littlebit --allocate sensitivity", "--allocate sensitivity needs --sensitivity-text"},
-      {"--method rtn --allocate sensitivity --sensitivity-text /dev/null", "--allocate sensitivity: --method rtn"},
+      {"--method sign --train-text /dev/null --train-tokens 64",
+       "--method sign is post-training only"},
+      {"--method littlebit --allocate fisher",
+       "--allocate must be uniform or sensitivity, got \"fisher\""},
+      {"--method littlebit --allocate sensitivity",
+       "--allocate sensitivity needs --sensitivity-text"},
+      {"--method rtn --allocate sensitivity --sensitivity-text /dev/null",
+       "--allocate sensitivity: --method rtn"},
   };
   for (const auto& [args, error] : cases) {
     const auto r = compress(base + args);
@@ -94,14 +102,18 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("methods");
   const std::string file = (dir / "rtn.gguf").string();
-  const auto r = compress(model_dir("sb-8m").string() + " -o " + file + " --method rtn --bits 3 -t 1");
+  const auto r =
+      compress(model_dir("sb-8m").string() + " -o " + file + " --method rtn --bits 3 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // 3-bit codes and two fp16 numbers per group of 128; every sb-8m row is a whole number of words.
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << r.out;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("linear layers: ([0-9.]+) bits/weight")))
+      << r.out;
   EXPECT_DOUBLE_EQ(std::stod(m[1]), 3.25);
   // A line per block with the time so far and the time left, also when stderr is not a terminal.
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("block 6/6 \\| elapsed [0-9]+:[0-9]{2} \\| ETA 0:00\n"))) << r.err;
+  EXPECT_TRUE(
+      std::regex_search(r.err, std::regex("block 6/6 \\| elapsed [0-9]+:[0-9]{2} \\| ETA 0:00\n")))
+      << r.err;
   const auto info = testing::run_command(testing::cli_path().string() + " info " + file);
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_NE(info.out.find("\"bits\":3"), std::string::npos) << info.out;
@@ -109,7 +121,6 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   EXPECT_EQ(info.out.find("over target"), std::string::npos) << "rtn has no bits-per-weight target";
   fs::remove_all(dir);
 }
-
 
 // Each block's layers are built side by side, one thread each, so the file is the same bytes
 // whatever --threads says (here with the Gram route, which auto picks on large layers).
@@ -119,8 +130,8 @@ TEST(CompressMethods, PostTrainingFilesDoNotDependOnTheThreadCount) {
   std::string bytes[2];
   for (int t : {1, 2}) {
     const fs::path file = dir / fmt::format("t{}.gguf", t);
-    const auto r = compress(fmt::format("{} -o {} --method littlebit --bpw 0.55 --svd gram -t {}", model_dir("sb-8m").string(),
-                                        file.string(), t));
+    const auto r = compress(fmt::format("{} -o {} --method littlebit --bpw 0.55 --svd gram -t {}",
+                                        model_dir("sb-8m").string(), file.string(), t));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     std::ifstream in(file, std::ios::binary);
     bytes[t - 1].assign(std::istreambuf_iterator<char>(in), {});
@@ -143,24 +154,28 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
   const auto dir = testing::temp_dir("embed-types");
   const std::string cli = testing::cli_path().string();
   const std::string once = (dir / "once.gguf").string(), twice = (dir / "twice.gguf").string();
-  auto r = compress(model_dir("sb-8m").string() + " -o " + once + " --method littlebit --bpw 0.55 --embed-type rtn:4 -t 1");
+  auto r = compress(model_dir("sb-8m").string() + " -o " + once +
+                    " --method littlebit --bpw 0.55 --embed-type rtn:4 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = testing::run_command(cli + " info " + once);
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_EQ(info.out.find("stored twice"), std::string::npos) << info.out;
   const auto tensors = testing::run_command(cli + " info --tensors " + once);
   EXPECT_NE(tensors.out.find("\ntoken_embd "), std::string::npos) << tensors.out;
-  EXPECT_EQ(tensors.out.find("\noutput "), std::string::npos) << "a tied head in the embedding's format is stored once";
+  EXPECT_EQ(tensors.out.find("\noutput "), std::string::npos)
+      << "a tied head in the embedding's format is stored once";
   // The file's whole-file figure is what compress promised.
   const double whole = number_after(r.out, "whole file: ([0-9.]+) bits/param");
   EXPECT_NEAR(number_after(info.out, "whole file: ([0-9.]+) bits/param"), whole, 1e-4) << info.out;
-  // 4-bit codes + two fp16 per 128 weights for the table, 0.55 for the linears: far below BF16's 16.
+  // 4-bit codes + two fp16 per 128 weights for the table, 0.55 for the linears: far below
+  // BF16's 16.
   EXPECT_GT(whole, 0.55);
   EXPECT_LT(whole, 4.25);
   const auto run = testing::run_command(cli + " run " + once + " -p \"The history\" -n 4");
   EXPECT_EQ(run.exit_code, 0) << run.err;
 
-  r = compress(model_dir("sb-8m").string() + " -o " + twice + " --method littlebit --bpw 0.55 --embed-type rtn:4 --head-type sign -t 1");
+  r = compress(model_dir("sb-8m").string() + " -o " + twice +
+               " --method littlebit --bpw 0.55 --embed-type rtn:4 --head-type sign -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   info = testing::run_command(cli + " info --tensors " + twice);
   EXPECT_NE(info.out.find("stored twice"), std::string::npos) << info.out;
@@ -168,7 +183,8 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
 
   // --budget whole: every stored bit over every parameter lands at (or just under) the target.
   const std::string budget = (dir / "budget.gguf").string();
-  r = compress(model_dir("sb-8m").string() + " -o " + budget + " --method littlebit --bpw 1.2 --budget whole --embed-type rtn:2 -t 1");
+  r = compress(model_dir("sb-8m").string() + " -o " + budget +
+               " --method littlebit --bpw 1.2 --budget whole --embed-type rtn:2 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const double reached = number_after(r.out, "whole file: ([0-9.]+) bits/param");
   EXPECT_LE(reached, 1.2 * 1.01) << r.out;
@@ -184,7 +200,8 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
            // sb-8m's minimum ranks (8, two paths) alone take ~0.91 bits per parameter.
            {"--budget whole --bpw 0.8 --embed-type rtn:2", "minimum rank"},
        }) {
-    r = compress(model_dir("sb-8m").string() + " -o " + (dir / "bad.gguf").string() + " --method littlebit " + args);
+    r = compress(model_dir("sb-8m").string() + " -o " + (dir / "bad.gguf").string() +
+                 " --method littlebit " + args);
     EXPECT_EQ(r.exit_code, 1) << args;
     EXPECT_NE(r.err.find(error), std::string::npos) << args << "\n" << r.err;
     EXPECT_FALSE(fs::exists(dir / "bad.gguf")) << args;

@@ -27,13 +27,13 @@ double stored(const std::vector<LayerSensitivity>& layers) {
 
 TEST(Sensitivity, MoreBitsWhereTheKlPerWeightIsLargerWithinTheBudget) {
   // Two equal layers, one 4x as sensitive; a third twice the size with the first one's KL.
-  std::vector<LayerSensitivity> layers = {{0, 0, 64, 64, 0.4, 0.2, 0}, {0, 1, 64, 64, 0.1, 0.05, 0},
-                                          {0, 2, 128, 64, 0.4, 0.2, 0}};
+  std::vector<LayerSensitivity> layers = {
+      {0, 0, 64, 64, 0.4, 0.2, 0}, {0, 1, 64, 64, 0.1, 0.05, 0}, {0, 2, 128, 64, 0.4, 0.2, 0}};
   const double bpw = 0.5;
   const double budget = bpw * (64 * 64 * 2 + 128 * 64);
   allocate_by_sensitivity(layers, ExactMethod(), bpw, budget);
   EXPECT_LE(stored(layers), budget * (1 + 1e-9));
-  EXPECT_GT(stored(layers), budget * 0.999);  // the whole budget is used
+  EXPECT_GT(stored(layers), budget * 0.999);                    // the whole budget is used
   EXPECT_GT(layers[0].allocated_bpw, layers[2].allocated_bpw);  // same KL over twice the weights
   EXPECT_GT(layers[2].allocated_bpw, layers[1].allocated_bpw);
   for (const auto& s : layers) {
@@ -54,12 +54,14 @@ TEST(Sensitivity, MeasuredOnSb8mKlFallsWithBitsAndDeploysWithinTheUniformBits) {
   const auto method = find_compress_method("littlebit").make();
   const auto& trainable = dynamic_cast<const TrainableMethod&>(*method);
   std::vector<int32_t> tokens = bundle.tokenizer->encode(
-      "The history of the city begins with a small settlement on the river, where traders met to exchange "
-      "grain, salt and cloth. Over the following centuries the settlement grew into a market town.");
+      "The history of the city begins with a small settlement on the river, where traders met to "
+      "exchange "
+      "grain, salt and cloth. Over the following centuries the settlement grew into a market "
+      "town.");
   while (tokens.size() < 256) tokens.insert(tokens.end(), tokens.begin(), tokens.end());
   tokens.resize(256);
-  std::vector<LayerSensitivity> layers =
-      measure_sensitivity(*bundle.model, teacher, trainable, 0.55, tokens, 128, [](const std::string&) {});
+  std::vector<LayerSensitivity> layers = measure_sensitivity(
+      *bundle.model, teacher, trainable, 0.55, tokens, 128, [](const std::string&) {});
   ASSERT_EQ(layers.size(), size_t(bundle.model->config().num_layers * kLinearsPerBlock));
   double at_target = 0, at_double = 0, budget = 0;
   for (const auto& s : layers) {
@@ -71,11 +73,12 @@ TEST(Sensitivity, MeasuredOnSb8mKlFallsWithBitsAndDeploysWithinTheUniformBits) {
   EXPECT_LT(at_double, at_target);  // twice the bits: closer to the original overall
   allocate_by_sensitivity(layers, *method, 0.55, budget);
   double bits = 0;
-  for (const auto& s : layers) bits += method->stored_bpw(s.n_out, s.n_in, s.allocated_bpw) * double(s.n_out * s.n_in);
+  for (const auto& s : layers)
+    bits += method->stored_bpw(s.n_out, s.n_in, s.allocated_bpw) * double(s.n_out * s.n_in);
   EXPECT_LE(bits, budget);
-  const auto [least, most] = std::minmax_element(layers.begin(), layers.end(), [](const auto& a, const auto& b) {
-    return a.allocated_bpw < b.allocated_bpw;
-  });
+  const auto [least, most] = std::minmax_element(
+      layers.begin(), layers.end(),
+      [](const auto& a, const auto& b) { return a.allocated_bpw < b.allocated_bpw; });
   EXPECT_LT(least->allocated_bpw, most->allocated_bpw);  // not uniform
 }
 

@@ -24,15 +24,17 @@ std::string slurp(const fs::path& p) {
 class SketchFile : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(model_dir("sb-8m") / "config.json") || !fs::exists(calib_text()) || !fs::exists(dev_text()))
+    if (!fs::exists(model_dir("sb-8m") / "config.json") || !fs::exists(calib_text()) ||
+        !fs::exists(dev_text()))
       GTEST_SKIP() << "shared model or text absent (skipped)";
     dir_ = testing::temp_dir("sketch");
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string compress(const std::string& name, const std::string& extra) {
     const std::string file = (dir_ / name).string();
-    last_output_ = testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file + " --method sketch --bpw 0.5 --calib-text " +
-                       calib_text().string() + " --calib-tokens 4096 " + extra);
+    last_output_ = testing::run_cli("compress " + model_dir("sb-8m").string() + " -o " + file +
+                                    " --method sketch --bpw 0.5 --calib-text " +
+                                    calib_text().string() + " --calib-tokens 4096 " + extra);
     return file;
   }
   fs::path dir_;
@@ -44,8 +46,11 @@ TEST_F(SketchFile, PerplexityEqualsDenseExportAndBitsMeetTarget) {
   testing::run_cli("export " + file + " -o " + (dir_ / "exported").string());
   testing::expect_export_holds_the_files_model(file, dir_ / "exported", dev_text(), 256, 6);
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("linear layers: ([0-9.]+) bits/weight"))) << last_output_;
-  EXPECT_NEAR(std::stod(m[1]), 0.5, 0.005) << "bits per weight of the linear layers, all stored bits counted";
+  ASSERT_TRUE(
+      std::regex_search(last_output_, m, std::regex("linear layers: ([0-9.]+) bits/weight")))
+      << last_output_;
+  EXPECT_NEAR(std::stod(m[1]), 0.5, 0.005)
+      << "bits per weight of the linear layers, all stored bits counted";
   EXPECT_NE(testing::run_cli("info " + file).find("sketch"), std::string::npos);
 }
 
@@ -60,7 +65,8 @@ TEST_F(SketchFile, QatLowersTheDistillationLoss) {
   compress("q.gguf", "--train-text " + calib_text().string() +
                          " --train-tokens 3072 --seq 128 --batch 2 --lr 3e-3 --no-checkpoint");
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("loss ([0-9.]+) -> ([0-9.]+)"))) << last_output_;
+  ASSERT_TRUE(std::regex_search(last_output_, m, std::regex("loss ([0-9.]+) -> ([0-9.]+)")))
+      << last_output_;
   EXPECT_LT(std::stod(m[2]), std::stod(m[1]));
 }
 

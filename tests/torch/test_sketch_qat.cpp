@@ -52,14 +52,17 @@ TEST(SketchTrainable, ForwardEqualsRuntimeLayer) {
   for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
     for (int rows : {1, 2, 3})
       // Row bands of at least 4 buckets, or plain hashing (band_buckets 0).
-      for (auto [block, value_bits, salient, band_buckets] :
-           {std::tuple{16, 4, 0.0, int64_t{4}}, {8, 16, 0.1, int64_t{0}}, {5, 3, 0.2, int64_t{4}}}) {
-        SketchParams p = sketch_params_for_bpw(37, 90, 2.0, rows, block, value_bits, salient, band_buckets);
+      for (auto [block, value_bits, salient, band_buckets] : {std::tuple{16, 4, 0.0, int64_t{4}},
+                                                              {8, 16, 0.1, int64_t{0}},
+                                                              {5, 3, 0.2, int64_t{4}}}) {
+        SketchParams p =
+            sketch_params_for_bpw(37, 90, 2.0, rows, block, value_bits, salient, band_buckets);
         p.rule = rule;
         const auto layer = encode(w, p);
         SketchTrainable module(*layer);
-        expect_same_as_runtime(module, *layer, x,
-                               fmt::format("{} rows {} {}", sketch_rule_name(rule), rows, layer->describe()));
+        expect_same_as_runtime(
+            module, *layer, x,
+            fmt::format("{} rows {} {}", sketch_rule_name(rule), rows, layer->describe()));
       }
 }
 

@@ -1,13 +1,13 @@
 // The libtorch Llama graph that QAT trains (compress/torch_llama) against the inference runtime
 // (model/llama) and the golden logits of each model directory, so RoPE, grouped-query attention,
 // norms or biases cannot differ between training and inference unnoticed.
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "compress/torch_llama.h"
 #include "model/loader.h"
@@ -43,7 +43,8 @@ GoldenLogits read_golden_logits(const std::filesystem::path& dir, int64_t vocab)
   }
   out.logits.resize(out.positions.size() * vocab);
   std::ifstream(dir / file, std::ios::binary)
-      .read(reinterpret_cast<char*>(out.logits.data()), std::streamsize(out.logits.size() * sizeof(float)));
+      .read(reinterpret_cast<char*>(out.logits.data()),
+            std::streamsize(out.logits.size() * sizeof(float)));
   return out;
 }
 
@@ -62,7 +63,8 @@ TEST_P(TrainingGraph, LogitsMatchTheRuntimeAndTheGoldenReference) {
   torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
-    const torch::Tensor tokens = torch::tensor(std::vector<int64_t>(golden.ids.begin(), golden.ids.end())).view({1, n});
+    const torch::Tensor tokens =
+        torch::tensor(std::vector<int64_t>(golden.ids.begin(), golden.ids.end())).view({1, n});
     logits = graph.forward(tokens).logits[0].contiguous();
   }
   ASSERT_EQ(logits.size(0), n);
@@ -80,10 +82,11 @@ TEST_P(TrainingGraph, LogitsMatchTheRuntimeAndTheGoldenReference) {
   }
   for (size_t p = 0; p < golden.positions.size(); ++p)
     for (int64_t v = 0; v < vocab; ++v)
-      vs_golden = std::max(vs_golden, std::fabs(trained[golden.positions[p] * vocab + v] - golden.logits[p * vocab + v]));
-  std::cout << GetParam() << ": max |logit| " << max_logit << ", training graph vs runtime " << vs_runtime
-            << " (" << vs_runtime / max_logit << " of max), vs golden " << vs_golden << " ("
-            << vs_golden / max_logit << " of max)\n";
+      vs_golden = std::max(vs_golden, std::fabs(trained[golden.positions[p] * vocab + v] -
+                                                golden.logits[p * vocab + v]));
+  std::cout << GetParam() << ": max |logit| " << max_logit << ", training graph vs runtime "
+            << vs_runtime << " (" << vs_runtime / max_logit << " of max), vs golden " << vs_golden
+            << " (" << vs_golden / max_logit << " of max)\n";
   // Both are fp32 passes that sum in different orders (measured: up to ~1e-6 of max |logit|);
   // a wrong RoPE, GQA mapping, norm or bias moves logits by a large fraction of max |logit|.
   EXPECT_LT(vs_runtime, 2e-5f * max_logit);
@@ -92,7 +95,9 @@ TEST_P(TrainingGraph, LogitsMatchTheRuntimeAndTheGoldenReference) {
 
 // One line per model directory the runtime loads. sb-8m-llama3 (Llama-3 RoPE scaling) and
 // sb-8m-qwen2 (q/k/v biases) join once the runtime and the training graph support them.
-INSTANTIATE_TEST_SUITE_P(Models, TrainingGraph, ::testing::Values("sb-8m", "sb-30m", "stories260K", "sb-8m-llama3", "sb-8m-qwen2"),
+INSTANTIATE_TEST_SUITE_P(Models, TrainingGraph,
+                         ::testing::Values("sb-8m", "sb-30m", "stories260K", "sb-8m-llama3",
+                                           "sb-8m-qwen2"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

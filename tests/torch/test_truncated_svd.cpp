@@ -1,14 +1,12 @@
 // The randomized truncated SVD against the exact one.
-#include <gtest/gtest.h>
-
-#include "compress/littlebit.h"
-#include "compress/truncated_svd.h"
-#include "common/error.h"
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <chrono>
 
+#include "common/error.h"
+#include "compress/littlebit.h"
+#include "compress/truncated_svd.h"
 #include "formats/littlebit.h"
 #include "model/loader.h"
 #include "test_support.h"
@@ -23,7 +21,8 @@ double captured_energy(const TruncatedSvd& svd, const torch::Tensor& w) {
 
 torch::Tensor decaying_spectrum(int64_t rows, int64_t cols, double scale) {
   const int64_t n = std::min(rows, cols);
-  return torch::matmul(torch::randn({rows, n}) * torch::exp(-torch::arange(n) / scale), torch::randn({n, cols}));
+  return torch::matmul(torch::randn({rows, n}) * torch::exp(-torch::arange(n) / scale),
+                       torch::randn({n, cols}));
 }
 
 const TruncatedSvdOptions kRandomized{.method = SvdMethod::Randomized};
@@ -45,21 +44,27 @@ TEST(TruncatedSvd, GramMatchesExactToRounding) {
   torch::manual_seed(4);
   for (bool tall : {true, false}) {
     SCOPED_TRACE(tall ? "tall" : "wide");
-    const torch::Tensor w = tall ? decaying_spectrum(500, 300, 60.0) : decaying_spectrum(300, 500, 60.0);
+    const torch::Tensor w =
+        tall ? decaying_spectrum(500, 300, 60.0) : decaying_spectrum(300, 500, 60.0);
     const TruncatedSvd exact = exact_truncated_svd(w, 40), gram = gram_truncated_svd(w, 40);
     ASSERT_EQ(gram.u.sizes(), exact.u.sizes());
     ASSERT_EQ(gram.vh.sizes(), exact.vh.sizes());
     EXPECT_LT(((gram.s - exact.s).abs() / exact.s).max().item<double>(), 1e-4);
-    EXPECT_LT((torch::matmul(gram.u.t(), gram.u) - torch::eye(40)).abs().max().item<double>(), 1e-3);
-    EXPECT_LT((torch::matmul(gram.vh, gram.vh.t()) - torch::eye(40)).abs().max().item<double>(), 1e-4);
-    const torch::Tensor a = torch::matmul(gram.u * gram.s, gram.vh), b = torch::matmul(exact.u * exact.s, exact.vh);
+    EXPECT_LT((torch::matmul(gram.u.t(), gram.u) - torch::eye(40)).abs().max().item<double>(),
+              1e-3);
+    EXPECT_LT((torch::matmul(gram.vh, gram.vh.t()) - torch::eye(40)).abs().max().item<double>(),
+              1e-4);
+    const torch::Tensor a = torch::matmul(gram.u * gram.s, gram.vh),
+                        b = torch::matmul(exact.u * exact.s, exact.vh);
     EXPECT_LT((a - b).norm().item<double>() / b.norm().item<double>(), 1e-3);
   }
   // A rank-deficient layer: zero singular values give zero columns, never NaN.
   const torch::Tensor low = torch::matmul(torch::randn({200, 3}), torch::randn({3, 100}));
   const TruncatedSvd g = gram_truncated_svd(low, 8);
   EXPECT_FALSE(torch::isnan(g.u).any().item<bool>());
-  EXPECT_LT((torch::matmul(g.u * g.s, g.vh) - low).norm().item<double>() / low.norm().item<double>(), 1e-3);
+  EXPECT_LT(
+      (torch::matmul(g.u * g.s, g.vh) - low).norm().item<double>() / low.norm().item<double>(),
+      1e-3);
 }
 
 TEST(TruncatedSvd, MethodNamesRoundTripAndUnknownOnesAreRefused) {
@@ -69,7 +74,9 @@ TEST(TruncatedSvd, MethodNamesRoundTripAndUnknownOnesAreRefused) {
     parse_svd_method("fast", "--svd");
     FAIL() << "accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--svd must be exact, gram, randomized or auto"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--svd must be exact, gram, randomized or auto"),
+              std::string::npos)
+        << e.what();
   }
 }
 
@@ -85,7 +92,8 @@ TEST(TruncatedSvd, MatchesExactOnADecayingSpectrum) {
   EXPECT_NEAR(captured_energy(fast, w), captured_energy(exact, w), 2e-4);
   // Orthonormal factors, and the same rank-r reconstruction.
   EXPECT_LT((torch::matmul(fast.u.t(), fast.u) - torch::eye(40)).abs().max().item<double>(), 1e-4);
-  const torch::Tensor a = torch::matmul(fast.u * fast.s, fast.vh), b = torch::matmul(exact.u * exact.s, exact.vh);
+  const torch::Tensor a = torch::matmul(fast.u * fast.s, fast.vh),
+                      b = torch::matmul(exact.u * exact.s, exact.vh);
   EXPECT_LT((a - b).norm().item<double>() / b.norm().item<double>(), 3e-2);
 }
 
@@ -123,9 +131,12 @@ TEST(TruncatedSvdMeasure, DISABLED_EnergyOnEverySb30mLayer) {
   const std::vector<Setting> settings = {{16, 2}, {16, 4}, {16, 6}, {16, 8}, {32, 4},
                                          {64, 2}, {64, 4}, {-1, 2}, {-1, 4}};
   using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
   for (double bpw : {0.1, 0.55, 1.0}) {
-    std::vector<double> worst(settings.size(), 1.0), sum(settings.size(), 0.0), secs(settings.size(), 0.0);
+    std::vector<double> worst(settings.size(), 1.0), sum(settings.size(), 0.0),
+        secs(settings.size(), 0.0);
     double exact_secs = 0;
     int layers = 0;
     for (const LlamaLayer& layer : bundle.model->weights().layers)
@@ -137,10 +148,11 @@ TEST(TruncatedSvdMeasure, DISABLED_EnergyOnEverySb30mLayer) {
         const double exact = captured_energy(exact_truncated_svd(w, rank), w);
         exact_secs += seconds_since(start);
         for (size_t k = 0; k < settings.size(); ++k) {
-          const TruncatedSvdOptions o{.method = SvdMethod::Randomized,
-                                      .oversample = settings[k].oversample < 0 ? rank : settings[k].oversample,
-                                      .power_iterations = settings[k].iterations,
-                                      .exact_above = 2.0};
+          const TruncatedSvdOptions o{
+              .method = SvdMethod::Randomized,
+              .oversample = settings[k].oversample < 0 ? rank : settings[k].oversample,
+              .power_iterations = settings[k].iterations,
+              .exact_above = 2.0};
           start = Clock::now();
           const double kept = captured_energy(truncated_svd(w, rank, o), w) / exact;
           secs[k] += seconds_since(start);
@@ -152,8 +164,8 @@ TEST(TruncatedSvdMeasure, DISABLED_EnergyOnEverySb30mLayer) {
     fmt::print("{} bpw: exact SVDs {:.2f} s\n", bpw, exact_secs);
     for (size_t k = 0; k < settings.size(); ++k)
       fmt::print("  oversample {:>4} iterations {}: worst {:.5f} mean {:.5f} {:.2f} s\n",
-                 settings[k].oversample < 0 ? "rank" : std::to_string(settings[k].oversample), settings[k].iterations,
-                 worst[k], sum[k] / layers, secs[k]);
+                 settings[k].oversample < 0 ? "rank" : std::to_string(settings[k].oversample),
+                 settings[k].iterations, worst[k], sum[k] / layers, secs[k]);
   }
 }
 
@@ -180,7 +192,8 @@ TEST(TruncatedSvdMeasure, DISABLED_BinarizedReconstructionOnEverySb30mLayer) {
         for (size_t k = 0; k < routes.size(); ++k) {
           torch::Tensor residual = w;
           for (int path = 0; path < 2; ++path)
-            residual = residual - reconstruct(dual_svid(residual, rank, routes[k].second), /*binarize=*/true);
+            residual = residual -
+                       reconstruct(dual_svid(residual, rank, routes[k].second), /*binarize=*/true);
           error[k] = residual.norm().item<double>() / w.norm().item<double>();
         }
         for (size_t k = 0; k < routes.size(); ++k) {
@@ -191,7 +204,8 @@ TEST(TruncatedSvdMeasure, DISABLED_BinarizedReconstructionOnEverySb30mLayer) {
       }
     fmt::print("{} bpw:\n", bpw);
     for (size_t k = 0; k < routes.size(); ++k)
-      fmt::print("  {:<16} error / exact's: mean {:.5f} worst {:.5f}\n", routes[k].first, sum[k] / layers, worst[k]);
+      fmt::print("  {:<16} error / exact's: mean {:.5f} worst {:.5f}\n", routes[k].first,
+                 sum[k] / layers, worst[k]);
   }
 }
 
