@@ -125,10 +125,7 @@ TEST(RandomCheckpoint, TinyCheckpointIsGaussianDeterministicAndLoads) {
                     tokenizer_dir().string() + " --seed 7 -t " + threads);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  const auto read = [](const fs::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  };
+  const auto read = testing::file_bytes;
   EXPECT_EQ(read(dir / "t1" / "model.safetensors"), read(dir / "t2" / "model.safetensors"));
   EXPECT_EQ(read(dir / "t1" / "tokenizer.json"), read(tokenizer_dir() / "tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir / "t1" / "tokenizer_config.json"));

@@ -89,8 +89,8 @@ bool run_and_kill_after(const std::string& command, double seconds) {
 std::string file_bytes(const std::filesystem::path& file) { return slurp(file); }
 
 std::vector<uint8_t> read_all(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const std::string bytes = slurp(file);
+  return {bytes.begin(), bytes.end()};
 }
 
 std::string run_cli(const std::string& args) {

@@ -14,7 +14,7 @@ enum class ThreadScratchSlot : int {
   SignTables,         // sign_matmul: lookup tables of activation sums
   SketchEntries,      // sketch_matmul: hash entries of the rows being multiplied
   SketchBlockTerms,   // sketch_matmul: per-block hash terms
-  SketchDecodedRows,  // sketch_matmul: rows decoded once for several tokens
+  SketchDecodedRows,  // sketch_matmul: rows decoded once for several tokens, or the row path's row
   SketchZeros,        // sketch_matmul: a zero token row for tiles past the last token
   SketchActivations,  // sketch_matmul: activations in the blocked layout
   kCount

@@ -1,7 +1,6 @@
 // LittleBit end to end: bit accounting, Dual-SVID, the trainer, the file, and resumption.
 #include <torch/torch.h>
 
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -239,10 +238,8 @@ TEST(LittleBitFile, KilledAndResumedEqualsUninterrupted) {
   EXPECT_NE(out.find("resumed at step"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed once the output is written";
 
-  std::ifstream a(straight, std::ios::binary), b(resumed, std::ios::binary);
-  const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}),
-      bytes_b((std::istreambuf_iterator<char>(b)), {});
-  EXPECT_TRUE(bytes_a == bytes_b) << "the resumed run wrote a different file";
+  EXPECT_TRUE(testing::file_bytes(straight) == testing::file_bytes(resumed))
+      << "the resumed run wrote a different file";
   fs::remove_all(dir);
 }
 

@@ -1,6 +1,5 @@
 // UltraSketch through the whole pipeline on sb-8m: calibration, the file, export, determinism,
 // bit accounting and QAT.
-#include <fstream>
 #include <regex>
 
 #include "export_check.h"
@@ -15,11 +14,6 @@ using testing::model_dir;
 namespace fs = std::filesystem;
 
 fs::path dev_text() { return testing::shared_dir() / "text" / "wikitext2.valid.tokens"; }
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 class SketchFile : public ::testing::Test {
  protected:
@@ -56,9 +50,9 @@ TEST_F(SketchFile, PerplexityEqualsDenseExportAndBitsMeetTarget) {
 
 TEST_F(SketchFile, SameSeedSameFile) {
   const std::string a = compress("a.gguf", ""), b = compress("b.gguf", "");
-  EXPECT_TRUE(slurp(a) == slurp(b));
+  EXPECT_TRUE(testing::file_bytes(a) == testing::file_bytes(b));
   const std::string c = compress("c.gguf", "--sketch-seed 7");
-  EXPECT_FALSE(slurp(a) == slurp(c));
+  EXPECT_FALSE(testing::file_bytes(a) == testing::file_bytes(c));
 }
 
 TEST_F(SketchFile, QatLowersTheDistillationLoss) {
