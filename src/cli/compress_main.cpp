@@ -8,7 +8,7 @@
 #include <map>
 #include <thread>
 
-#include "cli/omp_policy.h"
+#include "cli/process_environment.h"
 #include "cli/progress.h"
 #include "common/error.h"
 #include "compress/data_parallel.h"
@@ -18,7 +18,7 @@
 
 int main(int argc, char** argv) {
   using namespace subbit;
-  cli::set_omp_wait(argv, cli::OmpWait::kPassive);
+  cli::set_process_environment(argv, cli::OmpWait::kPassive);
   compress::CompressOptions o;
   std::string model, out, device = "cpu", checkpoint;
   std::vector<std::string> train_texts, sensitivity_texts;

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "cli/commands.h"
-#include "cli/omp_policy.h"
+#include "cli/process_environment.h"
 #include "common/error.h"
 #include "model/loader.h"
 #include "ops/parallel.h"
@@ -71,7 +71,7 @@ namespace {
 int main(int argc, char** argv) {
   // The compressor sets its own policy, so it is started before this one's is.
   if (argc > 1 && std::strcmp(argv[1], "compress") == 0) exec_compressor(argc, argv);
-  subbit::cli::set_omp_wait(argv, subbit::cli::OmpWait::kShortSpin);
+  subbit::cli::set_process_environment(argv, subbit::cli::OmpWait::kShortSpin);
 
   CLI::App app{"subbit: compress LLMs below one bit per weight and run them"};
   app.require_subcommand(1);
