@@ -35,7 +35,7 @@ class LittleBitMethod final : public TrainableMethod {
     group
         .add_option("--svd", svd_method_,
                     "Dual-SVID's SVD: exact | gram (Gram-matrix eigendecomposition) | randomized | "
-                    "auto (gram where both sides >= 1024)")
+                    "auto (exact below 1024 wide, gram below 3072, randomized above)")
         ->capture_default_str();
     group
         .add_option("--svd-oversample", svd_.oversample,

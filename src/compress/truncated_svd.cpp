@@ -60,7 +60,15 @@ TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank) {
   // Decompose on the smaller side: w = U Σ Vᵀ gives wᵀw = V Σ² Vᵀ and wwᵀ = U Σ² Uᵀ.
   const bool tall = w.size(0) >= w.size(1);
   const torch::Tensor gram = tall ? torch::matmul(w.t(), w) : torch::matmul(w, w.t());
-  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(gram, "L");  // ascending
+  // libtorch 1.13's float eigensolver asks LAPACK for its workspace size and receives it as a
+  // float: above 2^24 (a side of ~2900) the odd size 1 + 6n + 2n² rounds down and ssyevd refuses
+  // it ("Argument 8 has illegal value"). Larger Gram matrices are decomposed in double.
+  const int64_t side_n = gram.size(0);
+  const bool float_workspace_exact = 1 + 6 * side_n + 2 * side_n * side_n <= (int64_t(1) << 24);
+  auto [eigenvalues, eigenvectors] = torch::linalg::eigh(
+      float_workspace_exact ? gram : gram.to(torch::kFloat64), "L");  // ascending
+  eigenvalues = eigenvalues.to(w.scalar_type());
+  eigenvectors = eigenvectors.to(w.scalar_type());
   const int64_t n = eigenvalues.size(0);
   const torch::Tensor s = eigenvalues.slice(0, n - rank).flip(0).clamp_min(0).sqrt();
   const torch::Tensor side =
@@ -74,12 +82,15 @@ TruncatedSvd gram_truncated_svd(const torch::Tensor& w, int64_t rank) {
 SvdMethod chosen_svd_method(int64_t d_out, int64_t d_in, int64_t rank,
                             const TruncatedSvdOptions& o) {
   const int64_t smaller = std::min(d_out, d_in);
+  const bool randomized_saves_little =
+      double(rank + o.oversample) >= o.exact_above * double(smaller);
   switch (o.method) {
     case SvdMethod::Auto:
-      return smaller >= o.large_from ? SvdMethod::Gram : SvdMethod::Exact;
+      if (smaller < o.large_from) return SvdMethod::Exact;
+      return smaller < o.randomized_from || randomized_saves_little ? SvdMethod::Gram
+                                                                    : SvdMethod::Randomized;
     case SvdMethod::Randomized:
-      return double(rank + o.oversample) >= o.exact_above * double(smaller) ? SvdMethod::Exact
-                                                                            : SvdMethod::Randomized;
+      return randomized_saves_little ? SvdMethod::Exact : SvdMethod::Randomized;
     default:
       return o.method;
   }

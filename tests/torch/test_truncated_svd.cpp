@@ -27,11 +27,15 @@ torch::Tensor decaying_spectrum(int64_t rows, int64_t cols, double scale) {
 
 const TruncatedSvdOptions kRandomized{.method = SvdMethod::Randomized};
 
-TEST(TruncatedSvd, AutoIsExactOnSmallLayersAndGramOnLargeOnes) {
+TEST(TruncatedSvd, AutoIsExactOnSmallLayersGramOnLargeOnesAndRandomizedOnTheLargest) {
   const TruncatedSvdOptions automatic;
   EXPECT_EQ(chosen_svd_method(1024, 512, 64, automatic), SvdMethod::Exact);
   EXPECT_EQ(chosen_svd_method(2048, 1024, 64, automatic), SvdMethod::Gram);
   EXPECT_EQ(chosen_svd_method(1024, 8192, 900, automatic), SvdMethod::Gram);
+  EXPECT_EQ(chosen_svd_method(4096, 4096, 560, automatic), SvdMethod::Randomized);
+  EXPECT_EQ(chosen_svd_method(11008, 4096, 824, automatic), SvdMethod::Randomized);
+  // A rank the randomized route saves little at: Gram, not the full SVD of a 4096-wide layer.
+  EXPECT_EQ(chosen_svd_method(4096, 4096, 2040, automatic), SvdMethod::Gram);
   EXPECT_EQ(chosen_svd_method(64, 96, 8, kRandomized), SvdMethod::Randomized);
   EXPECT_EQ(chosen_svd_method(64, 96, 40, kRandomized), SvdMethod::Exact);  // 40 + 16 >= 0.5 * 64
   torch::manual_seed(3);
@@ -65,6 +69,18 @@ TEST(TruncatedSvd, GramMatchesExactToRounding) {
   EXPECT_LT(
       (torch::matmul(g.u * g.s, g.vh) - low).norm().item<double>() / low.norm().item<double>(),
       1e-3);
+}
+
+// Above a side of ~2900, libtorch 1.13's float eigensolver refused its own workspace size
+// ("linalg.eigh: Argument 8 has illegal value"); such Gram matrices are decomposed in double.
+TEST(TruncatedSvd, GramWorksOnLayersWiderThanTheFloatEigensolverAllows) {
+  torch::manual_seed(5);
+  const int64_t n = 2900, r = 6;
+  const torch::Tensor left = std::get<0>(at::linalg_qr(torch::randn({n, r}), "reduced"));
+  const torch::Tensor right = std::get<0>(at::linalg_qr(torch::randn({n, r}), "reduced"));
+  const torch::Tensor s = torch::arange(r, 0, -1).to(torch::kFloat32) + 2.0;  // 8, 7, ..., 3
+  const TruncatedSvd g = gram_truncated_svd(torch::matmul(left * s, right.t()), r);
+  EXPECT_LT((g.s - s).abs().max().item<double>(), 1e-4);
 }
 
 TEST(TruncatedSvd, MethodNamesRoundTripAndUnknownOnesAreRefused) {
