@@ -26,12 +26,6 @@ namespace fs = std::filesystem;
 using testing::shared_dir;
 using testing::temp_dir;
 
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
 std::string le64(uint64_t value) {
   std::string out(8, '\0');
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(value >> (8 * i));
@@ -43,8 +37,8 @@ std::string le64(uint64_t value) {
 fs::path write_raw(const fs::path& dir, const std::string& header, size_t data_size,
                    std::optional<uint64_t> header_size = std::nullopt) {
   fs::path path = dir / "bad.safetensors";
-  write_bytes(path,
-              le64(header_size.value_or(header.size())) + header + std::string(data_size, '\0'));
+  testing::write_file(
+      path, le64(header_size.value_or(header.size())) + header + std::string(data_size, '\0'));
   return path;
 }
 
@@ -192,7 +186,7 @@ fs::path write_sharded_model(const std::string& index_json) {
   write_safetensors(dir / "model-00002-of-00002.safetensors",
                     {{"c", DType::F16, {2, 1}, to_bytes(std::vector<uint16_t>{0x3c00, 0x4000})}},
                     {{"format", "pt"}});
-  write_bytes(dir / "model.safetensors.index.json", index_json);
+  testing::write_file(dir / "model.safetensors.index.json", index_json);
   return dir;
 }
 
@@ -260,7 +254,7 @@ TEST(Safetensors, RejectsTruncatedRealFile) {
   SKIP_UNLESS_EXISTS(real);
   std::vector<uint8_t> bytes = read_all(real);
   fs::path cut = temp_dir("st-trunc") / "model.safetensors";
-  write_bytes(cut, std::string(bytes.begin(), bytes.begin() + bytes.size() / 2));
+  testing::write_file(cut, std::string(bytes.begin(), bytes.begin() + bytes.size() / 2));
   expect_safetensors_rejected(cut, {"out of range", "truncated"});
   fs::remove_all(cut.parent_path());
 }
@@ -268,7 +262,7 @@ TEST(Safetensors, RejectsTruncatedRealFile) {
 TEST(Safetensors, RejectsBadFraming) {
   fs::path dir = temp_dir("st-framing");
   fs::path tiny = dir / "tiny.safetensors";
-  write_bytes(tiny, std::string("\x02\0\0\0", 4));
+  testing::write_file(tiny, std::string("\x02\0\0\0", 4));
   expect_safetensors_rejected(tiny, {"too short"});
 
   expect_safetensors_rejected(write_raw(dir, "{}", 0, 4096), {"past the end"});

@@ -65,6 +65,11 @@ CommandResult run_command(const std::string& command) {
 }
 
 bool run_and_kill_after(const std::string& command, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  return run_and_kill_when(command, [&] { return std::chrono::steady_clock::now() >= deadline; });
+}
+
+bool run_and_kill_when(const std::string& command, const std::function<bool()>& ready) {
   const std::string line = "exec " + command + " >/dev/null 2>&1";
   const pid_t pid = ::fork();
   if (pid == 0) {
@@ -72,11 +77,10 @@ bool run_and_kill_after(const std::string& command, double seconds) {
     ::_exit(127);
   }
   if (pid < 0) return false;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   int status = 0;
-  // Poll rather than sleep the whole delay, so a run that ends early is reaped (not killed).
+  // Poll rather than wait for `ready` alone, so a run that ends early is reaped (not killed).
   while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (ready()) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
       break;
@@ -87,6 +91,12 @@ bool run_and_kill_after(const std::string& command, double seconds) {
 }
 
 std::string file_bytes(const std::filesystem::path& file) { return slurp(file); }
+
+void write_file(const std::filesystem::path& file, const std::string& bytes) {
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  EXPECT_TRUE(out.good()) << "cannot write " << file;
+}
 
 std::vector<uint8_t> read_all(const std::filesystem::path& file) {
   const std::string bytes = slurp(file);

@@ -53,8 +53,12 @@ std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per ca
 // Starts `command` (a shell command line, output discarded), sends it SIGKILL after `seconds`
 // unless it has finished by then, and reaps it. Returns true when the kill ended it.
 bool run_and_kill_after(const std::string& command, double seconds);
+// The same, killing it as soon as `ready()` holds (polled every 2 ms) instead of after a delay.
+bool run_and_kill_when(const std::string& command, const std::function<bool()>& ready);
 // A whole file's bytes ("" when absent), for byte-for-byte comparisons.
 std::string file_bytes(const std::filesystem::path& file);
+// Writes `bytes` as the whole file; a failed write fails the test.
+void write_file(const std::filesystem::path& file, const std::string& bytes);
 std::vector<uint8_t> read_all(const std::filesystem::path& file);
 template <typename T>
 std::vector<uint8_t> to_bytes(const std::vector<T>& values) {

@@ -24,10 +24,6 @@ std::string read_text(const fs::path& path) {
   return ss.str();
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
-
 fs::path golden_path() { return testing::shared_dir() / "text" / "tokenizer_golden.json"; }
 
 // Shortened and escaped, so a failing case can be recognised in the test log.
@@ -164,7 +160,7 @@ TEST(Tokenizer, MissingFileNamesPath) {
 
 TEST(Tokenizer, CorruptJsonNamesPath) {
   const fs::path file = testing::temp_dir("tokenizer") / "tokenizer.json";
-  write_text(file, R"({"model": {"type": "BPE", "vocab": {"a": 0,)");
+  testing::write_file(file, R"({"model": {"type": "BPE", "vocab": {"a": 0,)");
   const std::string message = expect_error([&] { Tokenizer::from_file(file); });
   EXPECT_NE(message.find(file.string()), std::string::npos) << message;
   EXPECT_NE(message.find("JSON"), std::string::npos) << message;
@@ -187,7 +183,7 @@ json tiny_tokenizer() {
 
 Tokenizer load_json(const json& config) {
   const fs::path file = testing::temp_dir("tokenizer") / "tokenizer.json";
-  write_text(file, config.dump());
+  testing::write_file(file, config.dump());
   return Tokenizer::from_file(file);
 }
 

@@ -88,7 +88,9 @@ int main(int argc, char** argv) {
       "--blockwise", o.qat.blockwise,
       "QAT block by block: each block learns the teacher's block output from its input (MSE); with "
       "several ranks, blocks are spread over them (docs/distributed.md)");
-  app.add_option("--checkpoint", checkpoint, "checkpoint file (default: OUTPUT.ckpt)");
+  app.add_option("--checkpoint", checkpoint,
+                 "checkpoint (default: OUTPUT.ckpt): QAT's file, or post-training's folder of "
+                 "finished blocks");
   app.add_option("--checkpoint-every", o.qat.checkpoint_every, "steps between checkpoints")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 30));
@@ -130,6 +132,8 @@ int main(int argc, char** argv) {
     for (const auto& t : sensitivity_texts) o.sensitivity_texts.emplace_back(t);
     if (o.qat.train_tokens > 0 && !no_checkpoint && !o.qat.blockwise)
       o.qat.checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
+    if (o.qat.train_tokens == 0 && !no_checkpoint)
+      o.block_checkpoint = checkpoint.empty() ? out + ".ckpt" : checkpoint;
     set_num_threads(threads);
     torch::set_num_threads(threads);
     const compress::DataParallelOptions ranks = compress::resolve_data_parallel(

@@ -28,6 +28,8 @@ struct CompressOptions {
   std::vector<std::filesystem::path> sensitivity_texts;
   int64_t sensitivity_tokens = 4096;
   QatOptions qat;  // qat.train_tokens == 0: post-training only
+  // Post-training: the folder of per-block checkpoints (compress/block_checkpoint.h); empty: none.
+  std::filesystem::path block_checkpoint;
 };
 
 struct LayerReport {

@@ -25,4 +25,10 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Hands the whole pages inside [data, data + size) back to the kernel, for memory not read again
+// soon: a pass over a memory-mapped checkpoint then keeps only its current part resident. The
+// contents stay (MADV_PAGEOUT re-reads file pages from the file and swaps anonymous ones), so it is
+// safe on any memory; kernels without it (before Linux 5.4) ignore it.
+void release_pages(const void* data, size_t size);
+
 }  // namespace subbit

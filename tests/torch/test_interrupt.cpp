@@ -75,6 +75,48 @@ TEST(Interrupted, QatWithCheckpointsKilledAtRandomMomentsResumesToTheSameFile) {
       3, "kill-qat");
 }
 
+// Post-training compression checkpoints every finished block: killed after its third, a rerun
+// builds only the rest and writes the uninterrupted run's bytes.
+TEST(Interrupted, PostTrainingResumesAfterItsLastSavedBlock) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  const fs::path dir = testing::temp_dir("resume-blocks");
+  const fs::path reference = dir / "reference.gguf", out = dir / "out.gguf";
+  const fs::path checkpoint = out.string() + ".ckpt";
+  const std::string args = "--method littlebit --bpw 0.55";
+  timed_run(compress_command(args, reference));
+  ASSERT_TRUE(testing::run_and_kill_when(compress_command(args, out), [&] {
+    return fs::exists(checkpoint / "block-0002.gguf");
+  })) << "the run finished before it could be killed";
+  EXPECT_FALSE(fs::exists(out));
+  const auto r = testing::run_command(compress_command(args, out));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming from " + checkpoint.string() + ": blocks 0-"), std::string::npos)
+      << r.err;
+  EXPECT_TRUE(testing::file_bytes(out) == testing::file_bytes(reference));
+  EXPECT_FALSE(fs::exists(checkpoint)) << "the checkpoint outlived the finished run";
+  fs::remove_all(dir);
+}
+
+TEST(Interrupted, APostTrainingCheckpointOfAnotherRunIsRefused) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  const fs::path dir = testing::temp_dir("resume-other");
+  const fs::path out = dir / "out.gguf", checkpoint = out.string() + ".ckpt";
+  ASSERT_TRUE(
+      testing::run_and_kill_when(compress_command("--method littlebit --bpw 0.55", out),
+                                 [&] { return fs::exists(checkpoint / "block-0000.gguf"); }));
+  testing::expect_clean_failure(
+      testing::run_command(compress_command("--method littlebit --bpw 0.3", out)),
+      checkpoint.string() + ": the checkpoint was written by another run");
+  EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(checkpoint);
+  testing::write_file(checkpoint, "a QAT checkpoint");
+  testing::expect_clean_failure(
+      testing::run_command(compress_command("--method littlebit --bpw 0.3", out)),
+      checkpoint.string() + ": exists and is not a post-training checkpoint folder");
+  EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(dir);
+}
+
 TEST(DiskFull, CompressFailsCleanlyAndLeavesNothing) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const fs::path dir = testing::temp_dir("compress-full");
@@ -85,7 +127,9 @@ TEST(DiskFull, CompressFailsCleanlyAndLeavesNothing) {
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("error: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("File too large"), std::string::npos) << r.err;
-  EXPECT_TRUE(fs::is_empty(dir)) << "a failed compress left files behind";
+  // Only the finished blocks' checkpoint stays, for the rerun to resume from.
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename(), "out.gguf.ckpt") << "a failed compress left files behind";
   fs::remove_all(dir);
 }
 

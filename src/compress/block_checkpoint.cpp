@@ -1,0 +1,80 @@
+#include "compress/block_checkpoint.h"
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "formats/format_table.h"
+#include "io/gguf.h"
+
+namespace subbit::compress {
+
+namespace {
+
+constexpr const char* kRunKey = "subbit.checkpoint.run";
+
+}  // namespace
+
+BlockCheckpoint::BlockCheckpoint(std::filesystem::path folder, std::string run)
+    : folder_(std::move(folder)), run_(std::move(run)) {
+  std::error_code ec;
+  if (std::filesystem::exists(folder_, ec) && !std::filesystem::is_directory(folder_, ec))
+    fail(
+        "{}: exists and is not a post-training checkpoint folder (a QAT checkpoint?): delete it, "
+        "or give another --checkpoint or --no-checkpoint",
+        folder_.string());
+  if (!std::filesystem::exists(block_file(0))) return;
+  const GgufFile first = GgufFile::open(block_file(0));
+  const std::string saved = first.has(kRunKey) ? first.get_string(kRunKey) : "";
+  if (saved != run_)
+    fail(
+        "{}: the checkpoint was written by another run (its settings: {}; this run: {}): delete "
+        "it to start over, or give another --checkpoint or --no-checkpoint",
+        folder_.string(), saved.empty() ? "none" : saved, run_);
+}
+
+std::filesystem::path BlockCheckpoint::block_file(int64_t layer) const {
+  return folder_ / fmt::format("block-{:04}.gguf", layer);
+}
+
+int64_t BlockCheckpoint::saved_blocks(int64_t num_layers) const {
+  int64_t n = 0;
+  while (n < num_layers && std::filesystem::exists(block_file(n))) ++n;
+  return n;
+}
+
+std::optional<BlockCheckpoint::BlockLinears> BlockCheckpoint::load(
+    int64_t layer, const LlamaConfig& c, std::shared_ptr<const GgufFile>& keep_alive) const {
+  if (!std::filesystem::exists(block_file(layer))) return std::nullopt;
+  auto file = std::make_shared<const GgufFile>(GgufFile::open(block_file(layer)));
+  if (!file->has(kRunKey) || file->get_string(kRunKey) != run_)
+    fail("{}: written by another run than the checkpoint's first block; delete {} to start over",
+         block_file(layer).string(), folder_.string());
+  BlockLinears linears;
+  for (int i = 0; i < kLinearsPerBlock; ++i) {
+    const auto [n_out, n_in] = linear_shape(c, i);
+    const std::string prefix = file_block_tensor(layer, kBlockLinears[i].file_name);
+    const std::string format = file->get_string("subbit.layer." + prefix + ".format");
+    linears[i] = find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
+  }
+  keep_alive = std::move(file);
+  return linears;
+}
+
+void BlockCheckpoint::save(int64_t layer, const BlockLinears& linears) const {
+  std::filesystem::create_directories(folder_);
+  GgufWriter out;
+  out.set(kRunKey, run_);
+  for (int i = 0; i < kLinearsPerBlock; ++i) {
+    const std::string prefix = file_block_tensor(layer, kBlockLinears[i].file_name);
+    linears[i]->save(out, prefix);
+    out.set("subbit.layer." + prefix + ".format", linears[i]->format_name());
+  }
+  out.write(block_file(layer));
+}
+
+void BlockCheckpoint::remove() const {
+  std::error_code ec;
+  std::filesystem::remove_all(folder_, ec);
+}
+
+}  // namespace subbit::compress
