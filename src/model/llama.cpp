@@ -37,32 +37,57 @@ int64_t RunState::bytes_for(const LlamaConfig& config, int64_t capacity) {
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
     : config_(config), weights_(std::move(weights)), rope_(rope_inverse_frequencies(config)) {}
 
-// Causal grouped-query attention for `tokens` new queries against the cache.
+// Causal grouped-query attention for `tokens` new queries against the cache. A work item is a
+// tile of up to kQueryTile new tokens and one kv head: the tile's queries of the heads that share
+// that kv head read each cached key and value once between them, instead of once per query, which
+// is where long-context prefill spent its time (docs/results.md, "Context 8192"). Every score and
+// every output element is the same sum in the same order as with one query at a time.
 void LlamaModel::attention(const float* q, int64_t tokens, int64_t start_pos, int64_t layer,
                            RunState& state, float* out) const {
+  constexpr int64_t kQueryTile = 16;
   const int64_t heads = config_.num_heads, head_dim = config_.head_dim;
-  const int64_t group = heads / config_.num_kv_heads;
+  const int64_t kv_heads = config_.num_kv_heads, group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(float(head_dim));
-  // Chunks of several (token, head) items amortise scheduling; one scores buffer per chunk.
-  const int64_t items = tokens * heads;
-  const int64_t grain = std::max<int64_t>(1, items / (num_threads() * 8));
+  const int64_t tile_tokens = std::min(tokens, kQueryTile);
+  const int64_t items = (tokens + tile_tokens - 1) / tile_tokens * kv_heads;
   const int64_t positions = start_pos + tokens;
+  const int64_t rows = tile_tokens * group;  // score rows of an item: (tile token, head in group)
+  // Chunks of several items amortise scheduling; one block of score rows per chunk.
+  const int64_t grain = std::max<int64_t>(1, items / (num_threads() * 8));
   const int64_t chunks = (items + grain - 1) / grain;
-  if (int64_t(state.scores_.size()) < chunks * positions) state.scores_.resize(chunks * positions);
+  if (int64_t(state.scores_.size()) < chunks * rows * positions)
+    state.scores_.resize(chunks * rows * positions);
   parallel_for(items, grain, [&](int64_t begin, int64_t end) {
-    float* scores = state.scores_.data() + begin / grain * positions;  // this chunk's row
+    float* scores = state.scores_.data() + begin / grain * rows * positions;  // (rows, positions)
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / heads, h = item % heads;
-      const int64_t kv_head = h / group;
-      const int64_t visible = start_pos + t + 1;
-      const float* query = q + (t * heads + h) * head_dim;
-      for (int64_t p = 0; p < visible; ++p)
-        scores[p] = dot(query, state.keys(layer, p) + kv_head * head_dim, head_dim) * scale;
-      softmax(scores, visible);
-      float* o = out + (t * heads + h) * head_dim;
-      std::fill(o, o + head_dim, 0.0f);
-      for (int64_t p = 0; p < visible; ++p)
-        axpy(scores[p], state.values(layer, p) + kv_head * head_dim, o, head_dim);
+      const int64_t kv_head = item % kv_heads;
+      const int64_t first = item / kv_heads * tile_tokens;
+      const int64_t last = std::min(tokens, first + tile_tokens);  // tile: tokens [first, last)
+      // Token t sees positions [0, start_pos + t]; position p is seen from token p - start_pos on.
+      const auto first_seeing = [&](int64_t p) { return std::max(first, p - start_pos); };
+      const auto query_row = [&](int64_t t, int64_t g) {
+        return (t * heads + kv_head * group + g) * head_dim;  // into q and out
+      };
+      const auto score_row = [&](int64_t t, int64_t g) {
+        return scores + ((t - first) * group + g) * positions;
+      };
+      for (int64_t p = 0; p < start_pos + last; ++p) {
+        const float* key = state.keys(layer, p) + kv_head * head_dim;
+        for (int64_t t = first_seeing(p); t < last; ++t)
+          for (int64_t g = 0; g < group; ++g)
+            score_row(t, g)[p] = dot(q + query_row(t, g), key, head_dim) * scale;
+      }
+      for (int64_t t = first; t < last; ++t)
+        for (int64_t g = 0; g < group; ++g) {
+          softmax(score_row(t, g), start_pos + t + 1);
+          std::fill_n(out + query_row(t, g), head_dim, 0.0f);
+        }
+      for (int64_t p = 0; p < start_pos + last; ++p) {
+        const float* value = state.values(layer, p) + kv_head * head_dim;
+        for (int64_t t = first_seeing(p); t < last; ++t)
+          for (int64_t g = 0; g < group; ++g)
+            axpy(score_row(t, g)[p], value, out + query_row(t, g), head_dim);
+      }
     }
   });
 }

@@ -67,7 +67,7 @@ class RunState {
   std::vector<float> gate_;    // (tokens, ffn)
   std::vector<float> up_;      // (tokens, ffn)
   std::vector<float> delta_;   // (tokens, hidden) block output
-  std::vector<float> scores_;  // (attention chunks, positions) softmax rows
+  std::vector<float> scores_;  // (attention chunks, rows per chunk, positions) softmax rows
   Scratch scratch_;            // temporaries of the linear layers' products
 };
 
