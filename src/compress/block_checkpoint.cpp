@@ -72,9 +72,11 @@ void BlockCheckpoint::save(int64_t layer, const BlockLinears& linears) const {
   out.write(block_file(layer));
 }
 
-void BlockCheckpoint::remove() const {
+void BlockCheckpoint::remove(int64_t num_layers) const {
+  // Only what this class wrote: --checkpoint may name a folder that holds other files too.
   std::error_code ec;
-  std::filesystem::remove_all(folder_, ec);
+  for (int64_t l = 0; l < num_layers; ++l) std::filesystem::remove(block_file(l), ec);
+  std::filesystem::remove(folder_, ec);  // fails, harmlessly, when other files remain
 }
 
 }  // namespace subbit::compress

@@ -34,8 +34,8 @@ class BlockCheckpoint {
   std::optional<BlockLinears> load(int64_t layer, const LlamaConfig& c,
                                    std::shared_ptr<const GgufFile>& keep_alive) const;
   void save(int64_t layer, const BlockLinears& linears) const;
-  // After the output is written.
-  void remove() const;
+  // After the output is written: the block files, and the folder when nothing else is in it.
+  void remove(int64_t num_layers) const;
 
  private:
   std::filesystem::path block_file(int64_t layer) const;

@@ -431,7 +431,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   save_model_file(out, c, bundle.tokenizer_json, weights,
                   {model_name, o.method, details.dump(), bundle.chat_template});
   if (!o.qat.checkpoint.empty()) std::filesystem::remove(o.qat.checkpoint);
-  if (checkpoint) checkpoint->remove();
+  if (checkpoint) checkpoint->remove(c.num_layers);
   return report;
 }
 

@@ -97,6 +97,19 @@ TEST(Interrupted, PostTrainingResumesAfterItsLastSavedBlock) {
   fs::remove_all(dir);
 }
 
+// --checkpoint may name a folder of the user's: only the block files are removed from it.
+TEST(Interrupted, AFinishedRunRemovesOnlyItsOwnBlockFiles) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  const fs::path dir = testing::temp_dir("resume-shared-folder");
+  testing::write_file(dir / "notes.txt", "the user's");
+  testing::run_cli("compress " + model_dir("sb-8m").string() + " --method sign -t 1 -o " +
+                   (dir / "out.gguf").string() + " --checkpoint " + dir.string());
+  EXPECT_TRUE(fs::exists(dir / "out.gguf"));
+  EXPECT_EQ(testing::file_bytes(dir / "notes.txt"), "the user's");
+  EXPECT_FALSE(fs::exists(dir / "block-0000.gguf"));
+  fs::remove_all(dir);
+}
+
 TEST(Interrupted, APostTrainingCheckpointOfAnotherRunIsRefused) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const fs::path dir = testing::temp_dir("resume-other");
