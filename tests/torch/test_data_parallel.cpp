@@ -118,33 +118,34 @@ TEST(DataParallel, FlagsWinOverTorchrunVariablesAndBadValuesAreRefused) {
   EXPECT_EQ(alone.rank, 0);
 }
 
-// Largest |a - b| relative to the largest |a|, over a tensor.
-double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 0, diff = 0;
-  for (size_t k = 0; k < a.size(); ++k) {
-    scale = std::max(scale, double(std::abs(a[k])));
-    diff = std::max(diff, double(std::abs(a[k] - b[k])));
+// Entries of a tensor that differ by more than `tolerance` of its largest |value|.
+struct Differences {
+  int64_t entries = 0, differing = 0;
+  void add(const std::vector<float>& a, const std::vector<float>& b, double tolerance) {
+    double scale = 0;
+    for (float x : a) scale = std::max(scale, double(std::abs(x)));
+    for (size_t k = 0; k < a.size(); ++k) differing += std::abs(a[k] - b[k]) > tolerance * scale;
+    entries += int64_t(a.size());
   }
-  return diff / scale;
-}
+};
 
-// The largest relative_difference over every trained tensor: each linear layer's reconstructed
-// weights and each norm.
-double largest_relative_difference(const LlamaWeights& a, const LlamaWeights& b) {
-  double worst = relative_difference(a.final_norm, b.final_norm);
+// Over every trained tensor: each linear layer's reconstructed weights and each norm.
+Differences trained_differences(const LlamaWeights& a, const LlamaWeights& b, double tolerance) {
+  Differences d;
+  d.add(a.final_norm, b.final_norm, tolerance);
   for (size_t l = 0; l < a.layers.size(); ++l) {
     for (size_t i = 0; i < a.layers[l].norm.size(); ++i)
-      worst = std::max(worst, relative_difference(a.layers[l].norm[i], b.layers[l].norm[i]));
+      d.add(a.layers[l].norm[i], b.layers[l].norm[i], tolerance);
     for (size_t i = 0; i < a.layers[l].linear.size(); ++i) {
       const Linear& x = *a.layers[l].linear[i];
       const Linear& y = *b.layers[l].linear[i];
       std::vector<float> wx(x.n_out() * x.n_in()), wy(wx.size());  // (n_out, n_in)
       x.dequantize(wx.data());
       y.dequantize(wy.data());
-      worst = std::max(worst, relative_difference(wx, wy));
+      d.add(wx, wy, tolerance);
     }
   }
-  return worst;
+  return d;
 }
 
 TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
@@ -160,10 +161,11 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
 
   const ModelBundle a = load_model(one), b = load_model(two);
   // Summing two half-batch gradients instead of one full-batch gradient changes only the
-  // rounding of what trains (a sign latent near zero could still flip; none did here).
-  const double weight_difference =
-      largest_relative_difference(a.model->weights(), b.model->weights());
-  EXPECT_LT(weight_difference, 1e-5);
+  // rounding of what trains, but a sign latent near zero can then land on the other side, which
+  // moves a whole row or column of its layer's product: with OpenBLAS's AVX-512 kernels a few
+  // did (largest difference 4.4e-4), with its SSE3 kernels none (1.2e-7).
+  const Differences d = trained_differences(a.model->weights(), b.model->weights(), 1e-5);
+  EXPECT_LT(double(d.differing) / double(d.entries), 1e-3) << d.differing << " of " << d.entries;
   const std::vector<int32_t> tokens = a.tokenizer->encode(
       testing::file_bytes(testing::shared_dir() / "text" / "wikitext2.valid.tokens")
           .substr(0, 20000));
@@ -171,9 +173,9 @@ TEST(DataParallel, TwoRanksOfBatchTwoTrainTheStudentOfOneRankOfBatchFour) {
   const double ppl_b = evaluate_perplexity(*b.model, tokens, 256, 8).ppl;
   EXPECT_NEAR(ppl_b / ppl_a, 1.0, 1e-4) << ppl_a << " vs " << ppl_b;
   std::printf(
-      "largest relative difference of a trained tensor %.3g; perplexity %.6f (1 rank) vs %.6f (2 "
-      "ranks)\n",
-      weight_difference, ppl_a, ppl_b);
+      "%lld of %lld trained entries differ by over 1e-5 of their tensor's largest; perplexity %.6f "
+      "(1 rank) vs %.6f (2 ranks)\n",
+      (long long)d.differing, (long long)d.entries, ppl_a, ppl_b);
   fs::remove_all(dir);
 }
 
