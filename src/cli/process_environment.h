@@ -14,8 +14,8 @@
 // picks kernels by CPU model, and Debian's 0.3.21 does not know newer models (this project's
 // Xeons, family 6 model 207) and falls back to its SSE3 "Prescott" kernels: Dual-SVID of two
 // Llama-2-7B blocks took 4 min 30 s there against 1 min 19 s with the AVX-512 kernels
-// (docs/results.md, "Compressing the Llama-2-7B shape"). When OpenBLAS reports that fallback, the
-// kernels the CPU's features allow are requested by OPENBLAS_CORETYPE.
+// (docs/results.md, "Compressing and running the Llama-2-7B shape"). When OpenBLAS reports that
+// fallback, the kernels the CPU's features allow are requested by OPENBLAS_CORETYPE.
 #include <dlfcn.h>
 #include <strings.h>
 #include <unistd.h>

@@ -61,7 +61,9 @@ std::optional<BlockCheckpoint::BlockLinears> BlockCheckpoint::load(
 }
 
 void BlockCheckpoint::save(int64_t layer, const BlockLinears& linears) const {
-  std::filesystem::create_directories(folder_);
+  std::error_code ec;
+  std::filesystem::create_directories(folder_, ec);
+  if (ec) fail("{}: cannot create the checkpoint folder: {}", folder_.string(), ec.message());
   GgufWriter out;
   out.set(kRunKey, run_);
   for (int i = 0; i < kLinearsPerBlock; ++i) {
