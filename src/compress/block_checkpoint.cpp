@@ -53,8 +53,7 @@ std::optional<BlockCheckpoint::BlockLinears> BlockCheckpoint::load(
   for (int i = 0; i < kLinearsPerBlock; ++i) {
     const auto [n_out, n_in] = linear_shape(c, i);
     const std::string prefix = file_block_tensor(layer, kBlockLinears[i].file_name);
-    const std::string format = file->get_string("subbit.layer." + prefix + ".format");
-    linears[i] = find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
+    linears[i] = load_linear(*file, file->get_string(format_key(prefix)), prefix, n_out, n_in);
   }
   keep_alive = std::move(file);
   return linears;
@@ -67,9 +66,7 @@ void BlockCheckpoint::save(int64_t layer, const BlockLinears& linears) const {
   GgufWriter out;
   out.set(kRunKey, run_);
   for (int i = 0; i < kLinearsPerBlock; ++i) {
-    const std::string prefix = file_block_tensor(layer, kBlockLinears[i].file_name);
-    linears[i]->save(out, prefix);
-    out.set("subbit.layer." + prefix + ".format", linears[i]->format_name());
+    save_linear(out, *linears[i], file_block_tensor(layer, kBlockLinears[i].file_name));
   }
   out.write(block_file(layer));
 }

@@ -45,4 +45,16 @@ std::string linear_format_names() {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
+std::string format_key(const std::string& prefix) { return "subbit.layer." + prefix + ".format"; }
+
+void save_linear(GgufWriter& out, const Linear& linear, const std::string& prefix) {
+  linear.save(out, prefix);
+  out.set(format_key(prefix), linear.format_name());
+}
+
+std::unique_ptr<Linear> load_linear(const GgufFile& file, const std::string& format,
+                                    const std::string& prefix, int64_t n_out, int64_t n_in) {
+  return find_linear_format(format, file).load(file, prefix, n_out, n_in);
+}
+
 }  // namespace subbit

@@ -35,4 +35,13 @@ const LinearFormat& find_linear_format(std::string_view name, const GgufFile& fi
 // "dense, littlebit, ...": the names of every row, for error messages.
 std::string linear_format_names();
 
+// A layer as files hold it (model files and compression checkpoints alike): its tensors under
+// `prefix`, and its format's name under format_key(prefix).
+std::string format_key(const std::string& prefix);  // "subbit.layer.<prefix>.format"
+void save_linear(GgufWriter& out, const Linear& linear, const std::string& prefix);
+// The layer under `prefix`, read by the row named `format` (unknown names: an Error naming the
+// file).
+std::unique_ptr<Linear> load_linear(const GgufFile& file, const std::string& format,
+                                    const std::string& prefix, int64_t n_out, int64_t n_in);
+
 }  // namespace subbit

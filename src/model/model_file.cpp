@@ -43,21 +43,17 @@ void save_model_file(const std::filesystem::path& file, const LlamaConfig& c,
   out.set("subbit.compression", info.compression_json);
   if (!info.chat_template.empty()) out.set("tokenizer.chat_template", info.chat_template);
 
-  auto put_linear = [&](const Linear& linear, const std::string& prefix) {
-    linear.save(out, prefix);
-    out.set("subbit.layer." + prefix + ".format", linear.format_name());
-  };
-  put_linear(*w.embedding, std::string(kEmbedding.file_name));
+  save_linear(out, *w.embedding, std::string(kEmbedding.file_name));
   put_f32(out, std::string(kFinalNorm.file_name), w.final_norm);
   // A tied model's head is stored only when its format differs from the embedding's.
-  if (!w.head_is_embedding()) put_linear(*w.lm_head, std::string(kLmHead.file_name));
+  if (!w.head_is_embedding()) save_linear(out, *w.lm_head, std::string(kLmHead.file_name));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
     for (int i = 0; i < kNormsPerBlock; ++i)
       put_f32(out, file_block_tensor(l, kBlockNorms[i].file_name) + ".weight", layer.norm[i]);
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
-      put_linear(*layer.linear[i], prefix);
+      save_linear(out, *layer.linear[i], prefix);
       if (!layer.bias[i].empty()) put_f32(out, prefix + ".bias", layer.bias[i]);
     }
   }
@@ -92,14 +88,13 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
       Tokenizer::from_json_text(bundle.tokenizer_json, source + " (subbit.tokenizer)"));
 
   LlamaWeights w;
-  auto load_linear = [&](const std::string& prefix, int64_t n_out, int64_t n_in,
-                         const std::string& kind) {
+  auto load_layer = [&](const std::string& prefix, int64_t n_out, int64_t n_in,
+                        const std::string& kind) {
     // Files written before embeddings had formats store a dense embedding without a format key.
-    const std::string key = "subbit.layer." + prefix + ".format";
+    const std::string key = format_key(prefix);
     const std::string format =
         file->has(key) || prefix != kEmbedding.file_name ? file->get_string(key) : "dense";
-    std::unique_ptr<Linear> linear =
-        find_linear_format(format, *file).load(*file, prefix, n_out, n_in);
+    std::unique_ptr<Linear> linear = load_linear(*file, format, prefix, n_out, n_in);
     const int64_t params = n_out * n_in;
     bundle.inventory.push_back({prefix, kind, format == "dense" ? linear->describe() : format,
                                 params, linear->storage_bits() / 8,
@@ -108,7 +103,7 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
     return linear;
   };
   w.embedding =
-      load_linear(std::string(kEmbedding.file_name), c.vocab_size, c.hidden_size, "embedding");
+      load_layer(std::string(kEmbedding.file_name), c.vocab_size, c.hidden_size, "embedding");
 
   auto load_f32 = [&](const std::string& name, int64_t n, const std::string& kind) {
     bundle.inventory.push_back({name, kind, "F32", n, n * 4, ""});
@@ -123,16 +118,16 @@ ModelBundle load_model_file(const std::filesystem::path& path) {
       const auto [n_out, n_in] = linear_shape(c, i);
       const std::string prefix = file_block_tensor(l, kBlockLinears[i].file_name);
       const std::string kind(kBlockLinears[i].kind);
-      layer.linear[i] = load_linear(prefix, n_out, n_in, kind);
+      layer.linear[i] = load_layer(prefix, n_out, n_in, kind);
       if (linear_has_bias(c, i)) layer.bias[i] = load_f32(prefix + ".bias", n_out, kind);
     }
     w.layers.push_back(std::move(layer));
   }
   w.final_norm = load_f32(std::string(kFinalNorm.file_name), c.hidden_size, "norm");
   const bool head_stored =
-      !c.tie_word_embeddings || file->has(fmt::format("subbit.layer.{}.format", kLmHead.file_name));
-  w.lm_head = head_stored ? load_linear(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size,
-                                        "lm_head")
+      !c.tie_word_embeddings || file->has(format_key(std::string(kLmHead.file_name)));
+  w.lm_head = head_stored ? load_layer(std::string(kLmHead.file_name), c.vocab_size, c.hidden_size,
+                                       "lm_head")
                           : w.embedding;
   w.storage.emplace_back(file);
   bundle.model = std::make_unique<LlamaModel>(c, std::move(w));
