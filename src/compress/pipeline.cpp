@@ -296,7 +296,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
       const std::vector<int32_t> tokens =
           load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
       std::vector<LayerSensitivity> layers =
-          measure_sensitivity(model, teacher, *trainable, bpw, tokens, o.qat.seq, log);
+          measure_sensitivity(teacher, *trainable, bpw, tokens, o.qat.seq, log);
       double budget_bits = 0;  // what the uniform target stores
       for (const LayerSensitivity& s : layers)
         budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);

@@ -138,6 +138,9 @@ QatResult train_blockwise(TorchLlama& teacher, TorchLlama& student, std::span<co
       ++done;
       if (progress) progress({done, total_steps * owned, done * tokens_per_step, losses.back()});
     }
+    // Done with this block: its gradients go with its optimizer's moments, so that one block's
+    // training state is held at a time, not every trained block's gradients.
+    for (torch::Tensor& p : params) p.mutable_grad().reset();
     const size_t tail = std::min<size_t>(10, losses.size());
     first[l] = losses.front();
     last[l] = std::accumulate(losses.end() - tail, losses.end(), 0.0) / double(tail);

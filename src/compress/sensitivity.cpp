@@ -32,8 +32,8 @@ std::vector<torch::Tensor> token_batches(std::span<const int32_t> tokens, int64_
 }  // namespace
 
 std::vector<LayerSensitivity> measure_sensitivity(
-    const LlamaModel& original, TorchLlama& teacher, const TrainableMethod& method,
-    double target_bpw, std::span<const int32_t> tokens, int64_t seq,
+    TorchLlama& teacher, const TrainableMethod& method, double target_bpw,
+    std::span<const int32_t> tokens, int64_t seq,
     const std::function<void(const std::string&)>& log) {
   torch::NoGradGuard no_grad;
   const LlamaConfig& c = teacher.config();
@@ -41,7 +41,8 @@ std::vector<LayerSensitivity> measure_sensitivity(
   std::vector<torch::Tensor> teacher_logp;  // per batch: (batch, seq, vocab)
   for (const torch::Tensor& b : batches)
     teacher_logp.push_back(torch::log_softmax(teacher.forward(b).logits, -1));
-  TorchLlama probe(original);  // the original model with one layer compressed at a time
+  // The original model with one layer compressed at a time; it shares the teacher's weights.
+  TorchLlama probe(teacher, TorchLlama::ShareFrozen{});
   const auto mean_kl = [&] {
     double sum = 0;
     int64_t positions = 0;

@@ -30,8 +30,8 @@ struct LayerSensitivity {
 // Measures every block linear of `teacher` (the original model) compressed by `method` at
 // `target_bpw` and 2 · target_bpw, on `tokens` cut into windows of `seq`.
 std::vector<LayerSensitivity> measure_sensitivity(
-    const LlamaModel& original, TorchLlama& teacher, const TrainableMethod& method,
-    double target_bpw, std::span<const int32_t> tokens, int64_t seq,
+    TorchLlama& teacher, const TrainableMethod& method, double target_bpw,
+    std::span<const int32_t> tokens, int64_t seq,
     const std::function<void(const std::string&)>& log);
 
 // Fills allocated_bpw so that Σ method.stored_bpw(b_j) · n_j stays within `budget_bits`.

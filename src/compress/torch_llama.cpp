@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "common/error.h"
+#include "io/mapped_file.h"
 
 namespace subbit::compress {
 
@@ -29,6 +31,23 @@ std::vector<float> to_vector(const torch::Tensor& t) {
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
+// x (..., n_in) · weightᵀ with a frozen weight kept in any dtype: multiplied in x's (fp32), and
+// saved for backward as kept, so a BF16 weight's fp32 copy lives only during each product.
+struct FrozenProduct : public torch::autograd::Function<FrozenProduct> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight) {
+    ctx->saved_data["weight"] = weight;
+    return torch::matmul(x, weight.to(x.scalar_type()).t());
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const torch::Tensor weight = ctx->saved_data["weight"].toTensor();
+    const torch::Tensor& grad = grads[0];  // (..., n_out)
+    return {torch::matmul(grad, weight.to(grad.scalar_type())), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor dense_weight(const Linear& linear) {
@@ -37,26 +56,41 @@ torch::Tensor dense_weight(const Linear& linear) {
   return w;
 }
 
+torch::Tensor frozen_weight(const Linear& linear) {
+  const auto* dense = dynamic_cast<const DenseLinear*>(&linear);
+  if (!dense || dense->matrix().dtype != DType::BF16) return dense_weight(linear);
+  const DenseMatrix& m = dense->matrix();
+  const size_t bytes = size_t(m.n_out * m.n_in) * dtype_size(m.dtype);
+  torch::Tensor w = torch::empty({m.n_out, m.n_in}, torch::kBFloat16);
+  std::memcpy(w.data_ptr(), m.data, bytes);
+  release_pages(m.data, bytes);
+  return w;
+}
+
 FrozenDense::FrozenDense(torch::Tensor weight)
     : weight_(register_buffer("weight", std::move(weight))) {}
 
-torch::Tensor FrozenDense::forward(const torch::Tensor& x) { return torch::matmul(x, weight_.t()); }
+torch::Tensor FrozenDense::forward(const torch::Tensor& x) {
+  if (weight_.scalar_type() == x.scalar_type()) return torch::matmul(x, weight_.t());
+  return FrozenProduct::apply(x, weight_);
+}
 
 std::unique_ptr<Linear> FrozenDense::to_runtime() const {
-  const torch::Tensor w = weight_.contiguous();
-  std::vector<uint8_t> bytes(w.numel() * sizeof(float));
-  std::memcpy(bytes.data(), w.data_ptr<float>(), bytes.size());
-  return std::make_unique<DenseLinear>(DenseMatrix{DType::F32, nullptr, w.size(0), w.size(1)},
+  const torch::Tensor w = weight_.to(torch::kCPU).contiguous();
+  const DType dtype = w.scalar_type() == torch::kBFloat16 ? DType::BF16 : DType::F32;
+  std::vector<uint8_t> bytes(w.numel() * w.element_size());
+  std::memcpy(bytes.data(), w.data_ptr(), bytes.size());
+  return std::make_unique<DenseLinear>(DenseMatrix{dtype, nullptr, w.size(0), w.size(1)},
                                        std::move(bytes));
 }
 
 TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
   const LlamaWeights& w = model.weights();
   const LlamaConfig& c = config_;
-  embedding_ = register_buffer("embedding", dense_weight(*w.embedding));
+  embedding_ = register_buffer("embedding", frozen_weight(*w.embedding));
   head_ = register_module(
       "lm_head", std::make_shared<FrozenDense>(w.head_is_embedding() ? embedding_.alias()
-                                                                     : dense_weight(*w.lm_head)));
+                                                                     : frozen_weight(*w.lm_head)));
   final_norm_ = register_parameter("final_norm", from_floats(w.final_norm));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LlamaLayer& layer = w.layers[l];
@@ -67,8 +101,9 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
     std::vector<std::shared_ptr<TrainableLinear>> row;
     std::vector<torch::Tensor> biases;
     for (int i = 0; i < kLinearsPerBlock; ++i) {
-      row.push_back(register_module(fmt::format("linear_{}_{}", l, i),
-                                    std::make_shared<FrozenDense>(dense_weight(*layer.linear[i]))));
+      row.push_back(
+          register_module(fmt::format("linear_{}_{}", l, i),
+                          std::make_shared<FrozenDense>(frozen_weight(*layer.linear[i]))));
       // Biases stay as stored: frozen, full precision (an undefined tensor: no bias).
       biases.push_back(layer.bias[i].empty() ? torch::Tensor()
                                              : register_buffer(fmt::format("bias_{}_{}", l, i),
@@ -82,16 +117,16 @@ TorchLlama::TorchLlama(const LlamaModel& model) : config_(model.config()) {
 }
 
 TorchLlama::TorchLlama(const TorchLlama& teacher, ShareFrozen) : config_(teacher.config_) {
-  const auto frozen_weight = [](const std::shared_ptr<TrainableLinear>& module) {
+  const auto frozen_tensor = [](const std::shared_ptr<TrainableLinear>& module) {
     const auto frozen = std::dynamic_pointer_cast<FrozenDense>(module);
     if (!frozen) fail("a student can share only a teacher's frozen layers");
-    return frozen->weight().alias();
+    return frozen->stored().alias();
   };
   if (teacher.head_is_embedding_) fail("a student can share only a teacher whose head is frozen");
   embedding_ = register_buffer("embedding", teacher.embedding_.alias());
-  const bool tied = frozen_weight(teacher.head_).is_alias_of(teacher.embedding_);
+  const bool tied = frozen_tensor(teacher.head_).is_alias_of(teacher.embedding_);
   head_ = register_module("lm_head", std::make_shared<FrozenDense>(
-                                         tied ? embedding_.alias() : frozen_weight(teacher.head_)));
+                                         tied ? embedding_.alias() : frozen_tensor(teacher.head_)));
   final_norm_ = register_parameter("final_norm", teacher.final_norm_.detach().clone());
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     attn_norms_.push_back(register_parameter(fmt::format("attn_norm_{}", l),
@@ -103,7 +138,7 @@ TorchLlama::TorchLlama(const TorchLlama& teacher, ShareFrozen) : config_(teacher
     for (int i = 0; i < kLinearsPerBlock; ++i) {
       row.push_back(
           register_module(fmt::format("linear_{}_{}", l, i),
-                          std::make_shared<FrozenDense>(frozen_weight(teacher.linears_[l][i]))));
+                          std::make_shared<FrozenDense>(frozen_tensor(teacher.linears_[l][i]))));
       const torch::Tensor& bias = teacher.biases_[l][i];
       biases.push_back(bias.defined()
                            ? register_buffer(fmt::format("bias_{}_{}", l, i), bias.alias())
@@ -130,16 +165,18 @@ void TorchLlama::set_head(std::shared_ptr<TrainableLinear> module, bool is_embed
 }
 
 void TorchLlama::set_embedding(std::shared_ptr<const Linear> embedding) {
-  // New storage for the registered buffer, not a copy into the old: a tied head that is still
-  // frozen keeps reading the old storage (through its alias).
+  // New data for the registered buffer, not a copy into the old: a tied head that is still
+  // frozen keeps reading the old storage (through its alias). The dtype may change (BF16 kept
+  // -> the encoded table's fp32 values).
   torch::NoGradGuard no_grad;
-  embedding_.set_(dense_weight(*embedding).to(embedding_.device()));
+  embedding_.set_data(dense_weight(*embedding).to(embedding_.device()));
   embedding_runtime_ = std::move(embedding);
 }
 
 torch::Tensor TorchLlama::embed(const torch::Tensor& tokens) {
   const torch::Tensor ids = tokens.reshape({-1});
-  return (head_is_embedding_ ? head_->rows(ids) : embedding_.index_select(0, ids))
+  return (head_is_embedding_ ? head_->rows(ids)
+                             : embedding_.index_select(0, ids).to(torch::kFloat32))
       .reshape({tokens.size(0), tokens.size(1), config_.hidden_size});
 }
 

@@ -22,14 +22,19 @@ class TrainableLinear : public torch::nn::Module {
   virtual std::unique_ptr<Linear> to_runtime() const = 0;
 };
 
-// The original weights, frozen (teacher, and layers left uncompressed).
+// The original weights, frozen (teacher, and layers left uncompressed). Kept in BF16 when that
+// is how they are stored (exact, half of fp32's memory) and multiplied in fp32: the products are
+// the same as with an fp32 copy.
 class FrozenDense final : public TrainableLinear {
  public:
-  explicit FrozenDense(torch::Tensor weight);  // (n_out, n_in) fp32
+  explicit FrozenDense(torch::Tensor weight);  // (n_out, n_in) fp32 or bf16
   torch::Tensor forward(const torch::Tensor& x) override;
-  torch::Tensor rows(const torch::Tensor& index) override { return weight_.index_select(0, index); }
+  torch::Tensor rows(const torch::Tensor& index) override {
+    return weight_.index_select(0, index).to(torch::kFloat32);
+  }
   std::unique_ptr<Linear> to_runtime() const override;
-  const torch::Tensor& weight() const { return weight_; }
+  torch::Tensor weight() const { return weight_.to(torch::kFloat32); }  // (n_out, n_in) fp32
+  const torch::Tensor& stored() const { return weight_; }               // as kept
 
  private:
   torch::Tensor weight_;
@@ -37,6 +42,9 @@ class FrozenDense final : public TrainableLinear {
 
 // (n_out, n_in) fp32 copy of a runtime layer's effective weights.
 torch::Tensor dense_weight(const Linear& linear);
+// A runtime layer's weights as a frozen copy: BF16 when the layer stores dense BF16 (its source
+// pages are handed back once copied), fp32 otherwise.
+torch::Tensor frozen_weight(const Linear& linear);
 
 struct TorchOutput {
   torch::Tensor logits;               // (batch, seq, vocab)

@@ -60,8 +60,8 @@ TEST(Sensitivity, MeasuredOnSb8mKlFallsWithBitsAndDeploysWithinTheUniformBits) {
       "town.");
   while (tokens.size() < 256) tokens.insert(tokens.end(), tokens.begin(), tokens.end());
   tokens.resize(256);
-  std::vector<LayerSensitivity> layers = measure_sensitivity(
-      *bundle.model, teacher, trainable, 0.55, tokens, 128, [](const std::string&) {});
+  std::vector<LayerSensitivity> layers =
+      measure_sensitivity(teacher, trainable, 0.55, tokens, 128, [](const std::string&) {});
   ASSERT_EQ(layers.size(), size_t(bundle.model->config().num_layers * kLinearsPerBlock));
   double at_target = 0, at_double = 0, budget = 0;
   for (const auto& s : layers) {

@@ -104,5 +104,37 @@ INSTANTIATE_TEST_SUITE_P(Models, TrainingGraph,
                            return name;
                          });
 
+// A frozen BF16 weight (the teacher of a BF16 checkpoint) is kept in BF16 and multiplied in fp32:
+// the product and the input's gradient are those of its fp32 copy, bit for bit.
+TEST(FrozenDense, KeepsBf16WeightsAndMultipliesThemInFp32) {
+  torch::manual_seed(7);
+  const torch::Tensor w = torch::randn({37, 53}).to(torch::kBFloat16);  // (n_out, n_in)
+  FrozenDense kept(w), widened(w.to(torch::kFloat32));
+  EXPECT_EQ(kept.stored().scalar_type(), torch::kBFloat16);
+  const torch::Tensor x = torch::randn({3, 5, 53});
+  const torch::Tensor x1 = x.clone().requires_grad_(true), x2 = x.clone().requires_grad_(true);
+  const torch::Tensor y1 = kept.forward(x1), y2 = widened.forward(x2);
+  EXPECT_EQ(y1.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(y1, y2));
+  const torch::Tensor grad = torch::randn({3, 5, 37});
+  y1.backward(grad);
+  y2.backward(grad);
+  EXPECT_TRUE(torch::equal(x1.grad(), x2.grad()));
+  const torch::Tensor index = torch::tensor({4, 0, 36});
+  EXPECT_TRUE(torch::equal(kept.rows(index), widened.rows(index)));
+}
+
+TEST(TrainingGraph, KeepsABf16CheckpointInBf16) {
+  const auto dir = testing::shared_dir() / "models" / "sb-8m";
+  SKIP_UNLESS_EXISTS(dir / "model.safetensors");
+  ModelBundle bundle = load_model(dir);
+  TorchLlama graph(*bundle.model);
+  for (int i = 0; i < kLinearsPerBlock; ++i)
+    EXPECT_EQ(std::dynamic_pointer_cast<FrozenDense>(graph.linear(0, i))->stored().scalar_type(),
+              torch::kBFloat16);
+  EXPECT_EQ(std::dynamic_pointer_cast<FrozenDense>(graph.head())->stored().scalar_type(),
+            torch::kBFloat16);
+}
+
 }  // namespace
 }  // namespace subbit
