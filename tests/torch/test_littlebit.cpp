@@ -105,18 +105,24 @@ TEST(LittleBitTrainable, GradientsReachLatentFactors) {
   }
 }
 
+// Every block linear of the student becomes a two-path LittleBit layer of `rank`, Dual-SVID
+// initialised from the teacher's weights (tanh surrogate, alpha 100).
+void make_littlebit_student(const TorchLlama& teacher, TorchLlama& student, int64_t rank) {
+  for (int64_t l = 0; l < student.config().num_layers; ++l)
+    for (int i = 0; i < kLinearsPerBlock; ++i) {
+      const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
+      student.set_linear(
+          l, i, std::make_shared<LittleBitTrainable>(w, rank, true, SignSurrogate::Tanh, 100));
+    }
+}
+
 TEST(Qat, ShortRunLowersDistillationLoss) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   SKIP_UNLESS_EXISTS(calib_text());
   torch::manual_seed(0);
   ModelBundle bundle = load_model(model_dir("sb-8m"));
   TorchLlama teacher(*bundle.model), student(*bundle.model);
-  for (int64_t l = 0; l < student.config().num_layers; ++l)
-    for (int i = 0; i < kLinearsPerBlock; ++i) {
-      const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-      student.set_linear(
-          l, i, std::make_shared<LittleBitTrainable>(w, 16, true, SignSurrogate::Tanh, 100));
-    }
+  make_littlebit_student(teacher, student, 16);
   const auto tokens = load_training_tokens({calib_text()}, *bundle.tokenizer, 20000);
   const torch::Tensor probe =
       torch::tensor(std::vector<int64_t>(tokens.begin() + 10000, tokens.begin() + 10256))
@@ -159,12 +165,7 @@ TEST(Qat, NormsTrainOnlyWhenAsked) {
   for (bool train_norms : {false, true}) {
     torch::manual_seed(0);
     TorchLlama teacher(*bundle.model), student(*bundle.model);
-    for (int64_t l = 0; l < student.config().num_layers; ++l)
-      for (int i = 0; i < kLinearsPerBlock; ++i) {
-        const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-        student.set_linear(
-            l, i, std::make_shared<LittleBitTrainable>(w, 8, true, SignSurrogate::Tanh, 100));
-      }
+    make_littlebit_student(teacher, student, 8);
     std::map<std::string, torch::Tensor> before;
     for (const auto& p : student.named_parameters()) before[p.key()] = p.value().detach().clone();
     QatOptions o;
@@ -202,12 +203,7 @@ TEST(Qat, BlockwiseTrainsEveryBlockAndKeepsNoGradients) {
   TorchLlama teacher(*bundle.model);
   TorchLlama student(teacher, TorchLlama::ShareFrozen{});
   const int64_t blocks = student.config().num_layers;
-  for (int64_t l = 0; l < blocks; ++l)
-    for (int i = 0; i < kLinearsPerBlock; ++i) {
-      const auto w = std::dynamic_pointer_cast<FrozenDense>(teacher.linear(l, i))->weight();
-      student.set_linear(
-          l, i, std::make_shared<LittleBitTrainable>(w, 8, true, SignSurrogate::Tanh, 100));
-    }
+  make_littlebit_student(teacher, student, 8);
   std::vector<std::vector<torch::Tensor>> before(blocks);
   for (int64_t l = 0; l < blocks; ++l)
     for (const torch::Tensor& p : student.block_parameters(l))
