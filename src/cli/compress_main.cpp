@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
       "LM head: the same types (default: a tied head is stored once with the embedding)");
   app.add_option("--allocate", o.allocate,
                  "uniform: one target for every linear layer | sensitivity: targets by measured KL "
-                 "at the same bits")
+                 "at the same bits (with --budget whole, for the embedding/head it sizes too)")
       ->capture_default_str();
   app.add_option("--sensitivity-text", sensitivity_texts,
                  "text for --allocate sensitivity (default: --train-text)");

@@ -216,9 +216,11 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
                   train && (t == &head || head_follows_embedding));
   };
   const bool whole = o.budget == "whole";
+  std::vector<OutsideLayer*> sized_outside;  // built once their targets are known
   for (OutsideLayer* t : outside) {
     if (t->type.row && t->type.row->targets_bpw && t->type.bpw == 0) {
       sized.push_back({t->type.method.get(), c.vocab_size, c.hidden_size});
+      sized_outside.push_back(t);
       continue;
     }
     build(t, t->type.bpw);
@@ -259,9 +261,13 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
                         : "",
                     bpw));
   }
-  for (OutsideLayer* t : outside)
-    if (!t->runtime && !t->trainable) build(t, bpw);
-  if (head_follows_embedding) head = embed;
+  // The embedding and head sized by the budget take its target, or sensitivity's allocation.
+  std::array<double, 2> outside_bpw{bpw, bpw};  // (embedding, head)
+  const auto build_sized_outside = [&] {
+    for (OutsideLayer* t : sized_outside)
+      build(t, outside_bpw[t == &embed ? kEmbeddingTensor : kHeadTensor]);
+    if (head_follows_embedding) head = embed;
+  };
 
   CompressReport report;
   report.linear_target_bpw = bpw;
@@ -283,6 +289,42 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   // sensitivity measurement. Post-training compression streams: one layer's fp32 weights at a time.
   if (trainable && (train || o.allocate == "sensitivity")) {
     TorchLlama teacher(model);
+    if (o.allocate == "sensitivity") {
+      const auto& texts = o.sensitivity_texts.empty() ? o.train_texts : o.sensitivity_texts;
+      const std::vector<int32_t> tokens =
+          load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
+      // Tables sized by another method than the linears' keep the uniform target: one rate
+      // model cannot trade bits between two methods' curves.
+      std::vector<SizedTable> tables;
+      for (OutsideLayer* t : sized_outside)
+        if (t->type.method.get() == &method)
+          tables.push_back({t == &embed ? kEmbeddingTensor : kHeadTensor,
+                            t == &embed && head_follows_embedding,
+                            dense_weight(t == &embed ? *src.embedding : *src.lm_head)});
+      std::vector<LayerSensitivity> layers =
+          measure_sensitivity(teacher, *trainable, bpw, tables, tokens, o.qat.seq, log);
+      tables.clear();
+      double budget_bits = 0;  // what the uniform target stores
+      for (const LayerSensitivity& s : layers)
+        budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);
+      allocate_by_sensitivity(layers, method, bpw, budget_bits);
+      nlohmann::json table = nlohmann::json::array();
+      for (const LayerSensitivity& s : layers) {
+        const bool outside_tensor = s.block == kOutsideBlocks;
+        (outside_tensor ? outside_bpw[s.index] : layer_bpw[s.block][s.index]) = s.allocated_bpw;
+        table.push_back(
+            {{"layer", !outside_tensor            ? file_block_tensor(s.block,
+                                                                      kBlockLinears[s.index].file_name)
+                       : s.index == kHeadTensor ? std::string(kLmHead.file_name)
+                                                : std::string(kEmbedding.file_name)},
+             {"kl", s.kl_at_target},
+             {"kl_double", s.kl_at_double},
+             {"target_bpw", s.allocated_bpw}});
+      }
+      details["allocation"] = {
+          {"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
+    }
+    build_sized_outside();
     TorchLlama student(teacher, TorchLlama::ShareFrozen{});
     if (embed.runtime && !embed.type.dense()) student.set_embedding(embed.runtime);
     if (head.trainable) {
@@ -290,27 +332,6 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
     } else if (!head.type.dense()) {
       // Trained against the encoded head, frozen; deployed as encoded.
       student.set_head(std::make_shared<FrozenDense>(dense_weight(*head.runtime)), false);
-    }
-    if (o.allocate == "sensitivity") {
-      const auto& texts = o.sensitivity_texts.empty() ? o.train_texts : o.sensitivity_texts;
-      const std::vector<int32_t> tokens =
-          load_training_tokens(texts, *bundle.tokenizer, o.sensitivity_tokens);
-      std::vector<LayerSensitivity> layers =
-          measure_sensitivity(teacher, *trainable, bpw, tokens, o.qat.seq, log);
-      double budget_bits = 0;  // what the uniform target stores
-      for (const LayerSensitivity& s : layers)
-        budget_bits += method.stored_bits(s.n_out, s.n_in, bpw);
-      allocate_by_sensitivity(layers, method, bpw, budget_bits);
-      nlohmann::json table = nlohmann::json::array();
-      for (const LayerSensitivity& s : layers) {
-        layer_bpw[s.block][s.index] = s.allocated_bpw;
-        table.push_back({{"layer", file_block_tensor(s.block, kBlockLinears[s.index].file_name)},
-                         {"kl", s.kl_at_target},
-                         {"kl_double", s.kl_at_double},
-                         {"target_bpw", s.allocated_bpw}});
-      }
-      details["allocation"] = {
-          {"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
     }
     blocks_built(0);
     for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -354,6 +375,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
       if (head_follows_embedding) weights.embedding = head.runtime;
     }
   } else {
+    build_sized_outside();
     const auto encode = [&](std::vector<float>& w, const Linear& original,
                             const LayerToCompress& layer) {
       if (!trainable)

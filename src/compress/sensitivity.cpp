@@ -33,7 +33,7 @@ std::vector<torch::Tensor> token_batches(std::span<const int32_t> tokens, int64_
 
 std::vector<LayerSensitivity> measure_sensitivity(
     TorchLlama& teacher, const TrainableMethod& method, double target_bpw,
-    std::span<const int32_t> tokens, int64_t seq,
+    std::span<const SizedTable> tables, std::span<const int32_t> tokens, int64_t seq,
     const std::function<void(const std::string&)>& log) {
   torch::NoGradGuard no_grad;
   const LlamaConfig& c = teacher.config();
@@ -41,9 +41,7 @@ std::vector<LayerSensitivity> measure_sensitivity(
   std::vector<torch::Tensor> teacher_logp;  // per batch: (batch, seq, vocab)
   for (const torch::Tensor& b : batches)
     teacher_logp.push_back(torch::log_softmax(teacher.forward(b).logits, -1));
-  // The original model with one layer compressed at a time; it shares the teacher's weights.
-  TorchLlama probe(teacher, TorchLlama::ShareFrozen{});
-  const auto mean_kl = [&] {
+  const auto mean_kl = [&](TorchLlama& probe) {
     double sum = 0;
     int64_t positions = 0;
     for (size_t i = 0; i < batches.size(); ++i) {
@@ -53,6 +51,9 @@ std::vector<LayerSensitivity> measure_sensitivity(
     }
     return sum / double(positions);
   };
+  const double doubled = std::min(16.0, 2 * target_bpw);
+  // The original model with one layer compressed at a time; it shares the teacher's weights.
+  TorchLlama probe(teacher, TorchLlama::ShareFrozen{});
   std::vector<LayerSensitivity> layers;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (int i = 0; i < kLinearsPerBlock; ++i) {
@@ -60,13 +61,30 @@ std::vector<LayerSensitivity> measure_sensitivity(
       const torch::Tensor w = std::dynamic_pointer_cast<FrozenDense>(kept)->weight();
       LayerSensitivity s{l, i, w.size(0), w.size(1), 0, 0, target_bpw};
       probe.set_linear(l, i, method.make_trainable(w, {l, i, target_bpw}));
-      s.kl_at_target = mean_kl();
-      probe.set_linear(l, i, method.make_trainable(w, {l, i, std::min(16.0, 2 * target_bpw)}));
-      s.kl_at_double = mean_kl();
+      s.kl_at_target = mean_kl(probe);
+      probe.set_linear(l, i, method.make_trainable(w, {l, i, doubled}));
+      s.kl_at_double = mean_kl(probe);
       probe.set_linear(l, i, kept);
       layers.push_back(s);
     }
     log(fmt::format("sensitivity measured block {}/{}", l + 1, c.num_layers));
+  }
+  for (const SizedTable& t : tables) {
+    const auto kl_at = [&](double bpw) {
+      TorchLlama table_probe(teacher, TorchLlama::ShareFrozen{});
+      std::shared_ptr<TrainableLinear> table =
+          method.make_trainable(t.weight, {kOutsideBlocks, t.which, bpw});
+      if (t.which == kEmbeddingTensor && !t.tied)
+        table_probe.set_embedding(table->to_runtime());
+      else
+        table_probe.set_head(std::move(table), t.tied);
+      return mean_kl(table_probe);
+    };
+    layers.push_back({kOutsideBlocks, t.which, t.weight.size(0), t.weight.size(1),
+                      kl_at(target_bpw), kl_at(doubled), target_bpw});
+    log(fmt::format("sensitivity measured the {}", t.which == kHeadTensor ? "LM head"
+                                                   : t.tied           ? "tied embedding/head"
+                                                                      : "embedding"));
   }
   return layers;
 }

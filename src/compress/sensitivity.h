@@ -19,19 +19,29 @@
 namespace subbit::compress {
 
 struct LayerSensitivity {
-  int64_t block;
-  int index;  // LinearIndex
+  int64_t block;  // or kOutsideBlocks for a SizedTable
+  int index;      // LinearIndex, or the SizedTable's OutsideTensor
   int64_t n_out, n_in;
   double kl_at_target;   // mean KL per token, nats, the layer alone at B
   double kl_at_double;   // the layer alone at 2 B
   double allocated_bpw;  // the target allocate_by_sensitivity gives it
 };
 
-// Measures every block linear of `teacher` (the original model) compressed by `method` at
-// `target_bpw` and 2 · target_bpw, on `tokens` cut into windows of `seq`.
+// The embedding table or LM head when a whole-file budget sizes it with the linears' method: it
+// is measured and allocated like a block linear (the head is the largest single tensor of a
+// small-vocabulary model and often the most sensitive one).
+struct SizedTable {
+  OutsideTensor which;   // kEmbeddingTensor (looked up; with `tied` also the head) or kHeadTensor
+  bool tied;             // one table serves as embedding and head: compressed as both
+  torch::Tensor weight;  // (vocab, hidden) fp32, the original
+};
+
+// Measures every block linear of `teacher` (the original model), then every table, compressed by
+// `method` at `target_bpw` and 2 · target_bpw, on `tokens` cut into windows of `seq`. The tables
+// come last in the result, in the order given.
 std::vector<LayerSensitivity> measure_sensitivity(
     TorchLlama& teacher, const TrainableMethod& method, double target_bpw,
-    std::span<const int32_t> tokens, int64_t seq,
+    std::span<const SizedTable> tables, std::span<const int32_t> tokens, int64_t seq,
     const std::function<void(const std::string&)>& log);
 
 // Fills allocated_bpw so that Σ method.stored_bpw(b_j) · n_j stays within `budget_bits`.

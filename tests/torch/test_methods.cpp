@@ -209,5 +209,33 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
   fs::remove_all(dir);
 }
 
+// Under a whole-file budget the tied table is sized by the method, so sensitivity allocates it
+// beside the block linears, within the same budget.
+TEST(CompressMethods, SensitivityUnderAWholeBudgetAllocatesTheTableToo) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  SKIP_UNLESS_EXISTS(testing::calib_text());
+  const auto dir = testing::temp_dir("whole-sensitivity");
+  const std::string out = (dir / "allocated.gguf").string();
+  const auto r = compress(model_dir("sb-8m").string() + " -o " + out +
+                          " --method littlebit --bpw 1.2 --budget whole --allocate sensitivity"
+                          " --sensitivity-text " +
+                          testing::calib_text().string() + " --sensitivity-tokens 256 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LE(number_after(r.out, "whole file: ([0-9.]+) bits/param"), 1.2 * 1.01) << r.out;
+  const auto info = testing::run_command(testing::cli_path().string() + " info " + out);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(info.out, m, std::regex("compression: +(\\{.*\\})"))) << info.out;
+  const nlohmann::json details = nlohmann::json::parse(m[1].str());
+  const nlohmann::json& layers = details.at("allocation").at("layers");
+  ASSERT_EQ(layers.size(), size_t(6 * kLinearsPerBlock + 1)) << "sb-8m's 6 blocks and the table";
+  const nlohmann::json& table = layers.back();
+  EXPECT_EQ(table.at("layer"), "token_embd");
+  EXPECT_GT(table.at("kl").get<double>(), 0);
+  // The table's target is its own, not the linears' uniform one.
+  EXPECT_NE(table.at("target_bpw").get<double>(), details.at("target_bpw").get<double>());
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace subbit

@@ -60,9 +60,13 @@ TEST(Sensitivity, MeasuredOnSb8mKlFallsWithBitsAndDeploysWithinTheUniformBits) {
       "town.");
   while (tokens.size() < 256) tokens.insert(tokens.end(), tokens.begin(), tokens.end());
   tokens.resize(256);
-  std::vector<LayerSensitivity> layers =
-      measure_sensitivity(teacher, trainable, 0.55, tokens, 128, [](const std::string&) {});
-  ASSERT_EQ(layers.size(), size_t(bundle.model->config().num_layers * kLinearsPerBlock));
+  // sb-8m is tied: one table, compressed as embedding and head at once.
+  const SizedTable table{kEmbeddingTensor, true, dense_weight(*bundle.model->weights().embedding)};
+  std::vector<LayerSensitivity> layers = measure_sensitivity(
+      teacher, trainable, 0.55, {&table, 1}, tokens, 128, [](const std::string&) {});
+  ASSERT_EQ(layers.size(), size_t(bundle.model->config().num_layers * kLinearsPerBlock + 1));
+  EXPECT_EQ(layers.back().block, kOutsideBlocks);
+  EXPECT_EQ(layers.back().n_out, bundle.model->config().vocab_size);
   double at_target = 0, at_double = 0, budget = 0;
   for (const auto& s : layers) {
     EXPECT_GT(s.kl_at_target, 0) << s.block << " " << s.index;
