@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -30,6 +31,37 @@ static std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
+namespace {
+
+// Every directory temp_dir hands out is removed when the test process exits, so that a test
+// which fails half-way (or keeps its files to the end) leaves nothing in the temp directory.
+class TempDirs {
+ public:
+  ~TempDirs() {
+    if (::getpid() != owner_) return;  // a forked child leaves its parent's directories alone
+    for (const auto& dir : dirs_) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  }
+  void add(std::filesystem::path dir) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    dirs_.push_back(std::move(dir));
+  }
+
+ private:
+  const pid_t owner_ = ::getpid();
+  std::mutex mutex_;
+  std::vector<std::filesystem::path> dirs_;
+};
+
+TempDirs& temp_dirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+
+}  // namespace
+
 std::filesystem::path temp_dir(const std::string& tag) {
   static std::atomic<int> counter{0};
   auto dir =
@@ -37,6 +69,7 @@ std::filesystem::path temp_dir(const std::string& tag) {
       ("subbit-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  temp_dirs().add(dir);
   return dir;
 }
 

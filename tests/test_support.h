@@ -48,7 +48,8 @@ std::string error_of(const std::function<void()>& action);
 // Expects each part somewhere in `message`.
 void expect_contains(const std::string& message, std::initializer_list<std::string> parts);
 
-std::filesystem::path temp_dir(const std::string& tag);  // fresh, unique per call
+// Fresh and unique per call; removed (with what it holds) when the test process exits.
+std::filesystem::path temp_dir(const std::string& tag);
 
 // Starts `command` (a shell command line, output discarded), sends it SIGKILL after `seconds`
 // unless it has finished by then, and reaps it. Returns true when the kill ended it.
