@@ -208,11 +208,15 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   const int64_t table_params = c.vocab_size * c.hidden_size;
   std::vector<OutsideLayer*> outside = {&embed};
   if (!head_follows_embedding) outside.push_back(&head);
+  const auto which_of = [&](const OutsideLayer* t) {
+    return t == &embed ? kEmbeddingTensor : kHeadTensor;
+  };
+  const auto original_of = [&](const OutsideLayer* t) {
+    return t == &embed ? src.embedding : src.lm_head;
+  };
   // A trainable embedding trains only as a tied head that shares it.
   const auto build = [&](OutsideLayer* t, double target_bpw) {
-    const LayerToCompress layer{kOutsideBlocks, t == &embed ? kEmbeddingTensor : kHeadTensor,
-                                target_bpw};
-    build_outside(*t, t == &embed ? src.embedding : src.lm_head, layer,
+    build_outside(*t, original_of(t), {kOutsideBlocks, which_of(t), target_bpw},
                   train && (t == &head || head_follows_embedding));
   };
   const bool whole = o.budget == "whole";
@@ -265,7 +269,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   std::array<double, 2> outside_bpw{bpw, bpw};  // (embedding, head)
   const auto build_sized_outside = [&] {
     for (OutsideLayer* t : sized_outside)
-      build(t, outside_bpw[t == &embed ? kEmbeddingTensor : kHeadTensor]);
+      build(t, outside_bpw[which_of(t)]);
     if (head_follows_embedding) head = embed;
   };
 
@@ -298,9 +302,8 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
       std::vector<SizedTable> tables;
       for (OutsideLayer* t : sized_outside)
         if (t->type.method.get() == &method)
-          tables.push_back({t == &embed ? kEmbeddingTensor : kHeadTensor,
-                            t == &embed && head_follows_embedding,
-                            dense_weight(t == &embed ? *src.embedding : *src.lm_head)});
+          tables.push_back({which_of(t), t == &embed && head_follows_embedding,
+                            dense_weight(*original_of(t))});
       std::vector<LayerSensitivity> layers =
           measure_sensitivity(teacher, *trainable, bpw, tables, tokens, o.qat.seq, log);
       tables.clear();
@@ -310,16 +313,18 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
       allocate_by_sensitivity(layers, method, bpw, budget_bits);
       nlohmann::json table = nlohmann::json::array();
       for (const LayerSensitivity& s : layers) {
-        const bool outside_tensor = s.block == kOutsideBlocks;
-        (outside_tensor ? outside_bpw[s.index] : layer_bpw[s.block][s.index]) = s.allocated_bpw;
-        table.push_back(
-            {{"layer", !outside_tensor            ? file_block_tensor(s.block,
-                                                                      kBlockLinears[s.index].file_name)
-                       : s.index == kHeadTensor ? std::string(kLmHead.file_name)
-                                                : std::string(kEmbedding.file_name)},
-             {"kl", s.kl_at_target},
-             {"kl_double", s.kl_at_double},
-             {"target_bpw", s.allocated_bpw}});
+        std::string name;
+        if (s.block == kOutsideBlocks) {
+          outside_bpw[s.index] = s.allocated_bpw;
+          name = (s.index == kHeadTensor ? kLmHead : kEmbedding).file_name;
+        } else {
+          layer_bpw[s.block][s.index] = s.allocated_bpw;
+          name = file_block_tensor(s.block, kBlockLinears[s.index].file_name);
+        }
+        table.push_back({{"layer", name},
+                         {"kl", s.kl_at_target},
+                         {"kl_double", s.kl_at_double},
+                         {"target_bpw", s.allocated_bpw}});
       }
       details["allocation"] = {
           {"rule", "sensitivity"}, {"tokens", tokens.size()}, {"layers", table}};
