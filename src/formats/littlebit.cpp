@@ -166,17 +166,17 @@ void LittleBitLinear::dequantize(float* w) const {
 // Row o of Σ_paths diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g): r·d_in operations, so an embedding
 // in this format costs a rank-r product per looked-up token.
 void LittleBitLinear::decode_row(int64_t o, float* out) const {
+  // Row o of a path is g ⊙ (sign(V)·c) with c = h[o]·l ⊙ sign(U[o]): a weighted sum of the rank
+  // rows of Vᵀ, O(rank·d_in) per path (a token's embedding lookup).
   std::fill(out, out + d_in_, 0.0f);
+  std::vector<float> coeffs, combined(d_in_);  // (rank), (d_in)
   for (const LittleBitPath& p : paths_) {
-    const SignMatrix u{p.u_signs.data(), d_out_, p.rank}, vt{p.vt_signs.data(), p.rank, d_in_};
-    const uint64_t* u_row = u.words + o * u.words_per_row();
-    for (int64_t j = 0; j < p.rank; ++j) {
-      const float u_sign = (u_row[j / 64] >> (j % 64)) & 1 ? 1.0f : -1.0f;
-      const float a = p.h[o] * u_sign * p.l[j];
-      const uint64_t* v_row = vt.words + j * vt.words_per_row();
-      for (int64_t i = 0; i < d_in_; ++i)
-        out[i] += ((v_row[i / 64] >> (i % 64)) & 1 ? a : -a) * p.g[i];
-    }
+    const uint64_t* u_row = p.u_signs.data() + o * sign_words_per_row(p.rank);
+    coeffs.resize(p.rank);
+    for (int64_t j = 0; j < p.rank; ++j)
+      coeffs[j] = ((u_row[j / 64] >> (j % 64)) & 1 ? p.h[o] : -p.h[o]) * p.l[j];
+    sign_combine_rows(SignMatrix{p.vt_signs.data(), p.rank, d_in_}, coeffs.data(), combined.data());
+    for (int64_t i = 0; i < d_in_; ++i) out[i] += combined[i] * p.g[i];
   }
 }
 

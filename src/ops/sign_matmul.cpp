@@ -530,6 +530,63 @@ void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t
 #define SUBBIT_SIGN_LUT 0
 #endif  // HWY_TARGET <= HWY_AVX2
 
+// ------------------------------------------------------------ weighted sum of rows (yᵀ = cᵀ·S)
+
+// y[c] = Σ_r coeffs[r]·S[r][c] = 2·Σ_{r: bit=1} coeffs[r] − Σ_r coeffs[r]. A tile of kBlocks
+// 32-column blocks walks all rows; each row adds its broadcast coefficient to the lanes whose bit
+// is set. out receives the tile's 32·kBlocks columns.
+template <int kBlocks>
+HWY_INLINE void CombineTile(const SignMatrix& s, const float* coeffs, float total, int64_t c0,
+                            float* out) {
+  const DF df;
+  constexpr int kVecs = kBlocks * kChunks;
+  const int64_t wpr = s.words_per_row();
+  VF acc[kVecs];
+  HWY_UNROLL(16)
+  for (int k = 0; k < kVecs; ++k) acc[k] = hn::Zero(df);
+  for (int64_t r = 0; r < s.rows; ++r) {
+    const uint64_t* row = s.words + r * wpr;
+    const VF cv = hn::Set(df, coeffs[r]);
+#if SUBBIT_SIGN_AVX512
+    HWY_UNROLL(16)
+    for (int k = 0; k < kVecs; ++k) acc[k] = MaskedAdd(acc[k], ChunkMask(row, c0 + k * kLanes), cv);
+#else
+    // As in WideBlock32: shifting left by 31 − j moves bit j of a 32-column block to the sign.
+    alignas(64) static constexpr uint32_t kShift[32] = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
+                                                        20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
+                                                        9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
+    const DU du;
+    HWY_UNROLL(16)
+    for (int b = 0; b < kBlocks; ++b) {
+      const VU bits = hn::Set(du, BlockBits(row, c0 + 32 * b));
+      HWY_UNROLL(16)
+      for (int k = 0; k < kChunks; ++k) {
+        const VU sel = hn::Shl(bits, hn::Load(du, kShift + k * kLanes));
+        acc[b * kChunks + k] = hn::Add(acc[b * kChunks + k], IfSignBit(sel, cv));
+      }
+    }
+#endif
+  }
+  const VF two = hn::Set(df, 2.0f), minus_total = hn::Set(df, -total);
+  HWY_UNROLL(16)
+  for (int k = 0; k < kVecs; ++k)
+    hn::StoreU(hn::MulAdd(two, acc[k], minus_total), df, out + k * kLanes);
+}
+
+// Tiles of 4 blocks (8 AVX-512 vectors: enough independent add chains), then single blocks; the
+// last partial block goes through a padded copy (its bits past `cols` are zero padding).
+void SignCombineRows(const SignMatrix& s, const float* coeffs, float* y) {
+  const float total = RangeSum(coeffs, s.rows);
+  int64_t c0 = 0;
+  for (; c0 + 128 <= s.cols; c0 += 128) CombineTile<4>(s, coeffs, total, c0, y + c0);
+  for (; c0 + 32 <= s.cols; c0 += 32) CombineTile<1>(s, coeffs, total, c0, y + c0);
+  if (c0 < s.cols) {
+    alignas(64) float tail[32];
+    CombineTile<1>(s, coeffs, total, c0, tail);
+    std::copy(tail, tail + (s.cols - c0), y + c0);
+  }
+}
+
 // ------------------------------------------------------------------------------- dispatch
 
 // y[t][r] = Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [ra, rb), tokens [ta, tb). Rows below
@@ -633,6 +690,7 @@ namespace subbit {
 
 HWY_EXPORT(SignMatmul);
 HWY_EXPORT(SignMatmulBlock);
+HWY_EXPORT(SignCombineRows);
 
 void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
   HWY_DYNAMIC_DISPATCH(SignMatmul)(s, x, y, tokens);
@@ -641,6 +699,10 @@ void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) 
 void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens,
                        int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) {
   HWY_DYNAMIC_DISPATCH(SignMatmulBlock)(s, x, y, tokens, row_begin, row_end, col_begin, col_end);
+}
+
+void sign_combine_rows(const SignMatrix& s, const float* coeffs, float* y) {
+  HWY_DYNAMIC_DISPATCH(SignCombineRows)(s, coeffs, y);
 }
 
 void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words) {
@@ -685,6 +747,16 @@ void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_
         sum += (row[c / 64] >> (c % 64)) & 1 ? double(xt[c]) : -double(xt[c]);
       y[t * s.rows + r] = float(sum);
     }
+  }
+}
+
+void sign_combine_rows_reference(const SignMatrix& s, const float* coeffs, float* y) {
+  const int64_t wpr = s.words_per_row();
+  for (int64_t c = 0; c < s.cols; ++c) {
+    double sum = 0;
+    for (int64_t r = 0; r < s.rows; ++r)
+      sum += (s.words[r * wpr + c / 64] >> (c % 64)) & 1 ? double(coeffs[r]) : -double(coeffs[r]);
+    y[c] = float(sum);
   }
 }
 

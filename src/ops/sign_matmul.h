@@ -66,4 +66,10 @@ void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t to
 // Plain scalar reference the fast path is tested against (double accumulation, rounded to fp32).
 void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens);
 
+// The other direction, one vector: y (cols) = coeffs (rows) · S, y[c] = Σ_r coeffs[r]·S[r][c] (a
+// weighted sum of the rows; LittleBit decodes one embedding row this way). Highway SIMD on the
+// calling thread, 2·P − T like the products above; reads the file-order words only.
+void sign_combine_rows(const SignMatrix& s, const float* coeffs, float* y);
+void sign_combine_rows_reference(const SignMatrix& s, const float* coeffs, float* y);
+
 }  // namespace subbit
