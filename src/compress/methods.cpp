@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "compress/littlebit.h"
 #include "compress/qat.h"
+#include "compress/rtn.h"
 #include "compress/sketch.h"
 #include "formats/littlebit.h"
 #include "formats/rtn.h"
@@ -182,7 +183,7 @@ class SignMethod final : public EncodingMethod {
   }
 };
 
-class RtnMethod final : public EncodingMethod {
+class RtnMethod final : public TrainableMethod {
  public:
   void add_options(CLI::App& group) override {
     group.add_option("--bits", bits_, "bits per code (2, 3, 4)")->capture_default_str();
@@ -191,9 +192,10 @@ class RtnMethod final : public EncodingMethod {
     if (bits_ < 2 || bits_ > 8) fail("--bits must be 2..8 for rtn, got {}", bits_);
   }
   void record(nlohmann::json& details) const override { details["bits"] = bits_; }
-  std::unique_ptr<Linear> encode(const float* w, int64_t n_out, int64_t n_in,
-                                 const LayerToCompress&) const override {
-    return RtnLinear::encode(w, n_out, n_in, bits_);
+  // Without QAT, to_runtime() is RtnLinear::encode of the original weights.
+  std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w,
+                                                  const LayerToCompress&) const override {
+    return std::make_shared<RtnTrainable>(w, bits_);
   }
 
  private:
@@ -212,8 +214,8 @@ constexpr CompressMethodRow kMethods[] = {
      make<SketchMethod>},
     {"sign", "1 bit per weight, fp16 row and column scales (post-training)", false, "encoded",
      make<SignMethod>},
-    {"rtn", "group-wise round-to-nearest, group 128 (post-training)", false, "encoded",
-     make<RtnMethod>, "--bits"},
+    {"rtn", "group-wise round-to-nearest, group 128 (QAT: straight-through rounding)", false,
+     "encoded", make<RtnMethod>, "--bits"},
 };
 
 }  // namespace

@@ -25,13 +25,9 @@ RtnLinear::RtnLinear(int64_t d_out, int64_t d_in, int bits, std::vector<uint64_t
 
 std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int64_t d_in,
                                              int bits) {
-  auto layer = std::make_unique<RtnLinear>(d_out, d_in, bits, std::vector<uint64_t>{},
-                                           std::vector<float>{}, std::vector<float>{});
-  const int64_t groups = layer->groups_per_row(), words = layer->words_per_row();
-  const int64_t levels = (int64_t{1} << bits) - 1;
-  layer->codes_.assign(d_out * words, 0);
-  layer->scales_.resize(d_out * groups);
-  layer->minimums_.resize(d_out * groups);
+  const int64_t groups = (d_in + kGroup - 1) / kGroup;
+  const float levels = float((int64_t{1} << bits) - 1);
+  std::vector<float> scales(d_out * groups), minimums(d_out * groups);
   for (int64_t r = 0; r < d_out; ++r) {
     const float* row = w + r * d_in;
     for (int64_t g = 0; g < groups; ++g) {
@@ -40,16 +36,32 @@ std::unique_ptr<RtnLinear> RtnLinear::encode(const float* w, int64_t d_out, int6
       const float minimum = round_f16(*lo);
       // Floor at fp16's smallest subnormal: a smaller floor rounds to a zero scale, and a
       // constant group would then divide 0 by 0.
-      const float scale = round_f16(std::max((*hi - minimum) / float(levels), 0x1p-24f));
-      layer->scales_[r * groups + g] = scale;
-      layer->minimums_[r * groups + g] = minimum;
-      for (int64_t i = begin; i < end; ++i) {
-        const uint64_t q =
-            uint64_t(std::clamp<int64_t>(std::lround((row[i] - minimum) / scale), 0, levels));
-        put_bits(&layer->codes_[r * words], i, bits, q);
-      }
+      scales[r * groups + g] = round_f16(std::max((*hi - minimum) / levels, 0x1p-24f));
+      minimums[r * groups + g] = minimum;
     }
   }
+  return encode_on_grid(w, d_out, d_in, bits, std::move(scales), std::move(minimums));
+}
+
+std::unique_ptr<RtnLinear> RtnLinear::encode_on_grid(const float* w, int64_t d_out, int64_t d_in,
+                                                     int bits, std::vector<float> scales,
+                                                     std::vector<float> minimums) {
+  auto layer = std::make_unique<RtnLinear>(d_out, d_in, bits, std::vector<uint64_t>{},
+                                           std::move(scales), std::move(minimums));
+  const int64_t groups = layer->groups_per_row(), words = layer->words_per_row();
+  if (int64_t(layer->scales_.size()) != d_out * groups ||
+      int64_t(layer->minimums_.size()) != d_out * groups)
+    fail("rtn: a {} x {} grid needs {} scales and minimums", d_out, d_in, d_out * groups);
+  const int64_t levels = (int64_t{1} << bits) - 1;
+  layer->codes_.assign(d_out * words, 0);
+  for (int64_t r = 0; r < d_out; ++r)
+    for (int64_t i = 0; i < d_in; ++i) {
+      const int64_t g = r * groups + i / kGroup;
+      const float minimum = layer->minimums_[g], scale = layer->scales_[g];
+      const uint64_t q = uint64_t(
+          std::clamp<int64_t>(std::lround((w[r * d_in + i] - minimum) / scale), 0, levels));
+      put_bits(&layer->codes_[r * words], i, bits, q);
+    }
   return layer;
 }
 

@@ -14,6 +14,11 @@ class RtnLinear final : public Linear {
             std::vector<float> scales, std::vector<float> minimums);
   static std::unique_ptr<RtnLinear> encode(const float* w /* (d_out, d_in) */, int64_t d_out,
                                            int64_t d_in, int bits);
+  // Codes for w on a given grid (d_out · groups_per_row fp16-representable scales and minimums,
+  // row-major), clamped to its levels: what QAT deploys after training on the encoder's grid.
+  static std::unique_ptr<RtnLinear> encode_on_grid(const float* w, int64_t d_out, int64_t d_in,
+                                                   int bits, std::vector<float> scales,
+                                                   std::vector<float> minimums);
   static std::unique_ptr<Linear> load(const GgufFile& file, const std::string& prefix,
                                       int64_t d_out, int64_t d_in);
 
@@ -25,6 +30,8 @@ class RtnLinear final : public Linear {
   std::string describe() const override;
   int64_t storage_bits() const override;
   void save(GgufWriter& out, const std::string& prefix) const override;
+  const std::vector<float>& scales() const { return scales_; }      // (d_out, groups_per_row)
+  const std::vector<float>& minimums() const { return minimums_; }  // (d_out, groups_per_row)
 
  private:
   int64_t groups_per_row() const { return (d_in_ + kGroup - 1) / kGroup; }

@@ -1,0 +1,60 @@
+#include "compress/rtn.h"
+
+#include "formats/rtn.h"
+
+namespace subbit::compress {
+
+namespace {
+
+torch::Tensor grid_tensor(const std::vector<float>& values, int64_t n_out) {
+  return torch::tensor(values, torch::kFloat32).view({n_out, -1});
+}
+
+std::vector<float> grid_values(const torch::Tensor& t) {
+  const torch::Tensor c = t.to(torch::kCPU).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+}  // namespace
+
+RtnTrainable::RtnTrainable(const torch::Tensor& w, int bits) : bits_(bits) {
+  const torch::Tensor original = w.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  const auto encoded =
+      RtnLinear::encode(original.data_ptr<float>(), original.size(0), original.size(1), bits);
+  minimums_ = register_buffer("minimums", grid_tensor(encoded->minimums(), original.size(0)));
+  scales_ = register_buffer("scales", grid_tensor(encoded->scales(), original.size(0)));
+  latent_ = register_parameter("latent", original.clone());
+}
+
+torch::Tensor RtnTrainable::quantized(const torch::Tensor& w, const torch::Tensor& minimums,
+                                      const torch::Tensor& scales) const {
+  const int64_t n_out = w.size(0), n_in = w.size(1), groups = minimums.size(1);
+  const int64_t padded_in = groups * RtnLinear::kGroup;
+  const double levels = double((int64_t{1} << bits_) - 1);
+  torch::Tensor rounded;
+  {
+    torch::NoGradGuard no_grad;
+    torch::Tensor grouped = w.detach();
+    if (padded_in > n_in)  // a partial last group: the padding is rounded, then dropped
+      grouped = torch::constant_pad_nd(grouped, {0, padded_in - n_in});
+    grouped = grouped.reshape({n_out, groups, RtnLinear::kGroup});
+    const torch::Tensor minimum = minimums.unsqueeze(2), scale = scales.unsqueeze(2);
+    // torch::round breaks ties to even where the encoder's lround breaks them away from zero: a
+    // weight exactly halfway between two levels may land one level apart (measure zero).
+    const torch::Tensor codes = ((grouped - minimum) / scale).round().clamp(0, levels);
+    rounded = (minimum + codes * scale).reshape({n_out, padded_in}).narrow(1, 0, n_in);
+  }
+  return w + (rounded - w).detach();
+}
+
+torch::Tensor RtnTrainable::forward(const torch::Tensor& x) {
+  return torch::matmul(x, weight().t());
+}
+
+std::unique_ptr<Linear> RtnTrainable::to_runtime() const {
+  const torch::Tensor w = latent_.detach().to(torch::kCPU).contiguous();
+  return RtnLinear::encode_on_grid(w.data_ptr<float>(), w.size(0), w.size(1), bits_,
+                                   grid_values(scales_), grid_values(minimums_));
+}
+
+}  // namespace subbit::compress

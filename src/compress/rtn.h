@@ -1,0 +1,40 @@
+#pragma once
+// Group-wise RTN in the training graph. The encoder's grid (per group of 128 weights of a row: an
+// fp16 minimum and scale from the original weights' range) stays fixed; a latent fp32 copy of the
+// weights is the parameter, rounded to that grid in the forward pass, with the gradient passed
+// straight through the rounding (STE): a latent weight changes its code once it has moved past
+// half a level. Deploys as RtnLinear::encode_on_grid of the latent weights, so the file holds
+// what forward() used. (Recomputing the grid from the latent weights every step was unstable:
+// the weights at a group's extremes move its range, and every code of the group with it.)
+#include <torch/torch.h>
+
+#include <memory>
+
+#include "compress/torch_llama.h"
+
+namespace subbit::compress {
+
+class RtnTrainable final : public TrainableLinear {
+ public:
+  RtnTrainable(const torch::Tensor& w /* (n_out, n_in) */, int bits);
+  torch::Tensor forward(const torch::Tensor& x) override;  // (..., n_in) -> (..., n_out)
+  torch::Tensor rows(const torch::Tensor& index) override {
+    return quantized(latent_.index_select(0, index), minimums_.index_select(0, index),
+                     scales_.index_select(0, index));
+  }
+  std::unique_ptr<Linear> to_runtime() const override;
+  // (n_out, n_in): the weights forward() multiplies with.
+  torch::Tensor weight() const { return quantized(latent_, minimums_, scales_); }
+
+ private:
+  // Rows of latent weights rounded to their rows of the grid, with a straight-through gradient.
+  torch::Tensor quantized(const torch::Tensor& w, const torch::Tensor& minimums,
+                          const torch::Tensor& scales) const;
+
+  int bits_;
+  torch::Tensor latent_;    // (n_out, n_in) fp32 parameter
+  torch::Tensor minimums_;  // (n_out, groups) fp32, fixed
+  torch::Tensor scales_;    // (n_out, groups) fp32, fixed
+};
+
+}  // namespace subbit::compress
