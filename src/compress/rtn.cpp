@@ -39,9 +39,9 @@ torch::Tensor RtnTrainable::quantized(const torch::Tensor& w, const torch::Tenso
       grouped = torch::constant_pad_nd(grouped, {0, padded_in - n_in});
     grouped = grouped.reshape({n_out, groups, RtnLinear::kGroup});
     const torch::Tensor minimum = minimums.unsqueeze(2), scale = scales.unsqueeze(2);
-    // torch::round breaks ties to even where the encoder's lround breaks them away from zero: a
-    // weight exactly halfway between two levels may land one level apart (measure zero).
-    const torch::Tensor codes = ((grouped - minimum) / scale).round().clamp(0, levels);
+    // floor(v + 0.5): the encoder's lround for the levels that survive the clamp, ties included,
+    // so an untrained module deploys exactly RtnLinear::encode's codes.
+    const torch::Tensor codes = ((grouped - minimum) / scale + 0.5).floor().clamp(0, levels);
     rounded = (minimum + codes * scale).reshape({n_out, padded_in}).narrow(1, 0, n_in);
   }
   return w + (rounded - w).detach();
