@@ -163,11 +163,10 @@ void LittleBitLinear::dequantize(float* w) const {
   }
 }
 
-// Row o of Σ_paths diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g): r·d_in operations, so an embedding
-// in this format costs a rank-r product per looked-up token.
+// Row o of Σ_paths diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g): per path g ⊙ (sign(V)·c) with
+// c = h[o]·l ⊙ sign(U[o]), a weighted sum of the rank rows of Vᵀ (r·d_in operations, so an
+// embedding in this format costs a rank-r product per looked-up token).
 void LittleBitLinear::decode_row(int64_t o, float* out) const {
-  // Row o of a path is g ⊙ (sign(V)·c) with c = h[o]·l ⊙ sign(U[o]): a weighted sum of the rank
-  // rows of Vᵀ, O(rank·d_in) per path (a token's embedding lookup).
   std::fill(out, out + d_in_, 0.0f);
   std::vector<float> coeffs, combined(d_in_);  // (rank), (d_in)
   for (const LittleBitPath& p : paths_) {

@@ -100,6 +100,12 @@ HWY_INLINE __mmask16 ChunkMask(const uint64_t* row, int64_t c) {
 }
 #endif
 
+// Without AVX-512 mask registers, a 32-column block's bits are broadcast to every lane and lane j
+// shifted left by kBitToSign[j] = 31 − j, which moves bit j (column j of the block) to the sign.
+alignas(64) constexpr uint32_t kBitToSign[32] = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
+                                                 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
+                                                 9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
+
 // x where the sign bit of `sel` is set, else 0.
 HWY_INLINE VF IfSignBit(VU sel, VF x) {
   const DF df;
@@ -164,18 +170,15 @@ HWY_INLINE void WideBlock32(const uint64_t* const* rp, int64_t c, const float* c
     }
   }
 #else
-  // Lane i of chunk k holds column c + k·N + i; shifting left by 31 − (k·N + i) moves its bit to
-  // the sign.
-  alignas(64) static constexpr uint32_t kShift[32] = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
-                                                      20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
-                                                      9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
+  // Lane i of chunk k holds column c + k·N + i; shifting left by kBitToSign[k·N + i] moves its bit
+  // to the sign.
   const DU du;
   VU bits[kRows];
   HWY_UNROLL(16)
   for (int r = 0; r < kRows; ++r) bits[r] = hn::Set(du, BlockBits(rp[r], c));
   HWY_UNROLL(16)
   for (int k = 0; k < kChunks; ++k) {
-    const VU shift = hn::Load(du, kShift + k * kLanes);
+    const VU shift = hn::Load(du, kBitToSign + k * kLanes);
     VF xv[kTokens];
     HWY_UNROLL(16)
     for (int t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, xc[t] + k * kLanes);
@@ -551,17 +554,13 @@ HWY_INLINE void CombineTile(const SignMatrix& s, const float* coeffs, float tota
     HWY_UNROLL(16)
     for (int k = 0; k < kVecs; ++k) acc[k] = MaskedAdd(acc[k], ChunkMask(row, c0 + k * kLanes), cv);
 #else
-    // As in WideBlock32: shifting left by 31 − j moves bit j of a 32-column block to the sign.
-    alignas(64) static constexpr uint32_t kShift[32] = {31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
-                                                        20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
-                                                        9,  8,  7,  6,  5,  4,  3,  2,  1,  0};
     const DU du;
     HWY_UNROLL(16)
     for (int b = 0; b < kBlocks; ++b) {
       const VU bits = hn::Set(du, BlockBits(row, c0 + 32 * b));
       HWY_UNROLL(16)
       for (int k = 0; k < kChunks; ++k) {
-        const VU sel = hn::Shl(bits, hn::Load(du, kShift + k * kLanes));
+        const VU sel = hn::Shl(bits, hn::Load(du, kBitToSign + k * kLanes));
         acc[b * kChunks + k] = hn::Add(acc[b * kChunks + k], IfSignBit(sel, cv));
       }
     }

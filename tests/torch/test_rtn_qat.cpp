@@ -12,15 +12,10 @@
 namespace subbit {
 namespace {
 
+using compress::dense_weight;
 using compress::RtnTrainable;
 using testing::calib_text;
 using testing::model_dir;
-
-torch::Tensor dequantized(const Linear& layer) {
-  torch::Tensor w = torch::empty({layer.n_out(), layer.n_in()});
-  layer.dequantize(w.data_ptr<float>());
-  return w;
-}
 
 TEST(RtnTrainable, RoundsAsTheEncoderDoes) {
   torch::manual_seed(0);
@@ -31,10 +26,10 @@ TEST(RtnTrainable, RoundsAsTheEncoderDoes) {
       RtnTrainable module(w, bits);
       torch::NoGradGuard no_grad;
       const torch::Tensor expected =
-          dequantized(*RtnLinear::encode(w.data_ptr<float>(), n_out, n_in, bits));
+          dense_weight(*RtnLinear::encode(w.data_ptr<float>(), n_out, n_in, bits));
       // The deployed codes are the encoder's exactly; forward's weights are them up to the last bit
       // of the straight-through sum.
-      EXPECT_TRUE(torch::equal(dequantized(*module.to_runtime()), expected))
+      EXPECT_TRUE(torch::equal(dense_weight(*module.to_runtime()), expected))
           << n_out << "x" << n_in << " bits " << bits;
       EXPECT_TRUE(torch::allclose(module.weight(), expected, 0, 1e-6));
       const torch::Tensor index = torch::tensor({int64_t{n_out - 1}, int64_t{0}});
@@ -75,7 +70,7 @@ TEST(RtnTrainable, AdamLowersTheLayerOutputLossAndDeploysWhatItTrained) {
   torch::NoGradGuard no_grad;
   const double trained = loss_now().item<double>();
   EXPECT_LT(trained, 0.9 * initial) << "initial " << initial << ", trained " << trained;
-  EXPECT_TRUE(torch::allclose(dequantized(*module.to_runtime()), module.weight(), 0, 1e-6));
+  EXPECT_TRUE(torch::allclose(dense_weight(*module.to_runtime()), module.weight(), 0, 1e-6));
 }
 
 // sb-8m's tied table as rtn:2, everything else the original: QAT (default learning rate) moves the
@@ -91,7 +86,7 @@ TEST(RtnTrainable, TiedTableTrainsInQat) {
       std::dynamic_pointer_cast<compress::FrozenDense>(teacher.head())->weight();
   auto rtn = std::make_shared<RtnTrainable>(table, 2);
   student.set_head(rtn, true);
-  const torch::Tensor encoded = dequantized(*rtn->to_runtime());
+  const torch::Tensor encoded = dense_weight(*rtn->to_runtime());
   const auto tokens = compress::load_training_tokens({calib_text()}, *bundle.tokenizer, 20000);
   const torch::Tensor probe =
       torch::tensor(std::vector<int64_t>(tokens.begin() + 10000, tokens.begin() + 10256))
@@ -108,7 +103,7 @@ TEST(RtnTrainable, TiedTableTrainsInQat) {
   compress::train_qat(teacher, student, std::span(tokens).first(10000), o);
   const double after = loss();
   EXPECT_LT(after, before * 0.95) << "held-out loss " << before << " -> " << after;
-  const torch::Tensor trained = dequantized(*rtn->to_runtime());
+  const torch::Tensor trained = dense_weight(*rtn->to_runtime());
   EXPECT_GT((trained != encoded).sum().item<int64_t>(), 0) << "the deployed table did not change";
 }
 

@@ -13,6 +13,7 @@
 namespace subbit {
 namespace {
 
+using compress::dense_weight;
 using compress::SketchTrainable;
 
 torch::Tensor runtime_forward(const Linear& layer, const torch::Tensor& x) {
@@ -21,12 +22,6 @@ torch::Tensor runtime_forward(const Linear& layer, const torch::Tensor& x) {
   Scratch scratch;
   layer.forward(in.data_ptr<float>(), out.data_ptr<float>(), x.size(0), scratch);
   return out;
-}
-
-torch::Tensor runtime_weight(const Linear& layer) {
-  torch::Tensor w = torch::empty({layer.n_out(), layer.n_in()});
-  layer.dequantize(w.data_ptr<float>());
-  return w;
 }
 
 std::unique_ptr<SketchLinear> encode(const torch::Tensor& w, SketchParams p) {
@@ -39,7 +34,7 @@ std::unique_ptr<SketchLinear> encode(const torch::Tensor& w, SketchParams p) {
 void expect_same_as_runtime(SketchTrainable& module, const Linear& layer, const torch::Tensor& x,
                             const std::string& what) {
   torch::NoGradGuard no_grad;
-  EXPECT_TRUE(torch::equal(module.weight(), runtime_weight(layer))) << what;
+  EXPECT_TRUE(torch::equal(module.weight(), dense_weight(layer))) << what;
   const torch::Tensor expected = runtime_forward(layer, x);
   const double error = (module.forward(x) - expected).abs().max().item<double>();
   EXPECT_LT(error, 1e-5 * (1 + expected.abs().max().item<double>())) << what;
