@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -234,6 +236,122 @@ TEST(RtnFile, UnsupportedBitsAreRefused) {
     EXPECT_THROW(RtnLinear::load(GgufFile::open(path), "blk.0.attn_q", 2, 10), Error) << bits;
   }
   std::filesystem::remove_all(path.parent_path());
+}
+
+// Rows of their own widths: each row encodes and decodes as that row alone at its width does, the
+// product matches the decoded matrix, and the file holds the widths and bit-identical codes.
+TEST(RtnRowWidths, EachRowIsTheUniformEncodingAtItsWidth) {
+  for (int64_t d_in : {22, 129, 300}) {
+    const std::vector<uint8_t> widths = {2, 8, 3, 5, 2, 4, 7};
+    const int64_t d_out = int64_t(widths.size());
+    std::mt19937 rng{uint32_t(d_in)};
+    const auto w = random_vector(d_out * d_in, rng);
+    const auto layer = RtnLinear::encode(w.data(), d_out, d_in, widths);
+    const std::string what = "d_in " + std::to_string(d_in);
+    EXPECT_FALSE(layer->uniform());
+    const auto w_hat = dequantized(*layer);
+    int64_t words = 0;
+    for (int64_t r = 0; r < d_out; ++r) {
+      EXPECT_EQ(layer->row_bits(r), widths[r]);
+      const auto alone = RtnLinear::encode(w.data() + r * d_in, 1, d_in, widths[r]);
+      const auto row = dequantized(*alone);
+      for (int64_t i = 0; i < d_in; ++i)
+        ASSERT_EQ(w_hat[r * d_in + i], row[i]) << what << " row " << r << " column " << i;
+      words += (d_in * widths[r] + 63) / 64;
+    }
+    expect_forward_matches_product(*layer, w_hat, 5, what);
+    EXPECT_EQ(layer->storage_bits(), words * 64 + d_out * ((d_in + 127) / 128) * 32 + 8 * d_out)
+        << what;
+    EXPECT_NE(layer->describe().find("2-8 bits by row (mean 4.43)"), std::string::npos)
+        << layer->describe();
+
+    const auto path = write_layer(*layer, "rtn-rows");
+    {
+      const GgufFile file = GgufFile::open(path);
+      EXPECT_EQ(file.get_int("subbit.rtn.blk.0.attn_q.bits"), 0);
+      const GgufTensor& stored = file.tensor("blk.0.attn_q.row_bits");
+      EXPECT_EQ(std::vector<uint8_t>(stored.data, stored.data + stored.nbytes), widths);
+      EXPECT_EQ(file.tensor("blk.0.attn_q.codes").nbytes, size_t(words * 8)) << what;
+      const auto loaded = RtnLinear::load(file, "blk.0.attn_q", d_out, d_in);
+      EXPECT_EQ(loaded->describe(), layer->describe());
+      EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
+      expect_identical_outputs(*layer, *loaded, what);
+    }
+    std::filesystem::remove_all(path.parent_path());
+  }
+}
+
+TEST(RtnRowWidths, AWidthOutsideOneToEightIsRefused) {
+  std::mt19937 rng(3);
+  const auto w = random_vector(3 * 40, rng);
+  const auto path = write_layer(*RtnLinear::encode(w.data(), 3, 40, {2, 3, 4}), "rtn-rows-bad");
+  for (uint8_t bad : {0, 9}) {
+    GgufWriter out;
+    {
+      const GgufFile file = GgufFile::open(path);
+      for (const auto& [key, value] : file.metadata())
+        if (key != "general.alignment") out.set(key, value);
+      for (const GgufTensor& t : file.tensors()) {
+        std::vector<uint8_t> bytes(t.data, t.data + t.nbytes);
+        if (t.name == "blk.0.attn_q.row_bits") bytes[1] = bad;
+        out.add_tensor(t.name, t.type, t.shape, std::move(bytes));
+      }
+    }
+    out.write(path);
+    try {
+      RtnLinear::load(GgufFile::open(path), "blk.0.attn_q", 3, 40);
+      ADD_FAILURE() << "width " << int(bad) << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("row 1 has " + std::to_string(bad) + " bits"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  std::filesystem::remove_all(path.parent_path());
+}
+
+// The greedy allocation spends exactly the budget and reaches the smallest importance-weighted
+// error Σ importance_r · spread_r / (2^b_r − 1)² of every allocation with the same total
+// (enumerated on 4 rows).
+TEST(RtnRowWidths, AllocationSpendsTheBudgetAndIsOptimal) {
+  const int64_t d_out = 4, d_in = 150;
+  std::mt19937 rng(5);
+  auto w = random_vector(d_out * d_in, rng);
+  for (int64_t i = 0; i < d_in; ++i) w[3 * d_in + i] *= 4;  // a row of a wider range
+  const std::vector<double> importance = {1, 30, 900, 2};
+  std::vector<double> spread(d_out, 0);
+  for (int64_t r = 0; r < d_out; ++r)
+    for (int64_t begin = 0; begin < d_in; begin += 128) {
+      const int64_t end = std::min<int64_t>(d_in, begin + 128);
+      const auto [lo, hi] = std::minmax_element(&w[r * d_in + begin], &w[r * d_in + end]);
+      spread[r] += double(end - begin) * double(*hi - *lo) * double(*hi - *lo);
+    }
+  const auto error = [&](const std::vector<uint8_t>& bits) {
+    double e = 0;
+    for (int64_t r = 0; r < d_out; ++r) {
+      const double levels = double((1 << bits[r]) - 1);
+      e += importance[r] * spread[r] / (levels * levels);
+    }
+    return e;
+  };
+  for (double mean : {2.0, 3.0, 4.5, 6.75, 8.0}) {
+    const auto bits = RtnLinear::allocate_row_bits(w.data(), d_out, d_in, importance, mean);
+    const int64_t total = std::accumulate(bits.begin(), bits.end(), int64_t{0});
+    EXPECT_EQ(total, int64_t(mean * d_out)) << mean;
+    double best = std::numeric_limits<double>::infinity();
+    for (int a = 2; a <= 8; ++a)
+      for (int b = 2; b <= 8; ++b)
+        for (int c = 2; c <= 8; ++c) {
+          const int d = int(total) - a - b - c;
+          if (d >= 2 && d <= 8) best = std::min(best, error({uint8_t(a), uint8_t(b), uint8_t(c), uint8_t(d)}));
+        }
+    EXPECT_NEAR(error(bits), best, 1e-12 * best) << "mean " << mean;
+  }
+  const auto bits = RtnLinear::allocate_row_bits(w.data(), d_out, d_in, importance, 4.5);
+  EXPECT_GT(bits[2], bits[0]) << "the most important row gets more bits";
+  EXPECT_THROW(RtnLinear::allocate_row_bits(w.data(), d_out, d_in, importance, 1.5), Error);
+  const std::vector<double> too_few = {1.0, 2.0};
+  EXPECT_THROW(RtnLinear::allocate_row_bits(w.data(), d_out, d_in, too_few, 3), Error);
 }
 
 // ---------------------------------------------------------------------------------------------

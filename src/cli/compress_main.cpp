@@ -61,8 +61,13 @@ int main(int argc, char** argv) {
                  "at the same bits (with --budget whole, for the embedding/head it sizes too)")
       ->capture_default_str();
   app.add_option("--sensitivity-text", sensitivity_texts,
-                 "text for --allocate sensitivity (default: --train-text)");
+                 "text for --allocate sensitivity and token frequencies (default: --train-text)");
   app.add_option("--sensitivity-tokens", o.sensitivity_tokens, "tokens for --allocate sensitivity")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  app.add_option("--frequency-tokens", o.frequency_tokens,
+                 "tokens of --sensitivity-text (or --train-text) counted for an embedding/head "
+                 "with widths by token frequency (e.g. rtn:2.5)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   auto* texts = app.add_option("--train-text", train_texts,

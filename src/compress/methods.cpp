@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/error.h"
@@ -186,20 +187,36 @@ class SignMethod final : public EncodingMethod {
 class RtnMethod final : public TrainableMethod {
  public:
   void add_options(CLI::App& group) override {
-    group.add_option("--bits", bits_, "bits per code (2, 3, 4)")->capture_default_str();
+    group
+        .add_option("--bits", bits_,
+                    "bits per code (2..8); a fraction (embedding/head only) is a mean, each "
+                    "token's row getting 2..8 bits by its frequency in the training text")
+        ->capture_default_str();
   }
   void validate() const override {
-    if (bits_ < 2 || bits_ > 8) fail("--bits must be 2..8 for rtn, got {}", bits_);
+    if (bits_ < RtnLinear::kMinAllocatedBits || bits_ > RtnLinear::kMaxBits)
+      fail("--bits must be 2..8 for rtn, got {}", bits_);
   }
   void record(nlohmann::json& details) const override { details["bits"] = bits_; }
+  bool needs_token_counts() const override { return per_row(); }
   // Without QAT, to_runtime() is RtnLinear::encode of the original weights.
   std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w,
-                                                  const LayerToCompress&) const override {
-    return std::make_shared<RtnTrainable>(w, bits_);
+                                                  const LayerToCompress& layer) const override {
+    if (!per_row()) return std::make_shared<RtnTrainable>(w, int(bits_));
+    if (layer.block != kOutsideBlocks || layer.row_importance.empty())
+      fail("rtn --bits {}: widths by token frequency apply to the embedding and head only (give "
+           "the linear layers a whole number of bits)",
+           bits_);
+    const torch::Tensor c = w.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+    return std::make_shared<RtnTrainable>(
+        w, RtnLinear::allocate_row_bits(c.data_ptr<float>(), c.size(0), c.size(1),
+                                        layer.row_importance, bits_));
   }
 
  private:
-  int bits_ = 4;
+  bool per_row() const { return bits_ != std::floor(bits_); }
+
+  double bits_ = 4;
 };
 
 template <class Method>

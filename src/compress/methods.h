@@ -26,6 +26,9 @@ struct LayerToCompress {
   int64_t block;      // 0 .. num_layers − 1, or kOutsideBlocks (embedding, LM head)
   int index;          // in LlamaLayer order: q, k, v, o, gate, up, down; or an OutsideTensor
   double target_bpw;  // --bpw (read only by methods whose row says targets_bpw)
+  // The embedding/head's rows are tokens: each token's count in the frequency text plus one, for
+  // methods that ask for it (needs_token_counts); empty otherwise. (n_out)
+  std::span<const double> row_importance = {};
 };
 
 class CompressMethod {
@@ -41,6 +44,8 @@ class CompressMethod {
                        nlohmann::json& details) {}
   // Adds the options that shaped the layers to the file's compression details.
   virtual void record(nlohmann::json& details) const {}
+  // Whether building the embedding/head needs LayerToCompress::row_importance (token counts).
+  virtual bool needs_token_counts() const { return false; }
   // The bits per weight an (n_out, n_in) layer built for `target_bpw` is stored at (methods sized
   // by --bpw): what the whole-file budget adds up before any layer is built. A rank or table size
   // rounds, and a minimum size may overshoot small targets.

@@ -152,6 +152,10 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
          o.method);
   if (o.allocate == "sensitivity" && o.sensitivity_texts.empty() && o.train_texts.empty())
     fail("--allocate sensitivity needs --sensitivity-text (or --train-text)");
+  if (method.needs_token_counts())
+    fail("--method {}: widths by token frequency apply to --embed-type/--head-type only (give the "
+         "linear layers a whole number of bits)",
+         o.method);
   if (o.budget == "whole" && !row.targets_bpw)
     fail("--budget whole: --method {} is not sized by --bpw (use {})", o.method,
          "littlebit or sketch");
@@ -183,6 +187,12 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
                                                         : "dense";
   OutsideLayer head{parse_tensor_type(head_spec, "--head-type", o.method, method_ptr), nullptr,
                     nullptr};
+  const auto& frequency_texts = o.sensitivity_texts.empty() ? o.train_texts : o.sensitivity_texts;
+  const bool count_tokens = (!embed.type.dense() && embed.type.method->needs_token_counts()) ||
+                            (!head.type.dense() && head.type.method->needs_token_counts());
+  if (count_tokens && frequency_texts.empty())
+    fail("{} / {}: widths by token frequency need --sensitivity-text (or --train-text)", embed_spec,
+         head_spec);
   if (head_follows_embedding && train && !embed.type.dense() &&
       !dynamic_cast<const TrainableMethod*>(embed.type.method.get()))
     log(fmt::format("the tied embedding and head ({}) stay as encoded during QAT", embed_spec));
@@ -214,9 +224,22 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   const auto original_of = [&](const OutsideLayer* t) {
     return t == &embed ? src.embedding : src.lm_head;
   };
+  // Each token's count plus one: unseen tokens keep a little weight. (vocab)
+  std::vector<double> token_importance;
+  int64_t counted_tokens = 0;
+  if (count_tokens) {
+    const std::vector<int32_t> tokens =
+        load_training_tokens(frequency_texts, *bundle.tokenizer, o.frequency_tokens);
+    token_importance.assign(c.vocab_size, 1.0);
+    for (const int32_t t : tokens)
+      if (t >= 0 && t < c.vocab_size) token_importance[t] += 1;
+    counted_tokens = int64_t(tokens.size());
+    log(fmt::format("token frequencies from {} tokens of text", counted_tokens));
+  }
   // A trainable embedding trains only as a tied head that shares it.
   const auto build = [&](OutsideLayer* t, double target_bpw) {
-    build_outside(*t, original_of(t), {kOutsideBlocks, which_of(t), target_bpw},
+    build_outside(*t, original_of(t),
+                  {kOutsideBlocks, which_of(t), target_bpw, token_importance},
                   train && (t == &head || head_follows_embedding));
   };
   const bool whole = o.budget == "whole";
@@ -289,6 +312,7 @@ CompressReport compress_model(const std::filesystem::path& model_dir,
   if (whole) details["whole_target_bpw"] = o.bpw;
   details["embed_type"] = embed_spec;
   details["head_type"] = head_follows_embedding ? "tied" : head_spec;
+  if (count_tokens) details["token_frequency_tokens"] = counted_tokens;
   // The libtorch graph (teacher and student) is built only for what runs the model: QAT and the
   // sensitivity measurement. Post-training compression streams: one layer's fp32 weights at a time.
   if (trainable && (train || o.allocate == "sensitivity")) {

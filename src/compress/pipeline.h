@@ -27,6 +27,9 @@ struct CompressOptions {
   std::string allocate = "uniform";
   std::vector<std::filesystem::path> sensitivity_texts;
   int64_t sensitivity_tokens = 4096;
+  // Tokens of sensitivity_texts (default: the training texts) whose counts size an embedding/head
+  // whose method asks for them (rtn with a fractional --bits: widths by token frequency).
+  int64_t frequency_tokens = int64_t{1} << 20;
   QatOptions qat;  // qat.train_tokens == 0: post-training only
   // Post-training: the folder of per-block checkpoints (compress/block_checkpoint.h); empty: none.
   std::filesystem::path block_checkpoint;

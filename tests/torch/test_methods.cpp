@@ -194,6 +194,8 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
            {"--embed-type rtn9x", "--embed-type \"rtn9x\": unknown type"},
            {"--embed-type rtn", "needs a number"},
            {"--embed-type rtn:9", "--bits must be 2..8"},
+           {"--embed-type rtn:1.5", "--bits must be 2..8"},
+           {"--embed-type rtn:2.5", "widths by token frequency need --sensitivity-text"},
            {"--head-type littlebit:0", "must be a number in (0, 16]"},
            {"--budget file", "--budget must be linear or whole"},
            {"--budget whole --bpw 0.05 --embed-type dense", "already take"},
@@ -206,6 +208,35 @@ TEST(CompressMethods, EmbeddingAndHeadTypesAndTheWholeFileBudget) {
     EXPECT_NE(r.err.find(error), std::string::npos) << args << "\n" << r.err;
     EXPECT_FALSE(fs::exists(dir / "bad.gguf")) << args;
   }
+  fs::remove_all(dir);
+}
+
+// `rtn:2.5` on the tied table: each token's row gets 2..8 bits by its count in the training text,
+// 2.5 on average; the file says so, runs, and --method rtn refuses a fractional width for the
+// linear layers.
+TEST(CompressMethods, TableWidthsByTokenFrequency) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  SKIP_UNLESS_EXISTS(testing::calib_text());
+  const auto dir = testing::temp_dir("rtn-frequency");
+  const std::string cli = testing::cli_path().string(), out = (dir / "rows.gguf").string();
+  auto r = compress(model_dir("sb-8m").string() + " -o " + out +
+                    " --method littlebit --bpw 0.55 --embed-type rtn:2.5 --train-text " +
+                    testing::calib_text().string() + " --frequency-tokens 20000 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE((r.out + r.err).find("token frequencies from 20000 tokens"), std::string::npos)
+      << r.out << r.err;
+  const auto info = testing::run_command(cli + " info --tensors " + out);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(std::regex_search(info.out, std::regex("rtn 2-[3-8] bits by row \\(mean 2\\.50\\)")))
+      << info.out;
+  EXPECT_NE(info.out.find("\"token_frequency_tokens\":20000"), std::string::npos) << info.out;
+  const auto run = testing::run_command(cli + " run " + out + " -p \"The history\" -n 4");
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  r = compress(model_dir("sb-8m").string() + " -o " + (dir / "bad.gguf").string() +
+               " --method rtn --bits 2.5 --train-text " + testing::calib_text().string());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("apply to --embed-type/--head-type only"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "bad.gguf"));
   fs::remove_all(dir);
 }
 

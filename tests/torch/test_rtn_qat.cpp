@@ -39,6 +39,19 @@ TEST(RtnTrainable, RoundsAsTheEncoderDoes) {
     }
 }
 
+TEST(RtnTrainable, RowsOfTheirOwnWidthsRoundAsTheEncoderDoes) {
+  torch::manual_seed(3);
+  const std::vector<uint8_t> widths = {2, 8, 3, 5, 2};
+  const torch::Tensor w = torch::randn({5, 300});
+  RtnTrainable module(w, widths);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor expected = dense_weight(*RtnLinear::encode(w.data_ptr<float>(), 5, 300, widths));
+  EXPECT_TRUE(torch::equal(dense_weight(*module.to_runtime()), expected));
+  EXPECT_TRUE(torch::allclose(module.weight(), expected, 0, 1e-6));
+  const torch::Tensor index = torch::tensor({int64_t{3}, int64_t{1}, int64_t{3}});
+  EXPECT_TRUE(torch::allclose(module.rows(index), expected.index_select(0, index), 0, 1e-6));
+}
+
 TEST(RtnTrainable, GradientPassesStraightThroughTheRounding) {
   torch::manual_seed(1);
   RtnTrainable module(torch::randn({6, 130}), 2);
