@@ -165,10 +165,10 @@ TEST_P(RtnShapes, EncodeDecodeAndProductMatchTheReference) {
   EXPECT_EQ(layer->storage_bits(), d_out * (words * 64 + groups * 32)) << what;
 }
 
-// 3-bit codes cross 64-bit words (code 21 occupies bits 63..65); 127/129/300 columns leave a
+// Every width: 3, 5, 6 and 7-bit codes cross 64-bit words (3-bit code 21 occupies bits 63..65); 127/129/300 columns leave a
 // partial last group; 1 and 64 columns are the smallest row and an exact word of 4-bit codes.
 INSTANTIATE_TEST_SUITE_P(Awkward, RtnShapes,
-                         ::testing::Combine(::testing::Values(2, 3, 4),
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 6, 7, 8),
                                             ::testing::Values(1, 5, 22, 64, 127, 128, 129, 300)));
 
 TEST(RtnFile, CodesAreALittleEndianBitstreamPerRow) {
@@ -241,8 +241,8 @@ TEST(RtnFile, UnsupportedBitsAreRefused) {
 // Rows of their own widths: each row encodes and decodes as that row alone at its width does, the
 // product matches the decoded matrix, and the file holds the widths and bit-identical codes.
 TEST(RtnRowWidths, EachRowIsTheUniformEncodingAtItsWidth) {
-  for (int64_t d_in : {22, 129, 300}) {
-    const std::vector<uint8_t> widths = {2, 8, 3, 5, 2, 4, 7};
+  for (int64_t d_in : {7, 22, 129, 300}) {
+    const std::vector<uint8_t> widths = {2, 8, 3, 5, 1, 4, 7, 6};
     const int64_t d_out = int64_t(widths.size());
     std::mt19937 rng{uint32_t(d_in)};
     const auto w = random_vector(d_out * d_in, rng);
@@ -262,7 +262,7 @@ TEST(RtnRowWidths, EachRowIsTheUniformEncodingAtItsWidth) {
     expect_forward_matches_product(*layer, w_hat, 5, what);
     EXPECT_EQ(layer->storage_bits(), words * 64 + d_out * ((d_in + 127) / 128) * 32 + 8 * d_out)
         << what;
-    EXPECT_NE(layer->describe().find("2-8 bits by row (mean 4.43)"), std::string::npos)
+    EXPECT_NE(layer->describe().find("1-8 bits by row (mean 4.50)"), std::string::npos)
         << layer->describe();
 
     const auto path = write_layer(*layer, "rtn-rows");

@@ -73,7 +73,7 @@ class RtnLinear final : public Linear {
   int64_t d_out_, d_in_;
   std::vector<uint8_t> row_bits_;      // (d_out)
   std::vector<int64_t> row_offsets_;  // (d_out + 1) into codes_, in words
-  std::vector<uint64_t> codes_;       // rows' padded bitstreams, concatenated
+  std::vector<uint64_t> codes_;       // rows' padded bitstreams, concatenated, + 1 spare word
   std::vector<float> scales_;         // (d_out, groups_per_row)
   std::vector<float> minimums_;       // (d_out, groups_per_row)
 };
