@@ -165,8 +165,9 @@ TEST_P(RtnShapes, EncodeDecodeAndProductMatchTheReference) {
   EXPECT_EQ(layer->storage_bits(), d_out * (words * 64 + groups * 32)) << what;
 }
 
-// Every width: 3, 5, 6 and 7-bit codes cross 64-bit words (3-bit code 21 occupies bits 63..65); 127/129/300 columns leave a
-// partial last group; 1 and 64 columns are the smallest row and an exact word of 4-bit codes.
+// Every width: 3, 5, 6 and 7-bit codes cross 64-bit words (3-bit code 21 occupies bits 63..65);
+// 127/129/300 columns leave a partial last group; 1 and 64 columns are the smallest row and an
+// exact word of 4-bit codes.
 INSTANTIATE_TEST_SUITE_P(Awkward, RtnShapes,
                          ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 6, 7, 8),
                                             ::testing::Values(1, 5, 22, 64, 127, 128, 129, 300)));
