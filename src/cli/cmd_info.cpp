@@ -81,11 +81,22 @@ Action add_info_command(CLI::App& app) {
       fmt::print("; {} at --ctx {}", human_bytes(double(RunState::bytes_for(c, o->ctx))), o->ctx);
     fmt::print("\n");
     double target_bpw = 0;
+    // A sensitivity allocation gives each layer its own target (compression.allocation.layers).
+    std::map<std::string, double> layer_target_bpw;
     if (!bundle.compression_json.empty()) {
       fmt::print("compression:  {}\n", bundle.compression_json);
       const auto details = nlohmann::json::parse(bundle.compression_json, nullptr, false);
-      if (details.is_object() && details.contains("target_bpw"))
+      if (details.is_object() && details.contains("target_bpw") &&
+          details["target_bpw"].is_number())
         target_bpw = details["target_bpw"].get<double>();
+      if (details.is_object() && details.contains("allocation") &&
+          details["allocation"].is_object() && details["allocation"].contains("layers") &&
+          details["allocation"]["layers"].is_array())
+        for (const auto& layer : details["allocation"]["layers"])
+          if (layer.is_object() && layer.contains("layer") && layer["layer"].is_string() &&
+              layer.contains("target_bpw") && layer["target_bpw"].is_number())
+            layer_target_bpw[layer["layer"].get<std::string>()] =
+                layer["target_bpw"].get<double>();
     }
     fmt::print("\n");
 
@@ -146,16 +157,22 @@ Action add_info_command(CLI::App& app) {
       for (const StoredTensor& t : bundle.inventory) {
         const double bpw = t.params ? 8.0 * t.bytes / t.params : 0.0;
         const LinearFormat* format = t.detail.empty() ? nullptr : find_linear_format(t.type);
-        const bool over = target_bpw > 0 && format && !format->over_target_reason.empty() &&
-                          bpw > target_bpw * format->over_target_slack;
+        const auto allocated = layer_target_bpw.find(t.name);
+        const double target = allocated != layer_target_bpw.end() ? allocated->second : target_bpw;
+        const bool over = target > 0 && format && !format->over_target_reason.empty() &&
+                          bpw > target * format->over_target_slack;
         if (over) over_target[format->over_target_reason]++;
         fmt::print("{:<48} {:>10} {:>11} {:>8.3f}  {}{}\n", t.name, t.type, human_count(t.params),
                    bpw, t.detail,
                    over ? fmt::format("  [over target: {}]", format->over_target_reason) : "");
       }
       for (const auto& [reason, layers] : over_target)
-        fmt::print("\n{} layers exceed the {:.3f} bpw target because of the {}\n", layers,
-                   target_bpw, reason);
+        if (layer_target_bpw.empty())
+          fmt::print("\n{} layers exceed the {:.3f} bpw target because of the {}\n", layers,
+                     target_bpw, reason);
+        else
+          fmt::print("\n{} layers exceed their allocated targets because of the {}\n", layers,
+                     reason);
     }
     return 0;
   };

@@ -265,6 +265,23 @@ TEST(CompressMethods, SensitivityUnderAWholeBudgetAllocatesTheTableToo) {
   EXPECT_GT(table.at("kl").get<double>(), 0);
   // The table's target is its own, not the linears' uniform one.
   EXPECT_NE(table.at("target_bpw").get<double>(), details.at("target_bpw").get<double>());
+  // info marks a layer over target against its own allocated target, not the uniform one.
+  const auto tensors = testing::run_command(testing::cli_path().string() + " info --tensors " + out);
+  ASSERT_EQ(tensors.exit_code, 0) << tensors.err;
+  int checked = 0;
+  for (const nlohmann::json& layer : layers) {
+    const std::string name = layer.at("layer");
+    if (name == "token_embd") continue;
+    std::smatch line;
+    ASSERT_TRUE(std::regex_search(
+        tensors.out, line, std::regex("\n" + name + " +littlebit +[0-9.]+ K +([0-9.]+) [^\n]*")))
+        << name << "\n" << tensors.out;
+    const bool marked = line[0].str().find("[over target") != std::string::npos;
+    EXPECT_EQ(marked, std::stod(line[1]) > layer.at("target_bpw").get<double>() * 1.001)
+        << line[0].str();
+    ++checked;
+  }
+  EXPECT_EQ(checked, 6 * kLinearsPerBlock);
   fs::remove_all(dir);
 }
 
