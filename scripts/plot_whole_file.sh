@@ -24,6 +24,8 @@ plot "whole-file.dat" index 0 using 1:2 with points pt 7 ps 1.4 title "(a) Littl
      "" index 5 using 1:2 with points pt 15 ps 1.4 lc rgb "#7570b3" title "(c') whole 0.8, table fixed, linears sensitivity-allocated", \
      "" index 6 using 1:2 with points pt 17 ps 1.6 lc rgb "#e7298a" title "(d) whole 0.8, rtn 2-bit table trained in QAT", \
      "" index 7 using 1:2 with points pt 6 ps 1.4 lc rgb "black" title "(a) linear 0.55, QAT hidden weight 0.04", \
+     "" index 8 using 1:2 with points pt 4 ps 1.4 lc rgb "#66a61e" title "(e) whole 0.8, rtn table, rows by token frequency (mean 2.23/2.48/2.98)", \
+     "" index 9 using 1:2 with points pt 3 ps 2.0 lc rgb "#e6ab02" title "(f) (e) at 2.48 + linears by sensitivity", \
      74.70 with lines dt 2 lc rgb "gray" title "BF16 (16 bits/param): 74.70", \
      (x <= 0.8 ? 564.1 : 1/0) with lines dt 3 lc rgb "red" title "target: <= 0.8 bits/param within 10% of (a) uniform: 564"
 GP
