@@ -21,9 +21,9 @@ int64_t words_for(int64_t d_in, int bits) { return (d_in * bits + 63) / 64; }
 
 // Codes 0..n−1 of a row's bitstream as floats. Eight B-bit codes are B whole bytes starting at
 // byte 8·k·B/8 = k·B, so one unaligned 8-byte load holds them and constant shifts take them
-// apart (the loop the compiler unrolls and vectorises; get_bits's variable-width arithmetic per
-// code made a 1B-shaped RTN model ~5x slower). Reads up to 7 bytes past the row's last code:
-// the codes buffer keeps a spare word after the last row.
+// apart (get_bits's variable-width arithmetic per code made a 1B-shaped rtn:4 model 2.6x slower;
+// docs/results.md). Reads up to 7 bytes past the row's last code: the codes buffer keeps a spare
+// word after the last row.
 template <int B>
 void decode_codes(const uint64_t* row, int64_t n, float* out) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(row);
