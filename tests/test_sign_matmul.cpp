@@ -103,11 +103,23 @@ TEST(SignMatmul, ReferenceEqualsDenseProductOfUnpacked) {
 
 class SignMatmulShapes : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
 
+// Random column and row scales for s and a y to accumulate into: the product with every scaling
+// and accumulation fused (LittleBit's use).
+struct ScaledCase {
+  std::vector<float> col_scale, row_scale, y0;
+  SignScales scales() const { return {col_scale.data(), row_scale.data(), true}; }
+};
+ScaledCase scaled_case(const SignMatrix& s, int64_t tokens, std::mt19937& rng) {
+  return {random_vector(s.cols, rng), random_vector(s.rows, rng), random_vector(tokens * s.rows, rng)};
+}
+
 void expect_matches_reference(const SignMatrix& s, const std::vector<float>& x, int64_t tokens,
-                              const std::string& what) {
+                              const std::string& what, const ScaledCase* scaled = nullptr) {
+  const SignScales scales = scaled ? scaled->scales() : SignScales{};
   std::vector<float> fast(tokens * s.rows, std::nanf("")), reference(tokens * s.rows);
-  sign_matmul(s, x.data(), fast.data(), tokens);
-  sign_matmul_reference(s, x.data(), reference.data(), tokens);
+  if (scaled) fast = reference = scaled->y0;
+  sign_matmul(s, x.data(), fast.data(), tokens, scales);
+  sign_matmul_reference(s, x.data(), reference.data(), tokens, scales);
   // 2·P − T in fp32 in another order than the double reference: error ~ 1e-7·sqrt(cols)·|x|.
   for (size_t i = 0; i < fast.size(); ++i)
     ASSERT_NEAR(fast[i], reference[i],
@@ -128,6 +140,59 @@ TEST_P(SignMatmulShapes, SimdMatchesReferenceOnEveryTarget) {
     expect_matches_reference(plain, x, tokens, hwy::TargetName(target));
     expect_matches_reference(SignMatrix{words.data(), rows, cols, blocks.data()}, x, tokens,
                              std::string("block layout, ") + hwy::TargetName(target));
+    const ScaledCase scaled = scaled_case(plain, tokens, rng);
+    expect_matches_reference(plain, x, tokens, std::string("scaled, ") + hwy::TargetName(target),
+                             &scaled);
+    expect_matches_reference(SignMatrix{words.data(), rows, cols, blocks.data()}, x, tokens,
+                             std::string("scaled, block layout, ") + hwy::TargetName(target),
+                             &scaled);
+  }
+}
+
+// The reference's scalings: y + row_scale ⊙ (S·(col_scale ⊙ x)), computed here from the unscaled
+// reference product, and the row scale alone without accumulation.
+TEST(SignMatmul, ReferenceScalesAndAccumulates) {
+  std::mt19937 rng(8);
+  const int64_t rows = 9, cols = 70, tokens = 3;
+  const auto words = random_signs(rows, cols, rng);
+  const SignMatrix s{words.data(), rows, cols};
+  const auto x = random_vector(tokens * cols, rng);
+  const ScaledCase c = scaled_case(s, tokens, rng);
+  std::vector<float> xg(x.size()), plain(tokens * rows), fused = c.y0, row_only(tokens * rows);
+  for (int64_t i = 0; i < tokens * cols; ++i) xg[i] = x[i] * c.col_scale[i % cols];
+  sign_matmul_reference(s, xg.data(), plain.data(), tokens);
+  sign_matmul_reference(s, x.data(), fused.data(), tokens, c.scales());
+  sign_matmul_reference(s, x.data(), row_only.data(), tokens, {nullptr, c.row_scale.data(), false});
+  std::vector<float> unscaled(tokens * rows);
+  sign_matmul_reference(s, x.data(), unscaled.data(), tokens);
+  for (int64_t i = 0; i < tokens * rows; ++i) {
+    EXPECT_NEAR(fused[i], c.y0[i] + c.row_scale[i % rows] * plain[i],
+                1e-5 * (1 + std::fabs(fused[i])));
+    EXPECT_NEAR(row_only[i], c.row_scale[i % rows] * unscaled[i], 1e-5 * (1 + std::fabs(unscaled[i])));
+  }
+}
+
+// sign_matmul_block with the scalings: disjoint row and column blocks, each accumulated into y, add
+// up to the whole scaled product.
+TEST(SignMatmul, BlocksWithScalesAddUpToTheProduct) {
+  std::mt19937 rng(12);
+  for (auto [rows, cols, tokens] :
+       {std::tuple<int64_t, int64_t, int64_t>{96, 200, 1}, {40, 3000, 2}, {130, 20000, 3}, {70, 5000, 5}}) {
+    const auto words = random_signs(rows, cols, rng);
+    const auto blocks = sign_blocks(SignMatrix{words.data(), rows, cols});
+    const SignMatrix s{words.data(), rows, cols, blocks.data()};
+    const auto x = random_vector(tokens * cols, rng);
+    const ScaledCase c = scaled_case(s, tokens, rng);
+    std::vector<float> reference = c.y0, fast = c.y0;
+    sign_matmul_reference(s, x.data(), reference.data(), tokens, c.scales());
+    const int64_t row_split = kSignRowAlign * (rows / kSignRowAlign / 2);
+    const int64_t col_split = kSignColAlign * (cols / kSignColAlign / 2);
+    for (auto [r0, r1] : {std::pair{int64_t{0}, row_split}, {row_split, rows}})
+      for (auto [c0, c1] : {std::pair{int64_t{0}, col_split}, {col_split, cols}})
+        sign_matmul_block(s, x.data(), fast.data(), tokens, r0, r1, c0, c1, c.scales());
+    for (size_t i = 0; i < fast.size(); ++i)
+      ASSERT_NEAR(fast[i], reference[i], 1e-4 * std::sqrt(double(cols)) * (1 + std::fabs(reference[i])))
+          << rows << "x" << cols << " element " << i;
   }
 }
 
@@ -184,6 +249,8 @@ TEST(SignMatmul, LargeShapesAndThreading) {
           auto positive = x;
           for (auto& v : positive) v = std::fabs(v);
           expect_matches_reference(s, positive, sh.tokens, "positive x, " + what);
+          const ScaledCase scaled = scaled_case(s, sh.tokens, rng);
+          expect_matches_reference(s, x, sh.tokens, "scaled, " + what, &scaled);
         }
       }
     }
@@ -231,6 +298,9 @@ TEST(SignMatmul, PaddingBitsAndEmptyShapes) {
   expect_matches_reference(SignMatrix{words.data(), rows, cols}, x, 1, "padding");
 
   std::vector<float> y(4, 1.0f);
+  const float row_scale[4] = {2, 2, 2, 2};
+  sign_matmul(SignMatrix{nullptr, 4, 0}, nullptr, y.data(), 1, {nullptr, row_scale, true});
+  EXPECT_EQ(y, std::vector<float>(4, 1.0f)) << "an empty sum accumulated leaves y";
   sign_matmul(SignMatrix{nullptr, 4, 0}, nullptr, y.data(), 1);  // empty sum
   EXPECT_EQ(y, std::vector<float>(4, 0.0f));
   sign_matmul(SignMatrix{words.data(), 0, cols}, x.data(), nullptr, 1);  // nothing to do

@@ -41,12 +41,13 @@ LittleBitLinear::LittleBitLinear(int64_t d_out, int64_t d_in, std::vector<Little
 }
 
 void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
+  // y = Σ_paths h ⊙ sign(U)·(l ⊙ sign(V)ᵀ·(g ⊙ x)): the sign products apply the scale vectors
+  // themselves (SignScales), so no scaled copy of x or per-path output is ever written.
   const int64_t n_paths = int64_t(paths_.size());
   int64_t max_rank = 0;
   for (const LittleBitPath& p : paths_) max_rank = std::max(max_rank, p.rank);
-  float* scaled = scratch.floats(0, n_paths * tokens * d_in_);     // (paths, tokens, d_in): g ⊙ x
-  float* latent = scratch.floats(2, n_paths * tokens * max_rank);  // (paths, tokens, rank)
-  float* path_out = scratch.floats(1, n_paths * tokens * d_out_);  // (paths, tokens, d_out)
+  float* latent = scratch.floats(2, n_paths * tokens * max_rank);  // (paths, tokens, max_rank)
+  const auto latent_of = [&](int64_t k) { return latent + k * tokens * max_rank; };
   const auto vt = [&](int64_t k) {
     const LittleBitPath& p = paths_[k];
     return SignMatrix{p.vt_signs.data(), p.rank, d_in_, blocks_[k].vt.data()};
@@ -55,52 +56,21 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
     const LittleBitPath& p = paths_[k];
     return SignMatrix{p.u_signs.data(), d_out_, p.rank, blocks_[k].u.data()};
   };
-  // The product's three phases, each over a range of what it computes.
-  // Elementwise loops over plain pointers, so that they vectorise.
-  const auto scale_inputs = [&](int64_t i0, int64_t i1) {
-    for (int64_t k = 0; k < n_paths; ++k)
-      for (int64_t t = 0; t < tokens; ++t) {
-        const float* xt = x + t * d_in_;
-        const float* g = paths_[k].g.data();
-        float* out = scaled + (k * tokens + t) * d_in_;
-        for (int64_t i = i0; i < i1; ++i) out[i] = xt[i] * g[i];
-      }
+  // Stage 1 gives the latent (tokens, rank) = l ⊙ sign(V)ᵀ·(g ⊙ x); stage 2 adds h ⊙ sign(U)·latent
+  // of each path into y.
+  const auto in_scales = [&](int64_t k) {
+    return SignScales{paths_[k].g.data(), paths_[k].l.data(), false};
   };
-  const auto latent_of = [&](int64_t k) {
-    return latent + k * tokens * max_rank;
-  };  // (tokens, rank)
-  const auto scale_latent = [&](int64_t k, int64_t j0, int64_t j1) {
-    const int64_t rank = paths_[k].rank;
-    const float* l = paths_[k].l.data();
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* z = latent_of(k) + t * rank;
-      for (int64_t j = j0; j < j1; ++j) z[j] *= l[j];
-    }
-  };
-  const auto sum_paths = [&](int64_t o0, int64_t o1) {
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* yt = y + t * d_out_;
-      for (int64_t k = 0; k < n_paths; ++k) {
-        const float* h = paths_[k].h.data();
-        const float* out = path_out + (k * tokens + t) * d_out_;
-        if (k == 0)
-          for (int64_t o = o0; o < o1; ++o) yt[o] = h[o] * out[o];
-        else
-          for (int64_t o = o0; o < o1; ++o) yt[o] += h[o] * out[o];
-      }
-    }
+  const auto out_scales = [&](int64_t k) {
+    return SignScales{nullptr, paths_[k].h.data(), k > 0};
   };
 
   if (tokens >= 4) {
     // Batches: each sign product splits itself over the threads as suits its shape.
-    scale_inputs(0, d_in_);
-    for (int64_t k = 0; k < n_paths; ++k) {
-      sign_matmul(vt(k), scaled + k * tokens * d_in_, latent_of(k), tokens);
-      scale_latent(k, 0, paths_[k].rank);
-    }
     for (int64_t k = 0; k < n_paths; ++k)
-      sign_matmul(u(k), latent_of(k), path_out + k * tokens * d_out_, tokens);
-    sum_paths(0, d_out_);
+      sign_matmul(vt(k), x, latent_of(k), tokens, in_scales(k));
+    for (int64_t k = 0; k < n_paths; ++k)
+      sign_matmul(u(k), latent_of(k), y, tokens, out_scales(k));
     return;
   }
   // Decoding: one parallel region for the whole product instead of four sign products with a fork
@@ -114,30 +84,28 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
     const auto partial_of = [&](int other, int64_t k) {
       return other == 0 ? latent_of(k) : partial + ((other - 1) * n_paths + k) * tokens * max_rank;
     };
-    // Each thread scales the columns it then multiplies: no barrier between the two.
     const Share inputs = share_of(d_in_, thread, threads, kSignColAlign);
-    scale_inputs(inputs.begin, inputs.end);
     for (int64_t k = 0; k < n_paths; ++k)
-      sign_matmul_block(vt(k), scaled + k * tokens * d_in_, partial_of(thread, k), tokens, 0,
-                        paths_[k].rank, inputs.begin, inputs.end);
-    if (threads > 1) team_barrier();  // alone, it would bind to a caller's team
-    for (int64_t k = 0; k < n_paths; ++k) {
-      const int64_t rank = paths_[k].rank;
-      const Share rows = share_of(rank, thread, threads, 1);
-      for (int other = 1; other < threads; ++other)
-        for (int64_t t = 0; t < tokens; ++t) {
-          float* z = latent_of(k) + t * rank;
-          const float* add = partial_of(other, k) + t * rank;
-          for (int64_t j = rows.begin; j < rows.end; ++j) z[j] += add[j];
-        }
-      scale_latent(k, rows.begin, rows.end);
+      sign_matmul_block(vt(k), x, partial_of(thread, k), tokens, 0, paths_[k].rank, inputs.begin,
+                        inputs.end, in_scales(k));
+    if (threads > 1) {
+      team_barrier();  // alone, it would bind to a caller's team
+      for (int64_t k = 0; k < n_paths; ++k) {
+        const int64_t rank = paths_[k].rank;
+        const Share rows = share_of(rank, thread, threads, 1);
+        for (int other = 1; other < threads; ++other)
+          for (int64_t t = 0; t < tokens; ++t) {
+            float* z = latent_of(k) + t * rank;
+            const float* add = partial_of(other, k) + t * rank;
+            for (int64_t j = rows.begin; j < rows.end; ++j) z[j] += add[j];
+          }
+      }
+      team_barrier();
     }
-    if (threads > 1) team_barrier();  // alone, it would bind to a caller's team
     const Share outputs = share_of(d_out_, thread, threads, kSignRowAlign);
     for (int64_t k = 0; k < n_paths; ++k)
-      sign_matmul_block(u(k), latent_of(k), path_out + k * tokens * d_out_, tokens, outputs.begin,
-                        outputs.end, 0, paths_[k].rank);
-    sum_paths(outputs.begin, outputs.end);
+      sign_matmul_block(u(k), latent_of(k), y, tokens, outputs.begin, outputs.end, 0,
+                        paths_[k].rank, out_scales(k));
   };
   double work = 0;  // sign·token products of the whole layer
   for (const LittleBitPath& p : paths_)

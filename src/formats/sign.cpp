@@ -61,13 +61,9 @@ std::unique_ptr<SignLinear> SignLinear::encode(const float* w, int64_t d_out, in
   return std::make_unique<SignLinear>(d_out, d_in, std::move(signs), std::move(a), std::move(b));
 }
 
-void SignLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
-  float* scaled = scratch.floats(0, tokens * d_in_);  // (tokens, d_in)
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t i = 0; i < d_in_; ++i) scaled[t * d_in_ + i] = x[t * d_in_ + i] * col_scale_[i];
-  sign_matmul({signs_.data(), d_out_, d_in_}, scaled, y, tokens);
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t o = 0; o < d_out_; ++o) y[t * d_out_ + o] *= row_scale_[o];
+void SignLinear::forward(const float* x, float* y, int64_t tokens, Scratch&) const {
+  sign_matmul({signs_.data(), d_out_, d_in_}, x, y, tokens,
+              SignScales{col_scale_.data(), row_scale_.data(), false});
 }
 
 void SignLinear::decode_row(int64_t o, float* out) const {

@@ -133,6 +133,16 @@ HWY_INLINE float RangeSum(const float* p, int64_t n) {
   return sum;
 }
 
+// out[i] = x[i]·scale[i] for i < n.
+HWY_INLINE void ScaleColumns(const float* HWY_RESTRICT x, const float* HWY_RESTRICT scale, int64_t n,
+                             float* HWY_RESTRICT out) {
+  const DF df;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    hn::StoreU(hn::Mul(hn::LoadU(df, x + i), hn::LoadU(df, scale + i)), df, out + i);
+  for (; i < n; ++i) out[i] = x[i] * scale[i];
+}
+
 // ------------------------------------------------------------------ wide kernel (rows in tiles)
 
 // One column block of a WideRange call: columns [c0, c1), of which [c0, c_full) are whole
@@ -141,14 +151,15 @@ struct WideBlock {
   const uint64_t* words;
   int64_t wpr;
   int64_t rows;  // leading dimension of y
-  int64_t cols;  // leading dimension of x
-  const float* x;
   float* y;
   int64_t c0, c_full, c1;
-  int64_t tok_base;   // token of tail[0] and tsum[0]
-  const float* tail;  // (token - tok_base, 32)
-  const float* tsum;  // (token - tok_base): Σ_{c0 <= c < c1} x[token][c]
-  bool accumulate;    // y += result instead of y = result
+  int64_t tok_base;      // token of x, tail[0] and tsum[0]
+  const float* x;        // (token - tok_base, x_stride): the (scaled) activations from column c0
+  int64_t x_stride;
+  const float* tail;       // (token - tok_base, 32)
+  const float* tsum;       // (token - tok_base): Σ_{c0 <= c < c1} x[token][c]
+  const float* row_scale;  // (rows) or null
+  bool accumulate;         // y += result instead of y = result
 };
 
 // acc[r][t] += Σ over the 32 columns at c of bit(r, c)·x[t][c]; xc[t] points at x[t][c].
@@ -200,7 +211,7 @@ HWY_INLINE void WideTile(const WideBlock& b, int64_t row0, int64_t tok0) {
   for (int r = 0; r < kRows; ++r) rp[r] = b.words + (row0 + r) * b.wpr;
   const float* xp[kTokens];
   HWY_UNROLL(16)
-  for (int t = 0; t < kTokens; ++t) xp[t] = b.x + (tok0 + t) * b.cols;
+  for (int t = 0; t < kTokens; ++t) xp[t] = b.x + (tok0 + t - b.tok_base) * b.x_stride;
   VF acc[kRows][kTokens];
   HWY_UNROLL(16)
   for (int r = 0; r < kRows; ++r) HWY_UNROLL(16)
@@ -209,7 +220,7 @@ HWY_INLINE void WideTile(const WideBlock& b, int64_t row0, int64_t tok0) {
   const float* xc[kTokens];
   for (int64_t c = b.c0; c < b.c_full; c += 32) {
     HWY_UNROLL(16)
-    for (int t = 0; t < kTokens; ++t) xc[t] = xp[t] + c;
+    for (int t = 0; t < kTokens; ++t) xc[t] = xp[t] + (c - b.c0);
     WideBlock32<kRows, kTokens>(rp, c, xc, acc);
   }
   if (b.c_full < b.c1) {
@@ -223,47 +234,62 @@ HWY_INLINE void WideTile(const WideBlock& b, int64_t row0, int64_t tok0) {
     HWY_UNROLL(16)
     for (int t = 0; t < kTokens; ++t) {
       const float p = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
-      const float v = 2.0f * p - b.tsum[tok0 + t - b.tok_base];
+      float v = 2.0f * p - b.tsum[tok0 + t - b.tok_base];
+      if (b.row_scale != nullptr) v *= b.row_scale[row0 + r];
       float& out = b.y[(tok0 + t) * b.rows + row0 + r];
       out = b.accumulate ? out + v : v;
     }
   }
 }
 
-// y[t][r] (= or +=) Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [r0, r1), tokens [t0, t1).
-// c0 % 64 == 0, and c1 % 64 == 0 or c1 == cols.
+// y[t][r] (= or +=) row_scale[r]·Σ_{c0 <= c < c1} S[r][c]·col_scale[c]·x[t][c] for rows
+// [r0, r1), tokens [t0, t1). c0 % 64 == 0, and c1 % 64 == 0 or c1 == cols.
 void WideRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t r1, int64_t t0,
-               int64_t t1, int64_t c0, int64_t c1, bool accumulate) {
-  // Column blocks keep one block of x rows (kTokBlock x 32 KiB) in L2 while the tiles stream.
-  constexpr int64_t kColBlock = 8192;
+               int64_t t1, int64_t c0, int64_t c1, const SignScales& scales) {
+  // Column blocks keep one block of x rows (kTokBlock x 32 KiB) in L2 while the tiles stream;
+  // scaled activations are copied a block at a time, so those blocks are 4x narrower.
+  const int64_t col_block = scales.col_scale != nullptr ? 2048 : 8192;
   constexpr int64_t kTokBlock = 16;
+  float* scaled = scales.col_scale != nullptr
+                      ? thread_scratch<float>(ThreadScratchSlot::SignScaledInputs,
+                                              size_t(kTokBlock * col_block))
+                      : nullptr;  // (kTokBlock, col_block)
   alignas(64) float tail[kTokBlock * 32];
   float tsum[kTokBlock];
   WideBlock b;
   b.words = s.words;
   b.wpr = s.words_per_row();
   b.rows = s.rows;
-  b.cols = s.cols;
-  b.x = x;
   b.y = y;
   b.tail = tail;
   b.tsum = tsum;
-  for (int64_t cb = c0; cb < c1; cb += kColBlock) {
-    const int64_t ce = std::min(c1, cb + kColBlock);
+  b.row_scale = scales.row_scale;
+  for (int64_t cb = c0; cb < c1; cb += col_block) {
+    const int64_t ce = std::min(c1, cb + col_block);
     b.c0 = cb;
     b.c1 = ce;
     b.c_full = cb + ((ce - cb) & ~int64_t{31});
-    b.accumulate = accumulate || cb > c0;
+    b.accumulate = scales.accumulate || cb > c0;
     for (int64_t tb = t0; tb < t1; tb += kTokBlock) {
       const int64_t te = std::min(t1, tb + kTokBlock);
       b.tok_base = tb;
+      if (scaled != nullptr) {
+        for (int64_t t = tb; t < te; ++t)
+          ScaleColumns(x + t * s.cols + cb, scales.col_scale + cb, ce - cb,
+                       scaled + (t - tb) * (ce - cb));
+        b.x = scaled;
+        b.x_stride = ce - cb;
+      } else {
+        b.x = x + tb * s.cols + cb;
+        b.x_stride = s.cols;
+      }
       for (int64_t t = tb; t < te; ++t) {
-        const float* xt = x + t * s.cols;
-        tsum[t - tb] = RangeSum(xt + cb, ce - cb);
+        const float* xt = b.x + (t - tb) * b.x_stride;  // from column cb
+        tsum[t - tb] = RangeSum(xt, ce - cb);
         if (b.c_full < ce) {
           float* tl = tail + (t - tb) * 32;
           std::fill(tl, tl + 32, 0.0f);
-          std::copy(xt + b.c_full, xt + ce, tl);
+          std::copy(xt + (b.c_full - cb), xt + (ce - cb), tl);
         }
       }
       int64_t r = r0;
@@ -327,8 +353,10 @@ alignas(64) constexpr float kNibbleSigns[4][16] = {
 
 // Tables of tokens [t0, t1) over columns [c0, c1), c0 % 32 == 0, padded with zero columns to
 // whole 32-column blocks: tables + ((t − t0)·groups + g)·16 with groups = ceil((c1 − c0)/32)·8.
+// With col_scale the activations are scaled first, a token at a time, in `scaled` (c1 − c0).
 HWY_INLINE void BuildTables(const float* x, int64_t cols, int64_t t0, int64_t t1, int64_t c0,
-                            int64_t c1, float* HWY_RESTRICT tables) {
+                            int64_t c1, const float* col_scale, float* HWY_RESTRICT scaled,
+                            float* HWY_RESTRICT tables) {
   const DF df;
   const int64_t groups = (c1 - c0 + 31) / 32 * 8;
   const int64_t full = (c1 - c0) / 4;  // groups with 4 real columns
@@ -344,6 +372,10 @@ HWY_INLINE void BuildTables(const float* x, int64_t cols, int64_t t0, int64_t t1
     }
   for (int64_t t = t0; t < t1; ++t) {
     const float* xt = x + t * cols + c0;
+    if (col_scale != nullptr) {
+      ScaleColumns(xt, col_scale + c0, c1 - c0, scaled);
+      xt = scaled;
+    }
     float* out = tables + (t - t0) * groups * 16;
     for (int64_t g = 0; g < full; ++g, out += 16) {
       const float* xg = xt + 4 * g;
@@ -393,7 +425,7 @@ HWY_INLINE VF Lookup(VF lo, VF hi, VU idx) {
 template <int kRV, int kTokens, int kSets, bool kFromBlocks>
 HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c1,
                         const float* tables, int64_t groups, float* y, int64_t tok0,
-                        bool accumulate, int64_t pf_rows) {
+                        const float* row_scale, bool accumulate, int64_t pf_rows) {
   const DF df;
   const DU du;
   const DI di;
@@ -469,6 +501,7 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
       HWY_UNROLL(16)
       for (int k = 1; k < kSets; ++k) sum = hn::Add(sum, acc[k][v][t]);
       float* out = y + (tok0 + t) * s.rows + row0 + v * kLanes;
+      if (row_scale != nullptr) sum = hn::Mul(sum, hn::LoadU(df, row_scale + row0 + v * kLanes));
       if (accumulate) sum = hn::Add(sum, hn::LoadU(df, out));
       hn::StoreU(sum, df, out);
     }
@@ -479,7 +512,7 @@ HWY_INLINE void LutTile(const SignMatrix& s, int64_t row0, int64_t c0, int64_t c
 template <bool kFromBlocks>
 HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb, int64_t ce,
                         const float* tables, int64_t groups, float* y, int64_t t, int64_t nt,
-                        bool acc) {
+                        const float* row_scale, bool acc) {
   // Rows of the next tile, to prefetch while a tile of `tile` rows starting at r runs.
   const auto next = [&](int64_t r, int64_t tile) {
     return std::clamp<int64_t>(r1 - (r + tile), 0, tile);
@@ -488,44 +521,49 @@ HWY_INLINE void LutRows(const SignMatrix& s, int64_t r0, int64_t r1, int64_t cb,
   if (nt == kTokTile) {
     constexpr int64_t kTile = kLutRVB * kLanes;
     for (; r + kTile <= r1; r += kTile)
-      LutTile<kLutRVB, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc,
-                                                 next(r, kTile));
+      LutTile<kLutRVB, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t,
+                                                 row_scale, acc, next(r, kTile));
     for (; r < r1; r += kLanes)
-      LutTile<1, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t, acc,
-                                           next(r, kLanes));
+      LutTile<1, kTokTile, 1, kFromBlocks>(s, r, cb, ce, tables, groups, y, t,
+                                           row_scale, acc, next(r, kLanes));
   } else {
     constexpr int64_t kTile = kLutRV1 * kLanes;
     for (int64_t u = 0; u < nt; ++u) {
       const float* tu = tables + u * groups * 16;
       for (r = r0; r + kTile <= r1; r += kTile)
-        LutTile<kLutRV1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc,
-                                                    next(r, kTile));
+        LutTile<kLutRV1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u,
+                                                    row_scale, acc, next(r, kTile));
       for (; r < r1; r += kLanes)
-        LutTile<1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u, acc,
-                                              next(r, kLanes));
+        LutTile<1, 1, kLutSets1, kFromBlocks>(s, r, cb, ce, tu, groups, y, t + u,
+                                              row_scale, acc, next(r, kLanes));
     }
   }
 }
 
-// y[t][r] (= or +=) Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [r0, r1) (r1 − r0 a multiple of
-// N), tokens [t0, t1); c0 % 64 == 0 and c1 % 64 == 0 or c1 == cols.
+// y[t][r] (= or +=) row_scale[r]·Σ_{c0 <= c < c1} S[r][c]·col_scale[c]·x[t][c] for rows
+// [r0, r1) (r1 − r0 a multiple of N), tokens [t0, t1); c0 % 64 == 0 and c1 % 64 == 0 or
+// c1 == cols.
 void LutRange(const SignMatrix& s, const float* x, float* y, int64_t r0, int64_t r1, int64_t t0,
-              int64_t t1, int64_t c0, int64_t c1, bool accumulate) {
+              int64_t t1, int64_t c0, int64_t c1, const SignScales& scales) {
   const int64_t col_block = t1 - t0 >= kTokTile ? kLutColBlockBatched : kLutColBlockSingle;
   float* tables = thread_scratch<float>(ThreadScratchSlot::SignTables,
                                         size_t((kTokTile - 1) * (kLutColBlockSingle / 4) * 16));
+  float* scaled = scales.col_scale != nullptr
+                      ? thread_scratch<float>(ThreadScratchSlot::SignScaledInputs,
+                                              size_t(kLutColBlockSingle))
+                      : nullptr;  // (col_block): one token's scaled activations
   static_assert(kTokTile * kLutColBlockBatched <= (kTokTile - 1) * kLutColBlockSingle);
   for (int64_t cb = c0; cb < c1; cb += col_block) {
     const int64_t ce = std::min(c1, cb + col_block);
     const int64_t groups = (ce - cb + 31) / 32 * 8;
-    const bool acc = accumulate || cb > c0;
+    const bool acc = scales.accumulate || cb > c0;
     for (int64_t t = t0; t < t1; t += kTokTile) {
       const int64_t nt = std::min<int64_t>(kTokTile, t1 - t);
-      BuildTables(x, s.cols, t, t + nt, cb, ce, tables);
+      BuildTables(x, s.cols, t, t + nt, cb, ce, scales.col_scale, scaled, tables);
       if (s.blocks != nullptr)
-        LutRows<true>(s, r0, r1, cb, ce, tables, groups, y, t, nt, acc);
+        LutRows<true>(s, r0, r1, cb, ce, tables, groups, y, t, nt, scales.row_scale, acc);
       else
-        LutRows<false>(s, r0, r1, cb, ce, tables, groups, y, t, nt, acc);
+        LutRows<false>(s, r0, r1, cb, ce, tables, groups, y, t, nt, scales.row_scale, acc);
     }
   }
 }
@@ -588,15 +626,17 @@ void SignCombineRows(const SignMatrix& s, const float* coeffs, float* y) {
 
 // ------------------------------------------------------------------------------- dispatch
 
-// y[t][r] = Σ_{c0 <= c < c1} S[r][c]·x[t][c] for rows [ra, rb), tokens [ta, tb). Rows below
-// lut_rows (a multiple of N) use the lookup-table kernel, the others the wide kernel.
+// y[t][r] (= or +=) row_scale[r]·Σ_{c0 <= c < c1} S[r][c]·col_scale[c]·x[t][c] for rows
+// [ra, rb), tokens [ta, tb). Rows below lut_rows (a multiple of N) use the lookup-table kernel,
+// the others the wide kernel.
 void RangeAnyKernel(const SignMatrix& s, const float* x, float* y, int64_t ra, int64_t rb,
-                    int64_t ta, int64_t tb, int64_t c0, int64_t c1, int64_t lut_rows) {
+                    int64_t ta, int64_t tb, int64_t c0, int64_t c1, int64_t lut_rows,
+                    const SignScales& scales) {
   const int64_t split = std::clamp(lut_rows, ra, rb);
 #if SUBBIT_SIGN_LUT
-  if (split > ra) LutRange(s, x, y, ra, split, ta, tb, c0, c1, false);
+  if (split > ra) LutRange(s, x, y, ra, split, ta, tb, c0, c1, scales);
 #endif
-  if (rb > split) WideRange(s, x, y, split, rb, ta, tb, c0, c1, false);
+  if (rb > split) WideRange(s, x, y, split, rb, ta, tb, c0, c1, scales);
 }
 
 // The rows [0, n) that the lookup-table kernel takes: a multiple of N, 0 below kLutMinRows rows
@@ -611,21 +651,25 @@ int64_t LutRowCount(const SignMatrix& s) {
 }
 
 void SignMatmulBlock(const SignMatrix& s, const float* x, float* y, int64_t tokens,
-                     int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) {
+                     int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                     const SignScales& scales) {
   if (row_begin >= row_end || tokens <= 0) return;
   if (col_begin >= col_end) {
-    for (int64_t t = 0; t < tokens; ++t)
-      std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
+    if (!scales.accumulate)
+      for (int64_t t = 0; t < tokens; ++t)
+        std::fill(y + t * s.rows + row_begin, y + t * s.rows + row_end, 0.0f);
     return;
   }
-  RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRowCount(s));
+  RangeAnyKernel(s, x, y, row_begin, row_end, 0, tokens, col_begin, col_end, LutRowCount(s),
+                 scales);
 }
 
-void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
+void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                const SignScales& scales) {
   const int64_t rows = s.rows, cols = s.cols;
   if (rows <= 0 || tokens <= 0) return;
   if (cols <= 0) {
-    std::fill(y, y + rows * tokens, 0.0f);
+    if (!scales.accumulate) std::fill(y, y + rows * tokens, 0.0f);
     return;
   }
   const int64_t threads = omp_in_parallel() ? 1 : num_threads();
@@ -646,7 +690,8 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     // Few tokens and rows no longer than the columns (LittleBit stage 1, square 1-bit layers):
     // split the columns, so each part builds only the tables of its own columns (a row split would
     // rebuild all of them per chunk: 40% extra work at 512 x 4096) and there is parallelism even
-    // for a handful of rows. Each part sums over its columns, then the parts are added.
+    // for a handful of rows. Each part sums over its columns, then the parts are added (the row
+    // scale distributes over the sum; only the first part accumulates into y).
     const int64_t per = ((cols + threads - 1) / threads + 63) & ~int64_t{63};
     const int64_t parts = (cols + per - 1) / per;
     float* partial = thread_scratch<float>(ThreadScratchSlot::SignPartialSums,
@@ -654,8 +699,10 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         float* out = k == 0 ? y : partial + (k - 1) * tokens * rows;
+        SignScales part = scales;
+        part.accumulate = k == 0 && scales.accumulate;
         RangeAnyKernel(s, x, out, 0, rows, 0, tokens, k * per, std::min(cols, (k + 1) * per),
-                       lut_rows);
+                       lut_rows, part);
       }
     });
     for (int64_t k = 1; k < parts; ++k) {
@@ -676,7 +723,7 @@ void SignMatmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t ra = (u / nt) * row_chunk, rb = std::min(rows, ra + row_chunk);
       const int64_t ta = (u % nt) * tok_chunk, tb = std::min(tokens, ta + tok_chunk);
-      RangeAnyKernel(s, x, y, ra, rb, ta, tb, 0, cols, lut_rows);
+      RangeAnyKernel(s, x, y, ra, rb, ta, tb, 0, cols, lut_rows, scales);
     }
   });
 }
@@ -691,13 +738,16 @@ HWY_EXPORT(SignMatmul);
 HWY_EXPORT(SignMatmulBlock);
 HWY_EXPORT(SignCombineRows);
 
-void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
-  HWY_DYNAMIC_DISPATCH(SignMatmul)(s, x, y, tokens);
+void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                 const SignScales& scales) {
+  HWY_DYNAMIC_DISPATCH(SignMatmul)(s, x, y, tokens, scales);
 }
 
 void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens,
-                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end) {
-  HWY_DYNAMIC_DISPATCH(SignMatmulBlock)(s, x, y, tokens, row_begin, row_end, col_begin, col_end);
+                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                       const SignScales& scales) {
+  HWY_DYNAMIC_DISPATCH(SignMatmulBlock)(s, x, y, tokens, row_begin, row_end, col_begin, col_end,
+                                        scales);
 }
 
 void sign_combine_rows(const SignMatrix& s, const float* coeffs, float* y) {
@@ -735,16 +785,21 @@ void unpack_signs(const SignMatrix& s, float* out) {
       out[r * s.cols + c] = (s.words[r * wpr + c / 64] >> (c % 64)) & 1 ? 1.0f : -1.0f;
 }
 
-void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens) {
+void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                           const SignScales& scales) {
   const int64_t wpr = s.words_per_row();
   for (int64_t t = 0; t < tokens; ++t) {
     const float* xt = x + t * s.cols;
     for (int64_t r = 0; r < s.rows; ++r) {
       const uint64_t* row = s.words + r * wpr;
       double sum = 0;
-      for (int64_t c = 0; c < s.cols; ++c)
-        sum += (row[c / 64] >> (c % 64)) & 1 ? double(xt[c]) : -double(xt[c]);
-      y[t * s.rows + r] = float(sum);
+      for (int64_t c = 0; c < s.cols; ++c) {
+        const double v = scales.col_scale ? double(xt[c]) * scales.col_scale[c] : double(xt[c]);
+        sum += (row[c / 64] >> (c % 64)) & 1 ? v : -v;
+      }
+      if (scales.row_scale) sum *= scales.row_scale[r];
+      float& out = y[t * s.rows + r];
+      out = scales.accumulate ? float(double(out) + sum) : float(sum);
     }
   }
 }

@@ -44,11 +44,22 @@ void pack_signs(const float* values, int64_t rows, int64_t cols, uint64_t* words
 // The ±1 matrix (rows, cols) row-major.
 void unpack_signs(const SignMatrix& s, float* out);
 
-// y (tokens, rows) = x (tokens, cols) · Sᵀ. Highway SIMD (dynamic dispatch): a lookup-table kernel
+// Scalings a product applies on the way in and out, so that callers with diagonal factors around
+// the sign matrix (LittleBit's diag(h)·sign(U)·diag(l)·sign(V)ᵀ·diag(g)) need no scaled copies of
+// their activations or outputs: at 512 tokens those copies moved more memory than the products.
+//   y[t][r] = (accumulate ? y[t][r] : 0) + row_scale[r] · Σ_c S[r][c] · col_scale[c] · x[t][c]
+struct SignScales {
+  const float* col_scale = nullptr;  // (cols); null: all ones
+  const float* row_scale = nullptr;  // (rows); null: all ones
+  bool accumulate = false;           // add to y instead of overwriting it
+};
+
+// y (tokens, rows) = x (tokens, cols) · Sᵀ, scaled as `scales` says. Highway SIMD (dynamic dispatch): a lookup-table kernel
 // on AVX2/AVX-512 when rows >= 64, a masked-add kernel otherwise. Multithreaded over rows and
 // tokens, or over columns when there are few tokens and rows <= cols (LittleBit's first stage);
 // calls under ~10^6 weight·token products run on the calling thread.
-void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                 const SignScales& scales = {});
 // Below this many sign·token products a product runs on the calling thread. Waking the OpenMP
 // team costs microseconds on an idle machine (far more on a busy one), while 2^20 products take
 // 10-20 us on one core, so only products at least that big are split.
@@ -62,9 +73,11 @@ constexpr double kSignMinParallelWork = double(1 << 20);
 constexpr int64_t kSignRowAlign = 16;
 constexpr int64_t kSignColAlign = 64;
 void sign_matmul_block(const SignMatrix& s, const float* x, float* y, int64_t tokens,
-                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end);
+                       int64_t row_begin, int64_t row_end, int64_t col_begin, int64_t col_end,
+                       const SignScales& scales = {});
 // Plain scalar reference the fast path is tested against (double accumulation, rounded to fp32).
-void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens);
+void sign_matmul_reference(const SignMatrix& s, const float* x, float* y, int64_t tokens,
+                           const SignScales& scales = {});
 
 // The other direction, one vector: y (cols) = coeffs (rows) · S, y[c] = Σ_r coeffs[r]·S[r][c] (a
 // weighted sum of the rows; LittleBit decodes one embedding row this way). Highway SIMD on the

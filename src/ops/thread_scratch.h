@@ -12,6 +12,7 @@ namespace subbit {
 enum class ThreadScratchSlot : int {
   SignPartialSums,    // sign_matmul: the column parts' partial sums
   SignTables,         // sign_matmul: lookup tables of activation sums
+  SignScaledInputs,   // sign_matmul: activations times the column scale, a block at a time
   SketchEntries,      // sketch_matmul: hash entries of the rows being multiplied
   SketchBlockTerms,   // sketch_matmul: per-block hash terms
   SketchDecodedRows,  // sketch_matmul: rows decoded once for several tokens, or the row path's row
