@@ -45,6 +45,7 @@
 
 #include "common/dtype.h"
 #include "formats/littlebit.h"
+#include "formats/sign.h"
 #include "formats/sketch.h"
 #include "ops/dense_matmul.h"
 #include "ops/parallel.h"
@@ -109,13 +110,12 @@ struct ShapeData {
   std::vector<uint16_t> dense_bf16;
   std::vector<float> dense_f32;
   std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
-  std::vector<uint64_t> sign_1bit;                          // (n_out, n_in)
-  std::vector<float> sign_row_scale, sign_col_scale;
+  std::unique_ptr<SignLinear> sign_1bit;
   // Built by the sketch benchmarks: row-banded (the default), and plain hashing (one band).
   std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)],
       sketch_one_band[std::size(kSketchBpw)];
   // Work buffers.
-  std::vector<float> y, t;
+  std::vector<float> y;
 };
 
 ShapeData& data_for(int shape_index) {
@@ -131,7 +131,6 @@ ShapeData& data_for(int shape_index) {
     Rng rng{uint64_t(shape_index) + 1};
     d.x = random_floats(n_in, rng);
     d.y.resize(n_out);
-    d.t.resize(n_in);
     for (double bpw : kLittleBitBpw) {
       const int64_t rank = littlebit_rank_for_bpw(n_in, n_out, bpw, 2);
       std::vector<LittleBitPath> paths(2);
@@ -145,9 +144,8 @@ ShapeData& data_for(int shape_index) {
       }
       d.littlebit.push_back(std::make_unique<LittleBitLinear>(n_out, n_in, std::move(paths)));
     }
-    d.sign_1bit = random_signs(n_out, n_in, rng);
-    d.sign_row_scale = random_floats(n_out, rng);
-    d.sign_col_scale = random_floats(n_in, rng);
+    d.sign_1bit = std::make_unique<SignLinear>(n_out, n_in, random_signs(n_out, n_in, rng),
+                                               random_floats(n_out, rng), random_floats(n_in, rng));
   }
   return *current;
 }
@@ -232,15 +230,13 @@ void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index, int64
   set_common_counters(state, d, double(layer.storage_bits()) / 8.0);
 }
 
-// y = row_scale ⊙ sign(W)·(col_scale ⊙ x).
+// The format's own product (SignLinear::forward): y = row_scale ⊙ sign(W)·(col_scale ⊙ x).
 void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   ShapeData& d = data_for(shape_index);
   const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in;
-  const SignMatrix s{d.sign_1bit.data(), n_out, n_in};
+  Scratch scratch;
   for (auto _ : state) {
-    for (int64_t i = 0; i < n_in; ++i) d.t[i] = d.sign_col_scale[i] * d.x[i];
-    sign_matmul(s, d.t.data(), d.y.data(), 1);
-    for (int64_t i = 0; i < n_out; ++i) d.y[i] *= d.sign_row_scale[i];
+    d.sign_1bit->forward(d.x.data(), d.y.data(), 1, scratch);
     benchmark::DoNotOptimize(d.y.data());
     benchmark::ClobberMemory();
   }

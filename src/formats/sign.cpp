@@ -47,7 +47,12 @@ SignLinear::SignLinear(int64_t d_out, int64_t d_in, std::vector<uint64_t> signs,
       d_in_(d_in),
       signs_(std::move(signs)),
       row_scale_(std::move(row_scale)),
-      col_scale_(std::move(col_scale)) {}
+      col_scale_(std::move(col_scale)) {
+  if (int64_t(signs_.size()) != d_out * sign_words_per_row(d_in) ||
+      int64_t(row_scale_.size()) != d_out || int64_t(col_scale_.size()) != d_in)
+    fail("sign layer ({} x {}): inconsistent signs or scales", d_out, d_in);
+  blocks_ = sign_blocks({signs_.data(), d_out, d_in});
+}
 
 std::unique_ptr<SignLinear> SignLinear::encode(const float* w, int64_t d_out, int64_t d_in) {
   std::vector<float> magnitude(d_out * d_in);
@@ -62,7 +67,7 @@ std::unique_ptr<SignLinear> SignLinear::encode(const float* w, int64_t d_out, in
 }
 
 void SignLinear::forward(const float* x, float* y, int64_t tokens, Scratch&) const {
-  sign_matmul({signs_.data(), d_out_, d_in_}, x, y, tokens,
+  sign_matmul({signs_.data(), d_out_, d_in_, blocks_.data()}, x, y, tokens,
               SignScales{col_scale_.data(), row_scale_.data(), false});
 }
 
