@@ -75,7 +75,9 @@ TEST(DenseMatmulReference, EqualsTheProductOfTheStoredWeights) {
 INSTANTIATE_TEST_SUITE_P(Awkward, DenseMatmulShapes,
                          ::testing::Combine(::testing::Values(DType::F32, DType::BF16),
                                             ::testing::Values(1, 3, 7, 33, 130),
-                                            ::testing::Values(1, 5, 16, 67, 259),
+                                            // 4099: past the inputs one token streams a row
+                                            // at a time (4096), so four rows at a time.
+                                            ::testing::Values(1, 5, 16, 67, 100, 259, 4099),
                                             ::testing::Values(1, 2, 5, 70)));
 
 TEST(VectorOps, DotAndAxpyMatchScalar) {

@@ -36,10 +36,16 @@ HWY_INLINE float load_weight_scalar(const void* row, int64_t i) {
     return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
 }
 
-// One token streams the matrix once, bound by how many lines are in flight: each row is also
-// requested this far ahead (Zen 5, dense BF16, one token: 28672x8192 23.6 -> 18.0 ms on one
-// thread, 11.9 -> 9.7 on two; 512 bytes gained nothing, 4096 less than 2048; docs/roofline.md).
+// One token streams the matrix once, bound by how many lines are in flight. BF16 rows whose
+// activations fit a third of L1 go one at a time, as one sequential stream requested a further
+// kStreamPrefetchBytes ahead; longer rows (and F32 ones, where it lost) go four at a time, so
+// four rows share each load of x, which would otherwise come from L2, each row requested
+// kPrefetchBytes ahead. Zen 5, one token, one thread (docs/roofline.md): 4096x4096 BF16
+// 980-1377 -> 710-716 us, 11008x4096 3310-4014 -> 2201-3345, while 4096x11008 and 28672x8192
+// stay faster four rows at a time.
 constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kStreamPrefetchBytes = 8192;
+constexpr int64_t kStreamMaxInputBytes = 16 * 1024;
 
 // kRows weight rows x kTokens activation rows (ops/matmul_tile-inl.h), then the columns past the
 // last whole vector.
@@ -82,9 +88,44 @@ HWY_INLINE void rows_all_tokens(const DenseMatrix& w, int64_t row0, const float*
   for (; t < tokens; ++t) tile<kType, kRows, 1>(w, row0, x, t, y);
 }
 
+// y[row] = W[row] · x for BF16 rows [row_begin, row_end), one row at a time, four accumulators
+// over the columns so the FMA latency does not bound it.
+HWY_INLINE void stream_rows(const DenseMatrix& w, const float* x, float* y, int64_t row_begin,
+                            int64_t row_end) {
+  constexpr DType kType = DType::BF16;
+  const DF d;
+  const int64_t n_in = w.n_in, lanes = hn::Lanes(d);
+  const size_t row_bytes = n_in * dtype_size(kType);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * row_bytes;
+    auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    int64_t i = 0;
+    for (; i + 4 * lanes <= n_in; i += 4 * lanes) {
+      const uint8_t* ahead = row + i * dtype_size(kType) + kStreamPrefetchBytes;
+      for (int64_t b = 0; b < 4 * lanes * int64_t(dtype_size(kType)); b += 64)
+        hwy::Prefetch(ahead + b);
+      a0 = hn::MulAdd(load_weights<kType>(d, row, i), hn::LoadU(d, x + i), a0);
+      a1 = hn::MulAdd(load_weights<kType>(d, row, i + lanes), hn::LoadU(d, x + i + lanes), a1);
+      a2 = hn::MulAdd(load_weights<kType>(d, row, i + 2 * lanes), hn::LoadU(d, x + i + 2 * lanes),
+                      a2);
+      a3 = hn::MulAdd(load_weights<kType>(d, row, i + 3 * lanes), hn::LoadU(d, x + i + 3 * lanes),
+                      a3);
+    }
+    for (; i + lanes <= n_in; i += lanes)
+      a0 = hn::MulAdd(load_weights<kType>(d, row, i), hn::LoadU(d, x + i), a0);
+    float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+    for (; i < n_in; ++i) sum += load_weight_scalar<kType>(row, i) * x[i];
+    y[r] = sum;
+  }
+}
+
 template <DType kType>
 void matmul_rows(const DenseMatrix& w, const float* x, float* y, int64_t tokens, int64_t row_begin,
                  int64_t row_end) {
+  if constexpr (kType == DType::BF16) {
+    if (tokens == 1 && w.n_in * int64_t(sizeof(float)) <= kStreamMaxInputBytes)
+      return stream_rows(w, x, y, row_begin, row_end);
+  }
   // Token blocks keep a slice of x hot in cache while a band of weight rows streams past.
   constexpr int64_t kTokenBlock = 64;
   for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
