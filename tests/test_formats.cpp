@@ -452,7 +452,7 @@ LittleBitPath random_path(int64_t d_out, int64_t d_in, int64_t rank, std::mt1993
 TEST(LittleBitProduct, TwoPathsOfOddRanksOnAnyThreadCount) {
   std::mt19937 rng(21);
   // Large enough (Σ rank·(d_in + d_out) >= kSignMinParallelWork) for the threads to split it.
-  const int64_t d_out = 700, d_in = 1500;
+  const int64_t d_out = 1400, d_in = 3000;
   std::vector<LittleBitPath> paths;
   paths.push_back(random_path(d_out, d_in, 400, rng));
   paths.push_back(random_path(d_out, d_in, 90, rng));
@@ -460,10 +460,13 @@ TEST(LittleBitProduct, TwoPathsOfOddRanksOnAnyThreadCount) {
   const LittleBitLinear layer(d_out, d_in, std::move(paths));
   const auto w_hat = dequantized(layer);
   const int saved = num_threads();
+  // 1 and 3 tokens: one parallel region for the layer (decoding); 5: a batch.
   for (int threads : {1, 2, 3}) {
     set_num_threads(threads);
-    expect_forward_matches_product(layer, w_hat, 5,
-                                   "littlebit, threads " + std::to_string(threads));
+    for (int64_t tokens : {1, 3, 5})
+      expect_forward_matches_product(
+          layer, w_hat, tokens,
+          "littlebit, threads " + std::to_string(threads) + ", tokens " + std::to_string(tokens));
   }
   set_num_threads(saved);
 }

@@ -75,11 +75,18 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
   }
   // Decoding: one parallel region for the whole product instead of four sign products with a fork
   // and join each, which cost more than they share at small ranks. The first stage (rank rows,
-  // d_in columns) splits its columns, so that each thread builds only its own columns' tables,
-  // then the threads add up the partial sums row by row; the second splits its rows.
+  // d_in columns) splits its columns, so that each thread builds only its own columns' tables;
+  // then every thread adds up all the threads' column sums itself, into its own copy of the
+  // latent (rank floats per path: cheaper than the second barrier a shared sum would need), and
+  // the second stage splits its rows.
   float* partial = nullptr;  // (threads − 1, paths, tokens, max_rank): other threads' column sums
+  float* summed = nullptr;   // (threads, paths, tokens, max_rank): each thread's whole latent
   const int max_threads = num_threads();
-  if (max_threads > 1) partial = scratch.floats(3, (max_threads - 1) * n_paths * tokens * max_rank);
+  const int64_t latent_size = n_paths * tokens * max_rank;
+  if (max_threads > 1) {
+    partial = scratch.floats(3, (max_threads - 1) * latent_size);
+    summed = scratch.floats(1, max_threads * latent_size);
+  }
   const auto decode = [&](int thread, int threads) {
     const auto partial_of = [&](int other, int64_t k) {
       return other == 0 ? latent_of(k) : partial + ((other - 1) * n_paths + k) * tokens * max_rank;
@@ -88,23 +95,26 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
     for (int64_t k = 0; k < n_paths; ++k)
       sign_matmul_block(vt(k), x, partial_of(thread, k), tokens, 0, paths_[k].rank, inputs.begin,
                         inputs.end, in_scales(k));
+    const auto latent_in = [&](int64_t k) {
+      return threads > 1 ? summed + thread * latent_size + k * tokens * max_rank : latent_of(k);
+    };
     if (threads > 1) {
       team_barrier();  // alone, it would bind to a caller's team
       for (int64_t k = 0; k < n_paths; ++k) {
         const int64_t rank = paths_[k].rank;
-        const Share rows = share_of(rank, thread, threads, 1);
-        for (int other = 1; other < threads; ++other)
-          for (int64_t t = 0; t < tokens; ++t) {
-            float* z = latent_of(k) + t * rank;
+        for (int64_t t = 0; t < tokens; ++t) {
+          float* z = latent_in(k) + t * rank;
+          std::copy_n(partial_of(0, k) + t * rank, rank, z);
+          for (int other = 1; other < threads; ++other) {
             const float* add = partial_of(other, k) + t * rank;
-            for (int64_t j = rows.begin; j < rows.end; ++j) z[j] += add[j];
+            for (int64_t j = 0; j < rank; ++j) z[j] += add[j];
           }
+        }
       }
-      team_barrier();
     }
     const Share outputs = share_of(d_out_, thread, threads, kSignRowAlign);
     for (int64_t k = 0; k < n_paths; ++k)
-      sign_matmul_block(u(k), latent_of(k), y, tokens, outputs.begin, outputs.end, 0,
+      sign_matmul_block(u(k), latent_in(k), y, tokens, outputs.begin, outputs.end, 0,
                         paths_[k].rank, out_scales(k));
   };
   double work = 0;  // sign·token products of the whole layer

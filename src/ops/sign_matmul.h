@@ -57,13 +57,14 @@ struct SignScales {
 // y (tokens, rows) = x (tokens, cols) · Sᵀ, scaled as `scales` says. Highway SIMD (dynamic dispatch): a lookup-table kernel
 // on AVX2/AVX-512 when rows >= 64, a masked-add kernel otherwise. Multithreaded over rows and
 // tokens, or over columns when there are few tokens and rows <= cols (LittleBit's first stage);
-// calls under ~10^6 weight·token products run on the calling thread.
+// calls under ~2·10^6 weight·token products run on the calling thread.
 void sign_matmul(const SignMatrix& s, const float* x, float* y, int64_t tokens,
                  const SignScales& scales = {});
 // Below this many sign·token products a product runs on the calling thread. Waking the OpenMP
-// team costs microseconds on an idle machine (far more on a busy one), while 2^20 products take
-// 10-20 us on one core, so only products at least that big are split.
-constexpr double kSignMinParallelWork = double(1 << 20);
+// team and one barrier cost ~4 us (Zen 5 guest, two vCPUs: 2.9 us a region, 1.3 a barrier), while
+// 2^21 products take ~10-15 us on one core, so only products at least that big are split
+// (LittleBit 0.1 bpw at 4096x4096, 1.3·10^6: 9 us on one thread, 13-15 on two when split).
+constexpr double kSignMinParallelWork = double(1 << 21);
 
 // Rows [row_begin, row_end) of the same product summed over the columns [col_begin, col_end)
 // only (y keeps its stride of `rows`), on the calling thread: for callers that split one product,
