@@ -4,7 +4,11 @@
 # bench/bench_gemv.cpp and n = 1, 8, 512 tokens. Prints one markdown table per thread count
 # (microseconds per product). ggml is a measurement peer only: nothing of it enters subbit.
 #
-#   scripts/compare_ggml.sh GGML [SCRATCH]
+#   [ROUNDS=R] [TOKENS="1 8 512"] scripts/compare_ggml.sh GGML [SCRATCH]
+#
+# ROUNDS (default 1): run both R times, alternating, and print each cell's median over the
+# rounds and each ratio's median with its range (on a noisy shared machine one round can be 30%
+# off). TOKENS: the n to measure (default 1, 8 and 512).
 #
 # GGML: a ggml-org/ggml checkout or a git directory of one (its HEAD is exported). SCRATCH (default
 # /tmp/subbit-ggml) receives the copy, patched in two places: the perf list gets our shapes, and
@@ -54,15 +58,26 @@ cmake --build "$scratch/build" --target test-backend-ops -j "$(nproc)" >/dev/nul
 ggml_bin=$(find "$scratch/build" -name test-backend-ops -type f -perm -u+x | head -n 1)
 
 out=$(mktemp -d)
-shapes='m=(4096|11008|28672),n=(1|8|512),k=(4096|11008|8192),'
-for threads in 1 2; do
-  echo "threads $threads: ggml ($ggml_bin)" >&2
-  GGML_BENCH_THREADS=$threads "$ggml_bin" perf -o MUL_MAT -b CPU -p "$shapes" >"$out/ggml_t$threads.txt"
-  echo "threads $threads: subbit ($bench)" >&2
-  OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=3000 "$bench" \
-    --benchmark_filter='^(gemv|gemm)/.*/(dense_bf16|littlebit_.*|sketch_bpw0.50)/real_time$' \
-    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_min_time=0.2 \
-    --benchmark_format=json >"$out/subbit_t$threads.json"
+rounds=${ROUNDS:-1}
+read -r -a tokens <<<"${TOKENS:-1 8 512}"
+ns=$(IFS='|'; echo "${tokens[*]}")
+shapes="m=(4096|11008|28672),n=($ns),k=(4096|11008|8192),"
+filters=()
+for n in "${tokens[@]}"; do
+  if [ "$n" = 1 ]; then filters+=("gemv/[^/]*"); else filters+=("gemm/[^/]*/n$n"); fi
+done
+subbit_filter="^($(IFS='|'; echo "${filters[*]}"))/(dense_bf16|littlebit_.*|sketch_bpw0.50)/real_time$"
+for round in $(seq "$rounds"); do
+  for threads in 1 2; do
+    echo "round $round, threads $threads: ggml ($ggml_bin)" >&2
+    GGML_BENCH_THREADS=$threads "$ggml_bin" perf -o MUL_MAT -b CPU -p "$shapes" \
+      >"$out/ggml_t${threads}_r$round.txt"
+    echo "round $round, threads $threads: subbit ($bench)" >&2
+    OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=3000 "$bench" \
+      --benchmark_filter="$subbit_filter" \
+      --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_min_time=0.2 \
+      --benchmark_format=json >"$out/subbit_t${threads}_r$round.json"
+  done
 done
 python3 scripts/compare_ggml_table.py "$out"
 echo "raw outputs: $out" >&2
