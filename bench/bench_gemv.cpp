@@ -1,7 +1,7 @@
 // GEMV (one token) benchmarks: dense BF16 / F32 against the LittleBit factorised product at
 // 0.1, 0.55 and 1.0 bits/weight, against a plain 1-bit sign matrix and against the UltraSketch
 // hashed tables (docs/ultrasketch.md) at 1.0, 0.55, 0.5, 0.3 and 0.1 bits/weight, for
-// Llama-sized shapes.
+// Llama-sized shapes (Llama-2-7B's, a 70B-class MLP, Llama-3.2-1B's with its head).
 //
 // Run (Release build):
 //   OMP_NUM_THREADS=1 build/subbit_bench --benchmark_filter=gemv/
@@ -30,8 +30,8 @@
 // (SketchLinear:: runtime_bytes: a byte per weight of code, twice the stored 4 bits), which is what
 // decides whether the random bucket loads hit the caches.
 //
-// Memory: one shape's data is alive at a time (the 28672x8192 F32 matrix is 940 MB, BF16 470 MB),
-// allocated when its first benchmark runs and filled with cheap pseudo-random data.
+// Memory: one shape's data is alive at a time (the 128256x2048 F32 matrix is 1.05 GB, BF16
+// 525 MB), allocated when its first benchmark runs and filled with cheap pseudo-random data.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -57,7 +57,9 @@ namespace {
 struct Shape {
   int64_t n_out, n_in;
 };
-constexpr Shape kShapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}};
+// Llama-2-7B's attention and MLP, a 70B-class MLP, then Llama-3.2-1B's attention, MLP and head.
+constexpr Shape kShapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192},
+                             {2048, 2048}, {8192, 2048},  {2048, 8192},  {128256, 2048}};
 constexpr double kLittleBitBpw[] = {0.1, 0.55, 1.0};
 constexpr double kSketchBpw[] = {1.0, 0.55, 0.5, 0.3, 0.1};
 

@@ -23,17 +23,21 @@ scratch=${2:-/tmp/subbit-ggml}
 bench=build/subbit_bench
 [ -x "$bench" ] || { echo "error: $bench: not built (cmake --build build --target subbit_bench)" >&2; exit 1; }
 
+# Our shapes: Llama-2-7B's (4096x4096, 11008x4096, 4096x11008), a 70B-class MLP (28672x8192) and
+# Llama-3.2-1B's (2048x2048, 8192x2048, 2048x8192 and the 128256x2048 head). A scratch copy
+# patched with another list is replaced.
+shape_list='{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}, {2048, 2048}, {8192, 2048}, {2048, 8192}, {128256, 2048}'
 mkdir -p "$scratch"
-if [ ! -f "$scratch/src/CMakeLists.txt" ]; then
+if ! grep -qF "$shape_list" "$scratch/src/tests/test-backend-ops.cpp" 2>/dev/null; then
   rm -rf "$scratch/src" && mkdir -p "$scratch/src"
   if [ -f "$ggml/CMakeLists.txt" ]; then
     cp -r "$ggml/." "$scratch/src"
   else
     git --git-dir="$ggml" archive HEAD | tar -x -C "$scratch/src"
   fi
-  python3 - "$scratch/src/tests/test-backend-ops.cpp" <<'EOF'
+  python3 - "$scratch/src/tests/test-backend-ops.cpp" "$shape_list" <<'EOF'
 import sys
-path = sys.argv[1]
+path, shape_list = sys.argv[1], sys.argv[2]
 src = open(path).read()
 threads = "#   define N_THREADS std::thread::hardware_concurrency()"
 assert threads in src, "test-backend-ops.cpp: N_THREADS definition not found"
@@ -44,12 +48,12 @@ anchor = "static std::vector<std::unique_ptr<test_case>> make_test_cases_perf() 
 assert anchor in src, "test-backend-ops.cpp: make_test_cases_perf not found"
 ours = """
     // subbit's GEMV shapes (out x in), added by scripts/compare_ggml.sh
-    for (auto [m, k] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}})
+    for (auto [m, k] : std::vector<std::pair<int64_t, int64_t>>{SHAPES})
         for (int64_t n : {1, 8, 512})
             for (ggml_type t : {GGML_TYPE_BF16, GGML_TYPE_F16, GGML_TYPE_Q4_0, GGML_TYPE_TQ2_0, GGML_TYPE_Q1_0})
                 test_cases.emplace_back(new test_mul_mat(t, GGML_TYPE_F32, m, n, k, {1, 1}, {1, 1}));
 """
-open(path, "w").write(src.replace(anchor, anchor + ours))
+open(path, "w").write(src.replace(anchor, anchor + ours.replace("SHAPES", shape_list)))
 EOF
 fi
 cmake -S "$scratch/src" -B "$scratch/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
@@ -61,7 +65,7 @@ out=$(mktemp -d)
 rounds=${ROUNDS:-1}
 read -r -a tokens <<<"${TOKENS:-1 8 512}"
 ns=$(IFS='|'; echo "${tokens[*]}")
-shapes="m=(4096|11008|28672),n=($ns),k=(4096|11008|8192),"
+shapes="m=(2048|4096|8192|11008|28672|128256),n=($ns),k=(2048|4096|8192|11008),"
 filters=()
 for n in "${tokens[@]}"; do
   if [ "$n" = 1 ]; then filters+=("gemv/[^/]*"); else filters+=("gemm/[^/]*/n$n"); fi
