@@ -235,7 +235,6 @@ void BM_LittleBit(benchmark::State& state, int shape_index, int bpw_index, int64
 // The format's own product (SignLinear::forward): y = row_scale ⊙ sign(W)·(col_scale ⊙ x).
 void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   ShapeData& d = data_for(shape_index);
-  const int64_t n_out = d.shape.n_out, n_in = d.shape.n_in;
   Scratch scratch;
   for (auto _ : state) {
     d.sign_1bit->forward(d.x.data(), d.y.data(), 1, scratch);
@@ -243,7 +242,7 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
     benchmark::ClobberMemory();
   }
   state.SetLabel(shape_name(d.shape) + " sign 1-bit");
-  set_common_counters(state, d, double(n_out * n_in) / 8.0 + 2.0 * double(n_out + n_in));
+  set_common_counters(state, d, double(d.sign_1bit->storage_bits()) / 8.0);
 }
 
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).

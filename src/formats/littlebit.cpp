@@ -89,7 +89,8 @@ void LittleBitLinear::forward(const float* x, float* y, int64_t tokens, Scratch&
   }
   const auto decode = [&](int thread, int threads) {
     const auto partial_of = [&](int other, int64_t k) {
-      return other == 0 ? latent_of(k) : partial + ((other - 1) * n_paths + k) * tokens * max_rank;
+      return other == 0 ? latent_of(k)
+                        : partial + (other - 1) * latent_size + k * tokens * max_rank;
     };
     const Share inputs = share_of(d_in_, thread, threads, kSignColAlign);
     for (int64_t k = 0; k < n_paths; ++k)

@@ -98,22 +98,20 @@ HWY_INLINE void stream_rows(const DenseMatrix& w, const float* x, float* y, int6
   const size_t row_bytes = n_in * dtype_size(kType);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * row_bytes;
-    auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+    hn::Vec<DF> acc[4] = {hn::Zero(d), hn::Zero(d), hn::Zero(d), hn::Zero(d)};
     int64_t i = 0;
     for (; i + 4 * lanes <= n_in; i += 4 * lanes) {
       const uint8_t* ahead = row + i * dtype_size(kType) + kStreamPrefetchBytes;
       for (int64_t b = 0; b < 4 * lanes * int64_t(dtype_size(kType)); b += 64)
         hwy::Prefetch(ahead + b);
-      a0 = hn::MulAdd(load_weights<kType>(d, row, i), hn::LoadU(d, x + i), a0);
-      a1 = hn::MulAdd(load_weights<kType>(d, row, i + lanes), hn::LoadU(d, x + i + lanes), a1);
-      a2 = hn::MulAdd(load_weights<kType>(d, row, i + 2 * lanes), hn::LoadU(d, x + i + 2 * lanes),
-                      a2);
-      a3 = hn::MulAdd(load_weights<kType>(d, row, i + 3 * lanes), hn::LoadU(d, x + i + 3 * lanes),
-                      a3);
+      for (int k = 0; k < 4; ++k)
+        acc[k] = hn::MulAdd(load_weights<kType>(d, row, i + k * lanes),
+                            hn::LoadU(d, x + i + k * lanes), acc[k]);
     }
     for (; i + lanes <= n_in; i += lanes)
-      a0 = hn::MulAdd(load_weights<kType>(d, row, i), hn::LoadU(d, x + i), a0);
-    float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+      acc[0] = hn::MulAdd(load_weights<kType>(d, row, i), hn::LoadU(d, x + i), acc[0]);
+    float sum =
+        hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(acc[0], acc[1]), hn::Add(acc[2], acc[3]))));
     for (; i < n_in; ++i) sum += load_weight_scalar<kType>(row, i) * x[i];
     y[r] = sum;
   }
