@@ -21,14 +21,15 @@
 // Sketch vs dense: time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/sketch_bpw0.50); sketch vs
 // LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
 // and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absmaxmin, 2 hash rows,
-// block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets); `_one_band` is the same
-// layer with plain hashing over whole tables (no row bands). Their tables are filled directly with
-// random codes and fp16 steps instead of running SketchLinear::encode on a random matrix: encode
-// would need the whole fp32 matrix (940 MB at 28672x8192) and seconds per layer, and the kernel's
-// speed does not depend on the values (it is branch-free; only the table sizes and hashes matter,
-// and those are the real ones). `table_MB` is the tables' size in memory at run time
-// (SketchLinear:: runtime_bytes: a byte per weight of code, twice the stored 4 bits), which is what
-// decides whether the random bucket loads hit the caches.
+// block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets, hash version 2);
+// `_one_band` is the same layer with plain hashing over whole tables (no row bands), `_hash_v1`
+// (0.50 bpw only) with version 1's 64-bit hash (files written before version 2). Their tables are
+// filled directly with random codes and fp16 steps instead of running SketchLinear::encode on a
+// random matrix: encode would need the whole fp32 matrix (940 MB at 28672x8192) and seconds per
+// layer, and the kernel's speed does not depend on the values (it is branch-free; only the table
+// sizes and hashes matter, and those are the real ones). `table_MB` is the tables' size in memory
+// at run time (SketchLinear:: runtime_bytes: a byte per weight of code, twice the stored 4 bits),
+// which is what decides whether the random bucket loads hit the caches.
 //
 // Memory: one shape's data is alive at a time (the 128256x2048 F32 matrix is 1.05 GB, BF16
 // 525 MB), allocated when its first benchmark runs and filled with cheap pseudo-random data.
@@ -113,9 +114,8 @@ struct ShapeData {
   std::vector<float> dense_f32;
   std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
   std::unique_ptr<SignLinear> sign_1bit;
-  // Built by the sketch benchmarks: row-banded (the default), and plain hashing (one band).
-  std::unique_ptr<SketchLinear> sketch[std::size(kSketchBpw)],
-      sketch_one_band[std::size(kSketchBpw)];
+  // Built by the sketch benchmarks, per SketchVariant and kSketchBpw.
+  std::unique_ptr<SketchLinear> sketch[3][std::size(kSketchBpw)];
   // Work buffers.
   std::vector<float> y;
 };
@@ -245,11 +245,16 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   set_common_counters(state, d, double(d.sign_1bit->storage_bits()) / 8.0);
 }
 
+// The default layer (row bands, hash version 2), plain hashing, or the version-1 hash.
+enum SketchVariant { kBanded, kOneBand, kHashV1 };
+constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1"};
+
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
-std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int64_t band_buckets,
+std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, SketchVariant variant,
                                             uint64_t seed) {
-  const SketchParams p =
-      sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0, band_buckets);
+  SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0,
+                                         variant == kOneBand ? 0 : kSketchBandBuckets);
+  if (variant == kHashV1) p.hash_version = 1;
   Rng rng{seed};
   const int q_max = (1 << (p.value_bits - 1)) - 1;
   SketchTableSet set;
@@ -264,16 +269,15 @@ std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, int6
   }
   set.value_bits = p.value_bits;
   return std::make_unique<SketchLinear>(shape.n_out, shape.n_in, p.rule, p.block, p.band_rows,
-                                        std::vector<SketchTableSet>{std::move(set)},
+                                        p.hash_version, std::vector<SketchTableSet>{std::move(set)},
                                         std::vector<uint64_t>{});
 }
 
-void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one_band) {
+void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, SketchVariant variant) {
   ShapeData& d = data_for(shape_index);
-  auto& layer = one_band ? d.sketch_one_band[bpw_index] : d.sketch[bpw_index];
+  auto& layer = d.sketch[variant][bpw_index];
   if (!layer)
-    layer = random_sketch(d.shape, kSketchBpw[bpw_index], one_band ? 0 : kSketchBandBuckets,
-                          0x5ce7c4 + uint64_t(bpw_index));
+    layer = random_sketch(d.shape, kSketchBpw[bpw_index], variant, 0x5ce7c4 + uint64_t(bpw_index));
   Scratch scratch;
   for (auto _ : state) {
     layer->forward(d.x.data(), d.y.data(), 1, scratch);
@@ -305,13 +309,15 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, bool one
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
-      for (bool one_band : {false, true})
+      for (SketchVariant variant : {kBanded, kOneBand, kHashV1}) {
+        if (variant == kHashV1 && kSketchBpw[bi] != 0.5) continue;
         benchmark::RegisterBenchmark(
-            (prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + (one_band ? "_one_band" : ""))
+            (prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + kSketchVariantSuffix[variant])
                 .c_str(),
-            BM_Sketch, si, bi, one_band)
+            BM_Sketch, si, bi, variant)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
+      }
   }
   // Several tokens per product (ggml's MUL_MAT with n = 8 and 512): batched decoding, prompts.
   for (int si = 0; si < int(std::size(kShapes)); ++si)

@@ -36,6 +36,9 @@ std::vector<float> random_weights(int64_t n, uint32_t seed) {
   return w;
 }
 
+// Both hash versions a layer can have (ops/sketch_matmul.h): every kernel test runs under each.
+constexpr int kHashVersions[] = {1, 2};
+
 SketchParams small_params(SketchRule rule, int rows, int block, int value_bits,
                           std::vector<int64_t> buckets) {
   SketchParams p;
@@ -53,11 +56,27 @@ TEST(SketchHash, OutputsArePinned) {
   EXPECT_EQ(sketch_mix64(1), 0x5692161D100B05E5ull);
   EXPECT_EQ(sketch_mix64(0x9E3779B97F4A7C15ull), 0xE220A8397B1DCDAFull);
 
-  EXPECT_EQ(sketch_block_hash(0, 0, 0), 0u);
-  EXPECT_EQ(sketch_block_hash(0x5EED, 0, 0), 0xA18F67D4DB95243Full);
-  EXPECT_EQ(sketch_block_hash(0x5EED, 3, 7), 0x2DCE8B5257B1713Aull);
-  EXPECT_EQ(sketch_block_hash(~0ull, 4095, 255), 0x7D7DFFB20DE520F1ull);
-  EXPECT_EQ(sketch_block_hash(0x0123456789ABCDEFull, 11007, 687), 0x04C837D5445A280Cull);
+  EXPECT_EQ(sketch_block_hash_v1(0, 0, 0), 0u);
+  EXPECT_EQ(sketch_block_hash_v1(0x5EED, 0, 0), 0xA18F67D4DB95243Full);
+  EXPECT_EQ(sketch_block_hash_v1(0x5EED, 3, 7), 0x2DCE8B5257B1713Aull);
+  EXPECT_EQ(sketch_block_hash_v1(~0ull, 4095, 255), 0x7D7DFFB20DE520F1ull);
+  EXPECT_EQ(sketch_block_hash_v1(0x0123456789ABCDEFull, 11007, 687), 0x04C837D5445A280Cull);
+  EXPECT_EQ(sketch_block_hash(1, 0x5EED, 3, 7, 256), 0x2DCE8B5257B1713Aull);
+
+  // mix32 is murmur3's fmix32; version 2 hashes fold(seed) ^ (row · blocks_per_row + block) and
+  // shows its 32 bits as h32 · 2^32 + (h32 mod 2). Values from an independent implementation.
+  EXPECT_EQ(sketch_mix32(1), 0x514E28B7u);
+  EXPECT_EQ(sketch_mix32(0xDEADBEEFu), 0x0DE5C6A9u);
+  EXPECT_EQ(sketch_block_hash_v2(0, 0, 0, 1), 0u);
+  EXPECT_EQ(sketch_block_hash_v2(0x5EED, 0, 0, 256), 0xE00099CA00000000ull);
+  EXPECT_EQ(sketch_block_hash_v2(0x5EED, 3, 7, 256), 0x8395F53000000000ull);
+  EXPECT_EQ(sketch_block_hash_v2(~0ull, 4095, 255, 256), 0x854B169900000001ull);
+  EXPECT_EQ(sketch_block_hash_v2(0x0123456789ABCDEFull, 11007, 687, 688), 0x9EF4E58F00000001ull);
+  EXPECT_EQ(sketch_block_hash(2, 0x5EED, 128255, 127, 128), 0xEF9941DC00000000ull);
+  // floor(h32 · B / 2^32): the low bit below h32 never changes the bucket.
+  EXPECT_EQ(sketch_bucket(0x8395F53000000000ull, 1000), 514u);
+  EXPECT_EQ(sketch_bucket(0x854B169900000001ull, 65531), 34120u);
+  EXPECT_EQ(sketch_bucket(0x9EF4E58F00000001ull, 0xFFFFFFFFull), 2666849678u);
 
   // bucket = floor(h · B / 2^64), computed with 128-bit integers independently of the code.
   EXPECT_EQ(sketch_bucket(0xA18F67D4DB95243Full, 1000), 631u);
@@ -78,19 +97,43 @@ TEST(SketchHash, BucketMatches128BitProduct) {
     const uint64_t h = rng(), buckets = 1 + rng() % 0xFFFFFFFFull;
     const uint64_t expected = uint64_t((static_cast<unsigned __int128>(h) * buckets) >> 64);
     ASSERT_EQ(sketch_bucket(h, buckets), expected) << h << " " << buckets;
+    // A version-2 hash: the bucket and sign of its 32 bits.
+    const uint32_t h32 = uint32_t(h);
+    const uint64_t shown = uint64_t(h32) << 32 | (h32 & 1);
+    ASSERT_EQ(sketch_bucket(shown, buckets), (uint64_t(h32) * buckets) >> 32)
+        << h32 << " " << buckets;
+    ASSERT_EQ(sketch_negative(shown), (h32 & 1) != 0);
+  }
+}
+
+TEST(SketchHash, Version2GivesEveryBlockOfALayerItsOwnHash) {
+  // 300 rows x 70 blocks: all 21000 hashes of a hash row differ (fold(seed) ^ index is one-to-one
+  // and mix32 a bijection), and their buckets spread evenly.
+  std::set<uint64_t> seen;
+  std::vector<int> per_bucket(100, 0);
+  for (int64_t r = 0; r < 300; ++r)
+    for (int64_t b = 0; b < 70; ++b) {
+      const uint64_t h = sketch_block_hash_v2(0x1234567890ull, r, b, 70);
+      seen.insert(h);
+      ++per_bucket[sketch_bucket(h, 100)];
+    }
+  EXPECT_EQ(seen.size(), 21000u);
+  for (int n : per_bucket) {  // 210 expected, standard deviation 14.5
+    EXPECT_GT(n, 150);
+    EXPECT_LT(n, 270);
   }
 }
 
 TEST(SketchBits, FormulaCountsEveryStoredNumber) {
   // 2 rows, block 16, 4-bit, 100+99 buckets, no salient set, 64 x 256 weights.
   SketchParams p = small_params(SketchRule::AbsMinMax, 2, 16, 4, {100, 99});
-  EXPECT_EQ(sketch_storage_bits(64, 256, p), 199 * 16 * 4 + 2 * 64 + 2 * 16 + 64 * (5 + 2));
+  EXPECT_EQ(sketch_storage_bits(64, 256, p), 199 * 16 * 4 + 2 * 64 + 2 * 16 + 64 * (6 + 2));
   // fp16 values have no scales; a salient set adds its rows and the 1-bit-per-block mask
   // (64 rows x ceil(250 / 16) = 16 blocks).
   p.value_bits = 16;
   p.salient_buckets = {10, 10};
   p.salient_blocks = 5;
-  EXPECT_EQ(sketch_storage_bits(64, 250, p), 219 * 16 * 16 + 4 * 64 + 64 * 16 + 64 * (5 + 4));
+  EXPECT_EQ(sketch_storage_bits(64, 250, p), 219 * 16 * 16 + 4 * 64 + 64 * 16 + 64 * (6 + 4));
 
   const auto w = random_weights(64 * 250, 1);
   const auto layer = SketchLinear::encode(w.data(), 64, 250, p, nullptr);
@@ -240,7 +283,8 @@ std::vector<std::vector<Placement>> placements(const SketchLinear& layer) {
       const int64_t b = c / m.block;
       const int set = m.salient(r, b) ? 1 : 0;
       for (int k = 0; k < m.rows; ++k) {
-        const uint64_t h = sketch_block_hash(sets[set].seeds[k], r, b);
+        const uint64_t h =
+            sketch_block_hash(m.hash_version, sets[set].seeds[k], r, b, m.blocks_per_row());
         const SketchBand band =
             sketch_band(uint64_t(sets[set].buckets[k]), m.n_out, m.band_rows, r);
         const int64_t bucket = int64_t(band.first + sketch_bucket(h, band.count));
@@ -260,13 +304,15 @@ Occupants occupants(const std::vector<std::vector<Placement>>& place) {
   return out;
 }
 
-class SketchRuleProperties : public ::testing::TestWithParam<bool> {};
+// (salient set, hash version)
+class SketchRuleProperties : public ::testing::TestWithParam<std::tuple<bool, int>> {};
 
 // 12 x 30 weights (block 4: the last block of each row is half padding), 2 hash rows with 3 and
 // 2 buckets: every element is shared by many weights. fp16 values keep the fp16 weights exact.
-std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient,
+std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient, int hash_version,
                                             const std::vector<float>& w) {
   SketchParams p = small_params(rule, 2, 4, 16, {3, 2});
+  p.hash_version = hash_version;
   if (salient) {
     p.salient_buckets = {4, 3};
     p.salient_blocks = 20;
@@ -278,9 +324,11 @@ std::unique_ptr<SketchLinear> crowded_layer(SketchRule rule, bool salient,
 // read-back magnitude is <= the true one, and equal where in some hash row no smaller-magnitude
 // weight shares the weight's element; otherwise (absmaxmin) the mirror image: >=, and equal where
 // in some row no larger-magnitude weight shares it.
-void expect_min_max_guarantee(SketchRule rule, bool underestimates, bool salient, uint32_t seed) {
+void expect_min_max_guarantee(SketchRule rule, bool underestimates, uint32_t seed) {
+  const auto [salient, hash_version] =
+      ::testing::WithParamInterface<std::tuple<bool, int>>::GetParam();
   const auto w = random_weights(12 * 30, seed);
-  const auto layer = crowded_layer(rule, salient, w);
+  const auto layer = crowded_layer(rule, salient, hash_version, w);
   const auto read = dequantized(*layer);
   const auto place = placements(*layer);
   const Occupants occ = occupants(place);
@@ -312,16 +360,17 @@ void expect_min_max_guarantee(SketchRule rule, bool underestimates, bool salient
 }
 
 TEST_P(SketchRuleProperties, AbsMinMaxNeverOverestimates) {
-  expect_min_max_guarantee(SketchRule::AbsMinMax, true, GetParam(), 11);
+  expect_min_max_guarantee(SketchRule::AbsMinMax, true, 11);
 }
 
 TEST_P(SketchRuleProperties, AbsMaxMinNeverUnderestimates) {
-  expect_min_max_guarantee(SketchRule::AbsMaxMin, false, GetParam(), 12);
+  expect_min_max_guarantee(SketchRule::AbsMaxMin, false, 12);
 }
 
 TEST_P(SketchRuleProperties, MeanIsTheMeanOfSignedCandidates) {
   const auto w = random_weights(12 * 30, 13);
-  const auto layer = crowded_layer(SketchRule::Mean, GetParam(), w);
+  const auto [salient, hash_version] = GetParam();
+  const auto layer = crowded_layer(SketchRule::Mean, salient, hash_version, w);
   const auto read = dequantized(*layer);
   const auto place = placements(*layer);
   const Occupants occ = occupants(place);
@@ -339,7 +388,8 @@ TEST_P(SketchRuleProperties, MeanIsTheMeanOfSignedCandidates) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(WithAndWithoutSalientSet, SketchRuleProperties, ::testing::Bool());
+INSTANTIATE_TEST_SUITE_P(SalientSetAndHashVersion, SketchRuleProperties,
+                         ::testing::Combine(::testing::Bool(), ::testing::ValuesIn(kHashVersions)));
 
 TEST(SketchRules, AWeightAloneInEveryRowIsExactUnderEveryRule) {
   // One output row of 3 blocks into 1000 buckets: no two blocks share a bucket (checked).
@@ -472,10 +522,12 @@ std::vector<float> reconstructed_by_rule(const SketchLinear& layer) {
 // The SIMD kernel against the scalar reference, and the reference's decoded weights against
 // reconstructed_by_rule(), over awkward shapes. The SIMD kernel sums in fp32 in another order
 // than the double reference, so it agrees to 1e-5 of Σ|w·x| (a few ulps per term for n_in <= 100).
-class SketchKernel : public ::testing::TestWithParam<std::tuple<SketchRule, int, int, bool>> {};
+// (rule, hash rows, block, salient set, hash version)
+class SketchKernel : public ::testing::TestWithParam<std::tuple<SketchRule, int, int, bool, int>> {
+};
 
 TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
-  const auto [rule, rows, block, salient] = GetParam();
+  const auto [rule, rows, block, salient, hash_version] = GetParam();
   std::mt19937 rng(1234);
   std::normal_distribution<float> dist(0.0f, 1.0f);
   for (int64_t d_out : {1, 3, 17, 64})
@@ -486,6 +538,7 @@ TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
       p.rows = rows;
       p.block = block;
       p.value_bits = d_in == 33 ? 16 : d_in == 5 ? 2 : 4;
+      p.hash_version = hash_version;
       for (int k = 0; k < rows; ++k) p.buckets.push_back(1 + (blocks + k) / 3);
       if (salient && blocks > 1) {
         p.salient_blocks = (blocks + 4) / 5;
@@ -530,46 +583,27 @@ INSTANTIATE_TEST_SUITE_P(Awkward, SketchKernel,
                                                               SketchRule::AbsMaxMin,
                                                               SketchRule::Mean),
                                             ::testing::Values(1, 2, 3), ::testing::Values(1, 8, 16),
-                                            ::testing::Bool()));
+                                            ::testing::Bool(), ::testing::ValuesIn(kHashVersions)));
 
 TEST(SketchKernel, LargeBlocksAndFourRows) {
   std::mt19937 rng(99);
   std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int block : {5, 33, 64}) {
-    const auto w = random_weights(9 * 150, uint32_t(block));
-    SketchParams p = sketch_params_for_bpw(9, 150, 6.0, 4, block, 4, 0.2);
-    p.rule = SketchRule::Mean;
-    const auto layer = SketchLinear::encode(w.data(), 9, 150, p, nullptr);
-    std::vector<float> x(3 * 150);
-    for (float& v : x) v = dist(rng);
-    std::vector<float> fast(3 * 9), reference(3 * 9);
-    Scratch scratch;
-    layer->forward(x.data(), fast.data(), 3, scratch);
-    sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), 3);
-    for (size_t i = 0; i < fast.size(); ++i)
-      EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
-  }
-}
-
-TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
-  // Large enough to be split over threads; 70 tokens span two token blocks of the batched path.
-  const int64_t d_out = 300, d_in = 1000;
-  const auto w = random_weights(d_out * d_in, 7);
-  const auto layer = SketchLinear::encode(
-      w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 0.8, 2, 16, 4, 0.05), nullptr);
-  std::mt19937 rng(8);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int64_t tokens : {1, 70}) {
-    std::vector<float> x(tokens * d_in);
-    for (float& v : x) v = dist(rng);
-    std::vector<float> fast(tokens * d_out), reference(tokens * d_out);
-    Scratch scratch;
-    layer->forward(x.data(), fast.data(), tokens, scratch);
-    sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), tokens);
-    for (size_t i = 0; i < fast.size(); ++i)
-      ASSERT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
-          << "tokens " << tokens << " output " << i;
-  }
+  for (int block : {5, 33, 64})
+    for (int hash_version : kHashVersions) {
+      const auto w = random_weights(9 * 150, uint32_t(block));
+      SketchParams p = sketch_params_for_bpw(9, 150, 6.0, 4, block, 4, 0.2);
+      p.rule = SketchRule::Mean;
+      p.hash_version = hash_version;
+      const auto layer = SketchLinear::encode(w.data(), 9, 150, p, nullptr);
+      std::vector<float> x(3 * 150);
+      for (float& v : x) v = dist(rng);
+      std::vector<float> fast(3 * 9), reference(3 * 9);
+      Scratch scratch;
+      layer->forward(x.data(), fast.data(), 3, scratch);
+      sketch_matmul_reference(layer->matrix(), x.data(), reference.data(), 3);
+      for (size_t i = 0; i < fast.size(); ++i)
+        EXPECT_NEAR(fast[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])));
+    }
 }
 
 // The SIMD kernel against the scalar reference (which equals the dense product of the
@@ -596,16 +630,35 @@ void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, 
     }
 }
 
+// Random weights (d_out, d_in) encoded with `p` under each hash version, then `check`ed.
+void for_each_hash_version(int64_t d_out, int64_t d_in, SketchParams p,
+                           const std::function<void(const SketchLinear&, std::string)>& check) {
+  const auto w = random_weights(d_out * d_in, uint32_t(d_out));
+  for (int hash_version : kHashVersions) {
+    p.hash_version = hash_version;
+    check(*SketchLinear::encode(w.data(), d_out, d_in, p, nullptr),
+          fmt::format("hash v{}", hash_version));
+  }
+}
+
+TEST(SketchKernel, ThreadedAndTokenBlockedMatchReference) {
+  // Large enough to be split over threads; 70 tokens span two token blocks of the batched path.
+  for_each_hash_version(300, 1000, sketch_params_for_bpw(300, 1000, 0.8, 2, 16, 4, 0.05),
+                        [](const SketchLinear& layer, const std::string& what) {
+                          for (int64_t tokens : {1, 70})
+                            expect_kernel_matches_reference(layer, tokens, 8, what);
+                        });
+}
+
 TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
   // Tables over 1 MiB with row bands: the one-token product requests the next band's table lines
   // while it multiplies the current band; 2047 rows leave the last one unpaired.
-  const int64_t d_out = 2047, d_in = 2048;
-  const auto w = random_weights(d_out * d_in, 11);
-  const auto layer = SketchLinear::encode(
-      w.data(), d_out, d_in, sketch_params_for_bpw(d_out, d_in, 1.5, 2, 16, 4, 0.0), nullptr);
-  ASSERT_GT(layer->matrix().band_rows, 0);
-  ASSERT_GT(layer->runtime_bytes(), int64_t{1} << 20);
-  expect_kernel_matches_reference(*layer, 1, 3, "streamed");
+  for_each_hash_version(2047, 2048, sketch_params_for_bpw(2047, 2048, 1.5, 2, 16, 4, 0.0),
+                        [](const SketchLinear& layer, const std::string& what) {
+                          ASSERT_GT(layer.matrix().band_rows, 0);
+                          ASSERT_GT(layer.runtime_bytes(), int64_t{1} << 20);
+                          expect_kernel_matches_reference(layer, 1, 3, "streamed, " + what);
+                        });
 }
 
 // A layer whose buckets all hold the same vector in every hash row and set (equal steps), so
@@ -613,7 +666,8 @@ TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
 // the rule must pick the lowest hash row (the SIMD kernel selects with VRANGEPS on AVX-512,
 // which breaks such ties by sign unless told otherwise).
 std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int block, int value_bits,
-                                             bool salient, int64_t d_out, int64_t d_in) {
+                                             bool salient, int hash_version, int64_t d_out,
+                                             int64_t d_in) {
   const int64_t blocks = d_out * ((d_in + block - 1) / block);
   const int q_max = value_bits == 16 ? 7 : (1 << (value_bits - 1)) - 1;
   const float step = value_bits == 16 ? 1.0f : 0.0625f;
@@ -641,7 +695,8 @@ std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int bloc
     mask.assign((blocks + 63) / 64, 0);
     for (int64_t b = 0; b < blocks; b += 3) mask[b / 64] |= uint64_t{1} << (b % 64);
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, 0, sets, std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, rule, block, 0, hash_version, sets,
+                                        std::move(mask));
 }
 
 TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
@@ -649,28 +704,32 @@ TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
     for (int rows : {2, 3, 4})
       for (int value_bits : {4, 8, 16})
         for (int block : {8, 16, 32})
-          for (bool salient : {false, true}) {
-            const auto layer = all_ties_layer(rule, rows, block, value_bits, salient, 21, 96);
-            // The reference itself: every weight is row 0's estimate.
-            const auto w = dequantized(*layer);
-            const SketchMatrix& m = layer->matrix();
-            for (int64_t r = 0; r < 21; ++r)
-              for (int64_t c = 0; c < 96; ++c) {
-                const bool sal = m.salient(r, c / block);
-                const SketchHashRow& hr = m.hash_rows[0];
-                const uint64_t h = sketch_block_hash(sal ? hr.salient_seed : hr.seed, r, c / block);
-                const float v = m.value(0,
-                                        sal ? hr.buckets + sketch_bucket(h, hr.salient_buckets)
-                                            : sketch_bucket(h, hr.buckets),
-                                        c % block);
-                ASSERT_EQ(w[r * 96 + c], sketch_negative(h) ? -v : v);
-              }
-            const std::string what =
-                fmt::format("{} rows {} {}-bit block {} salient {}", sketch_rule_name(rule), rows,
-                            value_bits, block, salient);
-            for (int64_t tokens : {1, 3, 8, 12})
-              expect_kernel_matches_reference(*layer, tokens, 5, what);
-          }
+          for (bool salient : {false, true})
+            for (int hash_version : kHashVersions) {
+              const auto layer =
+                  all_ties_layer(rule, rows, block, value_bits, salient, hash_version, 21, 96);
+              // The reference itself: every weight is row 0's estimate.
+              const auto w = dequantized(*layer);
+              const SketchMatrix& m = layer->matrix();
+              for (int64_t r = 0; r < 21; ++r)
+                for (int64_t c = 0; c < 96; ++c) {
+                  const bool sal = m.salient(r, c / block);
+                  const SketchHashRow& hr = m.hash_rows[0];
+                  const uint64_t h =
+                      sketch_block_hash(hash_version, sal ? hr.salient_seed : hr.seed, r, c / block,
+                                        m.blocks_per_row());
+                  const float v = m.value(0,
+                                          sal ? hr.buckets + sketch_bucket(h, hr.salient_buckets)
+                                              : sketch_bucket(h, hr.buckets),
+                                          c % block);
+                  ASSERT_EQ(w[r * 96 + c], sketch_negative(h) ? -v : v);
+                }
+              const std::string what = fmt::format("{} rows {} {}-bit block {} salient {} hash v{}",
+                                                   sketch_rule_name(rule), rows, value_bits, block,
+                                                   salient, hash_version);
+              for (int64_t tokens : {1, 3, 8, 12})
+                expect_kernel_matches_reference(*layer, tokens, 5, what);
+            }
 }
 
 // Every SIMD target compiled in (AVX-512, AVX2, SSE4, scalar, ... as the CPU supports them)
@@ -685,16 +744,19 @@ TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
     for (int rows : {1, 2, 3})
       for (int value_bits : {2, 4, 8, 16})
         for (int block : {8, 16, 40})
-          for (double salient : {0.0, 0.1}) {
-            // Plain hashing, and row bands of at least 4 buckets.
-            SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient,
-                                                   block == 16 ? 4 : 0);
-            p.rule = rule;
-            layers.push_back(SketchLinear::encode(w.data(), 19, 100, p, nullptr));
-            names.push_back(fmt::format("{} rows {} {}-bit block {} salient {} band rows {}",
-                                        sketch_rule_name(rule), rows, value_bits, block, salient,
-                                        p.band_rows));
-          }
+          for (double salient : {0.0, 0.1})
+            for (int hash_version : kHashVersions) {
+              // Plain hashing, and row bands of at least 4 buckets.
+              SketchParams p = sketch_params_for_bpw(19, 100, 3.0, rows, block, value_bits, salient,
+                                                     block == 16 ? 4 : 0);
+              p.rule = rule;
+              p.hash_version = hash_version;
+              layers.push_back(SketchLinear::encode(w.data(), 19, 100, p, nullptr));
+              names.push_back(
+                  fmt::format("{} rows {} {}-bit block {} salient {} band rows {} hash v{}",
+                              sketch_rule_name(rule), rows, value_bits, block, salient, p.band_rows,
+                              hash_version));
+            }
   for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     hwy::GetChosenTarget().Update(hwy::SupportedTargets());
@@ -730,12 +792,14 @@ class SketchFile : public ::testing::Test {
  protected:
   std::filesystem::path path_ = testing::temp_dir("sketch") / "layer.gguf";
 
-  static std::unique_ptr<SketchLinear> make_layer(int value_bits, double salient) {
+  static std::unique_ptr<SketchLinear> make_layer(int value_bits, double salient,
+                                                  int hash_version = kSketchHashVersion) {
     const auto w = random_weights(24 * 100, 21);
     std::vector<float> column_rms(100);
     for (int64_t c = 0; c < 100; ++c) column_rms[c] = 0.5f + float(c % 7);
     SketchParams p = sketch_params_for_bpw(24, 100, 3.0, 3, 8, value_bits, salient, 4);
     p.rule = SketchRule::AbsMaxMin;
+    p.hash_version = hash_version;
     return SketchLinear::encode(w.data(), 24, 100, p, column_rms.data());
   }
 
@@ -770,27 +834,60 @@ class SketchFile : public ::testing::Test {
   }
 };
 
+// The products of two layers on the same random activations, bit for bit.
+void expect_same_outputs(const Linear& a, const Linear& b, const std::string& what) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t tokens : {1, 5}) {
+    std::vector<float> x(tokens * a.n_in()), before(tokens * a.n_out()), after(tokens * a.n_out());
+    for (float& v : x) v = dist(rng);
+    Scratch scratch;
+    a.forward(x.data(), before.data(), tokens, scratch);
+    b.forward(x.data(), after.data(), tokens, scratch);
+    EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0)
+        << what << ", tokens " << tokens;
+  }
+}
+
 TEST_F(SketchFile, RoundTripGivesBitIdenticalOutputs) {
   for (int value_bits : {4, 16, 3})
-    for (double salient : {0.0, 0.1}) {
-      const auto layer = make_layer(value_bits, salient);
-      write(*layer);
-      const auto loaded = load();
-      EXPECT_EQ(loaded->format_name(), "sketch");
-      EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
-      EXPECT_EQ(loaded->describe(), layer->describe());
-      std::mt19937 rng(3);
-      std::normal_distribution<float> dist(0.0f, 1.0f);
-      for (int64_t tokens : {1, 5}) {
-        std::vector<float> x(tokens * 100), before(tokens * 24), after(tokens * 24);
-        for (float& v : x) v = dist(rng);
-        Scratch scratch;
-        layer->forward(x.data(), before.data(), tokens, scratch);
-        loaded->forward(x.data(), after.data(), tokens, scratch);
-        EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(float)), 0)
-            << value_bits << "-bit, salient " << salient << ", tokens " << tokens;
+    for (double salient : {0.0, 0.1})
+      for (int hash_version : kHashVersions) {
+        const auto layer = make_layer(value_bits, salient, hash_version);
+        write(*layer);
+        const auto loaded = load();
+        EXPECT_EQ(static_cast<const SketchLinear&>(*loaded).hash_version(), hash_version);
+        EXPECT_EQ(loaded->format_name(), "sketch");
+        EXPECT_EQ(loaded->storage_bits(), layer->storage_bits());
+        EXPECT_EQ(loaded->describe(), layer->describe());
+        expect_same_outputs(
+            *layer, *loaded,
+            fmt::format("{}-bit, salient {}, hash v{}", value_bits, salient, hash_version));
       }
-    }
+}
+
+TEST_F(SketchFile, ConfigWithoutHashVersionReadsAsVersion1) {
+  // Files written before hash versions have 5 config numbers (and before row bands 4).
+  const auto layer = make_layer(4, 0.1, 1);
+  const std::string key = "subbit.sketch.blk.0.ffn_up.config";
+  GgufWriter out;
+  layer->save(out, "blk.0.ffn_up");
+  std::vector<int64_t> config{int64_t(layer->rule()), layer->block(), layer->value_bits(),
+                              layer->rows(), layer->band_rows()};
+  out.set(key, config);
+  out.write(path_);
+  auto loaded = load();
+  EXPECT_EQ(static_cast<const SketchLinear&>(*loaded).hash_version(), 1);
+  expect_same_outputs(*layer, *loaded, "5-number config");
+  EXPECT_NE(layer->describe().find("hash v1"), std::string::npos) << layer->describe();
+  // The same file read as version 2 decodes other weights.
+  config.push_back(2);
+  GgufWriter as_v2;
+  layer->save(as_v2, "blk.0.ffn_up");
+  as_v2.set(key, config);
+  as_v2.write(path_);
+  loaded = load();
+  EXPECT_NE(dequantized(*loaded), dequantized(*layer));
 }
 
 TEST_F(SketchFile, TruncatedFileIsRefused) {
@@ -862,8 +959,10 @@ TEST_F(SketchFile, BadHeaderIsRefused) {
   expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, -1});  // negative band rows
   expect_refused(prefix + "config",
                  std::vector<int64_t>{0, 8, 4, 3, 25});  // a band past the 24 rows
-  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 1});         // too long
-  expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});                 // empty table
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 3});     // hash version 3
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 0});     // hash version 0
+  expect_refused(prefix + "config", std::vector<int64_t>{0, 8, 4, 3, 0, 2, 1});  // too long
+  expect_refused(prefix + "buckets", std::vector<int64_t>{0, 5, 5});             // empty table
   expect_refused(prefix + "buckets", std::vector<int64_t>{int64_t{1} << 40, 5, 5});  // huge table
   expect_refused(prefix + "seeds", std::vector<int64_t>{1, 2});               // a seed missing
   expect_refused(prefix + "salient_buckets", std::vector<int64_t>{4, 4, 4});  // no mask or tables

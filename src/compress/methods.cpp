@@ -115,6 +115,11 @@ class SketchMethod final : public TrainableMethod {
         ->capture_default_str()
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 32));
     group.add_option("--sketch-seed", seed_, "hash seed")->capture_default_str();
+    group
+        .add_option("--hash-version", hash_version_,
+                    "2: 32-bit hashes, faster; 1: what builds before it read")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 2));
     group.add_option("--calib-text", calib_text_,
                      "text for saliency statistics (never wiki.test.raw)");
     group.add_option("--calib-tokens", calib_tokens_, "calibration tokens")->capture_default_str();
@@ -137,12 +142,14 @@ class SketchMethod final : public TrainableMethod {
     details["value_bits"] = value_bits_;
     details["salient_fraction"] = salient_fraction_;
     details["band_buckets"] = band_buckets_;
+    details["hash_version"] = hash_version_;
   }
   std::shared_ptr<TrainableLinear> make_trainable(const torch::Tensor& w,
                                                   const LayerToCompress& layer) const override {
     const int64_t n_out = w.size(0), n_in = w.size(1);
     SketchParams params = params_for(n_out, n_in, layer.target_bpw);
     params.rule = parse_sketch_rule(rule_);
+    params.hash_version = hash_version_;
     // Every layer hashes with its own seeds (the embedding and head: seeds below the blocks').
     params.seed = seed_ + uint64_t(layer.block * kLinearsPerBlock + layer.index);
     // Calibration observes the blocks' linear inputs only.
@@ -170,6 +177,7 @@ class SketchMethod final : public TrainableMethod {
   double salient_fraction_ = 0.0;
   int64_t band_buckets_ = kSketchBandBuckets;  // 0: one band (plain hashing)
   uint64_t seed_ = 0x5EED;
+  int hash_version_ = kSketchHashVersion;
   std::string calib_text_;  // empty: no calibration
   int64_t calib_tokens_ = 32768;
   ColumnRms column_rms_;  // from prepare(); empty without calibration
@@ -204,9 +212,10 @@ class RtnMethod final : public TrainableMethod {
                                                   const LayerToCompress& layer) const override {
     if (!per_row()) return std::make_shared<RtnTrainable>(w, int(bits_));
     if (layer.block != kOutsideBlocks || layer.row_importance.empty())
-      fail("rtn --bits {}: widths by token frequency apply to the embedding and head only (give "
-           "the linear layers a whole number of bits)",
-           bits_);
+      fail(
+          "rtn --bits {}: widths by token frequency apply to the embedding and head only (give "
+          "the linear layers a whole number of bits)",
+          bits_);
     const torch::Tensor c = w.detach().to(torch::kCPU, torch::kFloat32).contiguous();
     return std::make_shared<RtnTrainable>(
         w, RtnLinear::allocate_row_bits(c.data_ptr<float>(), c.size(0), c.size(1),

@@ -26,6 +26,7 @@ SketchTrainable::SketchTrainable(const SketchLinear& layer)
     : rule_(layer.rule()),
       block_(layer.block()),
       value_bits_(layer.value_bits()),
+      hash_version_(layer.hash_version()),
       band_rows_(layer.band_rows()),
       d_out_(layer.n_out()),
       d_in_(layer.n_in()),
@@ -107,8 +108,8 @@ std::unique_ptr<Linear> SketchTrainable::to_runtime() const {
     for (int k = 0; k < rows; ++k)
       sets[s].codes.push_back(codes_of(tables_[s * rows + k], value_bits_,
                                        value_bits_ == 16 ? 0.0f : sets_[s].scales[k]));
-  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, band_rows_, sets,
-                                        salient_mask_);
+  return std::make_unique<SketchLinear>(d_out_, d_in_, rule_, block_, band_rows_, hash_version_,
+                                        sets, salient_mask_);
 }
 
 }  // namespace subbit::compress

@@ -38,7 +38,7 @@ class SketchTrainable final : public TrainableLinear {
   torch::Tensor quantized_table(int k) const;
 
   SketchRule rule_;
-  int block_, value_bits_;
+  int block_, value_bits_, hash_version_;
   int64_t band_rows_, d_out_, d_in_, blocks_per_row_;
   std::vector<SketchTableSet> sets_;  // buckets, seeds and scales; the values are the parameters
   std::vector<uint64_t> salient_mask_;

@@ -18,7 +18,7 @@ namespace subbit {
 namespace {
 
 constexpr int64_t kMaxBuckets = (int64_t{1} << 32) - 1;
-constexpr int kHeaderNumbers = 5;  // rule, block, value bits, rows, band rows
+constexpr int kHeaderNumbers = 6;  // rule, block, value bits, rows, band rows, hash version
 
 bool fp16_values(int value_bits) { return value_bits == 16; }
 int max_code(int value_bits) { return (1 << (value_bits - 1)) - 1; }
@@ -38,6 +38,10 @@ void check_buckets(const std::vector<int64_t>& buckets, int rows, const char* wh
   for (int64_t b : buckets)
     if (b < 1 || b > kMaxBuckets)
       fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
+}
+
+void check_hash_version(int version) {
+  if (version != 1 && version != 2) fail("sketch: hash version {} (supported: 1, 2)", version);
 }
 
 // Every band needs a bucket of its own in every table.
@@ -208,11 +212,13 @@ SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bp
 }
 
 SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block,
-                           int64_t band_rows, const std::vector<SketchTableSet>& sets,
+                           int64_t band_rows, int hash_version,
+                           const std::vector<SketchTableSet>& sets,
                            std::vector<uint64_t> salient_mask)
     : salient_mask_(std::move(salient_mask)) {
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   if (uint8_t(rule) > uint8_t(SketchRule::Mean)) fail("sketch: unknown rule {}", int(rule));
+  check_hash_version(hash_version);
   if (sets.empty() || sets.size() > 2)
     fail("sketch: {} table sets (1 main, optionally 1 salient)", sets.size());
   const int rows = int(sets[0].buckets.size());
@@ -268,7 +274,8 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
                                    : value_bits_ <= 4 && stride % 16 == 0
                                        ? SketchTableLayout::Nibble
                                        : SketchTableLayout::Int8;
-  matrix_ = SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout, band_rows};
+  matrix_ =
+      SketchMatrix{rule, rows, block, {}, nullptr, d_out, d_in, layout, band_rows, hash_version};
   const int64_t bucket_bytes = matrix_.bucket_bytes();
   for (int k = 0; k < rows; ++k) {
     const int64_t main_buckets = sets[0].buckets[k];
@@ -299,6 +306,7 @@ SketchLinear::SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int blo
 std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out, int64_t d_in,
                                                    const SketchParams& p, const float* column_rms) {
   check_layout(p.rows, p.block, p.value_bits);
+  check_hash_version(p.hash_version);
   if (d_out < 1 || d_in < 1) fail("sketch: empty layer ({} x {})", d_out, d_in);
   check_buckets(p.buckets, p.rows, "main");
   check_bands(d_out, p.band_rows, p.buckets, "main");
@@ -353,7 +361,7 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
           const int64_t g = r * blocks_per_row + b;
           const int64_t s = salient && ((mask[g / 64] >> (g % 64)) & 1) ? 1 : 0;
           const int64_t table = s * p.rows + k;
-          const uint64_t h = sketch_block_hash(seeds[table], r, b);
+          const uint64_t h = sketch_block_hash(p.hash_version, seeds[table], r, b, blocks_per_row);
           const uint64_t buckets = uint64_t(s == 0 ? p.buckets[k] : p.salient_buckets[k]);
           const int64_t first = int64_t(sketch_row_bucket(h, buckets, d_out, p.band_rows, r)) * t;
           float* v = value[table].data() + first;
@@ -397,8 +405,8 @@ std::unique_ptr<SketchLinear> SketchLinear::encode(const float* w, int64_t d_out
       set.codes.push_back(std::move(codes));
     }
   }
-  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.band_rows, table_sets,
-                                        std::move(mask));
+  return std::make_unique<SketchLinear>(d_out, d_in, p.rule, p.block, p.band_rows, p.hash_version,
+                                        table_sets, std::move(mask));
 }
 
 void SketchLinear::forward(const float* x, float* y, int64_t tokens, Scratch& scratch) const {
@@ -430,6 +438,7 @@ std::string SketchLinear::describe() const {
                   block(), fp16_values(value_bits_) ? "fp16" : fmt::format("{}-bit", value_bits_),
                   fmt::join(sets_[0].buckets, "+"),
                   bands == 1 ? std::string("one band") : fmt::format("{} bands", bands));
+  if (hash_version() != kSketchHashVersion) text += fmt::format(", hash v{}", hash_version());
   if (sets() == 2) {
     int64_t salient_blocks = 0;
     for (uint64_t word : salient_mask_) salient_blocks += std::popcount(word);
@@ -463,14 +472,15 @@ int64_t SketchLinear::runtime_bytes() const {
   return bytes;
 }
 
-// Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows, band_rows], buckets,
+// Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows, band_rows,
+// hash_version], buckets,
 // salient_buckets (only with a salient set), seeds (main then salient, as int64 bit patterns)};
 // tensors <prefix>.sketch<k> and .sketch_salient<k>: table codes, each a little-endian bitstream
 // of value_bits-bit codes q + max_code (I8), or fp16 values (F16); .sketch_scales (F16, main
 // rows then salient rows; absent for fp16 values); .sketch_mask (I8 words, salient set only).
 void SketchLinear::save(GgufWriter& out, const std::string& prefix) const {
-  out.set(key(prefix, "config"),
-          std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows(), band_rows()});
+  out.set(key(prefix, "config"), std::vector<int64_t>{int64_t(rule()), block(), value_bits_, rows(),
+                                                      band_rows(), hash_version()});
   std::vector<int64_t> seeds;
   std::vector<float> scales;
   for (int s = 0; s < sets(); ++s) {
@@ -506,9 +516,10 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
     }
   };
   const std::vector<int64_t> config = file.get_int_array(key(prefix, "config"));
-  // Files written before row bands have 4 numbers: one band.
-  if (config.size() != 4 && config.size() != 5)
-    fail("{}: sketch config has {} numbers, expected 5", where, config.size());
+  // Files written before row bands have 4 numbers (one band), those written before hash versions
+  // 5 (version 1).
+  if (config.size() < 4 || config.size() > 6)
+    fail("{}: sketch config has {} numbers, expected 6", where, config.size());
   if (config[0] < 0 || config[0] > int64_t(SketchRule::Mean))
     fail("{}: unknown sketch rule {}", where, config[0]);
   for (size_t i = 0; i < 4; ++i)
@@ -516,7 +527,10 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
       fail("{}: sketch config [{}] out of range", where, fmt::join(config, ", "));
   const SketchRule rule = SketchRule(config[0]);
   const int block = int(config[1]), value_bits = int(config[2]), rows = int(config[3]);
-  const int64_t band_rows = config.size() == 5 ? config[4] : 0;  // the constructor checks it
+  const int64_t band_rows = config.size() >= 5 ? config[4] : 0;
+  const int64_t hash_version = config.size() == 6 ? config[5] : 1;
+  if (hash_version != 1 && hash_version != 2)
+    fail("{}: sketch hash version {} (this build reads 1 and 2)", where, hash_version);
   in_context([&] { check_layout(rows, block, value_bits); });
   if (d_out < 1 || d_in < 1) fail("{}: empty layer ({} x {})", where, d_out, d_in);
 
@@ -568,8 +582,8 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
     mask = get_words(file, prefix + ".sketch_mask", 1,
                      (d_out * ((d_in + block - 1) / block) + 63) / 64);
   return in_context([&]() -> std::unique_ptr<Linear> {
-    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, band_rows, table_sets,
-                                          std::move(mask));
+    return std::make_unique<SketchLinear>(d_out, d_in, rule, block, band_rows, int(hash_version),
+                                          table_sets, std::move(mask));
   });
 }
 

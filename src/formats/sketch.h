@@ -11,8 +11,8 @@
 //   + 64 · rows · S                     one seed per hash row
 //   + 16 · rows · S                     one fp16 scale per hash row (none for fp16 values)
 //   + d_out · ceil(d_in / block)        salient mask (only with a salient set)
-//   + 64 · (5 + rows · S)               header: rule, block, value bits, rows, band rows,
-//                                       bucket counts
+//   + 64 · (6 + rows · S)               header: rule, block, value bits, rows, band rows,
+//                                       hash version, bucket counts
 #include <hwy/aligned_allocator.h>
 
 #include <cstdint>
@@ -38,6 +38,7 @@ struct SketchParams {
   int64_t salient_blocks = 0;            // blocks routed to the salient set (> 0 iff it exists)
   int64_t band_rows = 0;                 // output rows per band, 0: one band (ops/sketch_matmul.h)
   uint64_t seed = 0x5EED;                // hash seeds: the splitmix64 sequence from this state
+  int hash_version = kSketchHashVersion;  // 1 or 2 (ops/sketch_matmul.h)
 };
 
 // A salient block gets this many times the table space of an ordinary block.
@@ -91,9 +92,10 @@ class SketchLinear final : public Linear {
   // (ceil(d_out · blocks_per_row / 64) words, bit r · blocks_per_row + b) is empty without a
   // salient set. Everything is validated (codes in range, fp16 values finite); violations throw
   // Error. band_rows: output rows per band (0: one band); every table needs at least one bucket
-  // per band.
+  // per band. hash_version: 1 or 2 (ops/sketch_matmul.h, "Blocks and hashing").
   SketchLinear(int64_t d_out, int64_t d_in, SketchRule rule, int block, int64_t band_rows,
-               const std::vector<SketchTableSet>& sets, std::vector<uint64_t> salient_mask);
+               int hash_version, const std::vector<SketchTableSet>& sets,
+               std::vector<uint64_t> salient_mask);
 
   // column_rms: (d_in) RMS of each input column over calibration tokens, or nullptr; it only
   // ranks blocks by saliency.
@@ -118,6 +120,7 @@ class SketchLinear final : public Linear {
   int block() const { return int(matrix_.block); }
   int value_bits() const { return value_bits_; }
   int64_t band_rows() const { return matrix_.band_rows; }
+  int hash_version() const { return matrix_.hash_version; }
   int64_t blocks_per_row() const { return matrix_.blocks_per_row(); }
   int sets() const { return int(sets_.size()); }
   // Set 0 is the main set, 1 the salient one; codes are copied out unpadded.

@@ -6,14 +6,23 @@
 // Blocks and hashing (also the on-disk meaning of the seeds, do not change it):
 //   Row r of W is cut into blocks of `block` consecutive weights; block b holds columns
 //   [b·block, b·block + block), the last one zero-padded past n_in. In hash row k the block's
-//   bucket and sign come from one 64-bit hash of (seed_k, r, b):
+//   bucket and sign come from one hash h of (seed_k, r, b), whose definition the layer's hash
+//   version (stored in the file) fixes:
+//   version 1 (files written before it had a number), 64 bits:
 //     h      = mix64(seed_k ^ (r · 0x9E3779B97F4A7C15) ^ (b · 0xC2B2AE3D27D4EB4F))   (mod 2^64)
+//   version 2 (new files), 32 bits, so SIMD hashing takes twice the blocks per vector:
+//     h32    = mix32(fold(seed_k) ^ (r · blocks_per_row + b))   (mod 2^32)
+//     h      = h32 · 2^32 + (h32 mod 2)   (the same bucket and sign as h32 over 2^32 would give)
+//   and for both
 //     bucket = floor(h · buckets_k / 2^64)   (buckets_k < 2^32)
 //     sign   = −1 if bit 0 of h is set, else +1
-//   mix64 is the splitmix64 / murmur3 finalizer. The bucket holds `block` values, one per
-//   position in the block; the weight at position j reads e_k = sign · table_k[bucket][j].
-//   A block marked salient hashes with that row's salient seed and bucket count instead and
-//   reads the salient table, whose buckets follow the main ones.
+//   mix64 is the splitmix64 / murmur3 64-bit finalizer, mix32 murmur3's 32-bit one, fold(s) the
+//   xor of the seed's two 32-bit halves. In version 2 a layer's blocks have distinct inputs
+//   (r · blocks_per_row + b) while it has fewer than 2^32 blocks, and mix32 is a bijection, so
+//   two blocks never share a whole hash (they share a bucket only by chance, as in version 1).
+//   The bucket holds `block` values, one per position in the block; the weight at position j
+//   reads e_k = sign · table_k[bucket][j]. A block marked salient hashes with that row's salient
+//   seed and bucket count instead and reads the salient table, whose buckets follow the main ones.
 //
 // Row bands (band_rows > 0): output rows are grouped into G = ceil(n_out / band_rows) bands of
 // band_rows consecutive rows, and each table of B buckets into G ranges; band g = floor(r /
@@ -48,9 +57,32 @@ constexpr uint64_t sketch_mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-constexpr uint64_t sketch_block_hash(uint64_t seed, int64_t row, int64_t block) {
+inline constexpr int kSketchHashVersion = 2;  // what new files use; 1 and 2 are read
+
+constexpr uint64_t sketch_block_hash_v1(uint64_t seed, int64_t row, int64_t block) {
   return sketch_mix64(seed ^ (uint64_t(row) * kSketchRowMultiplier) ^
                       (uint64_t(block) * kSketchBlockMultiplier));
+}
+
+constexpr uint32_t sketch_mix32(uint32_t z) {
+  z = (z ^ (z >> 16)) * 0x85EBCA6Bu;
+  z = (z ^ (z >> 13)) * 0xC2B2AE35u;
+  return z ^ (z >> 16);
+}
+constexpr uint32_t sketch_fold_seed(uint64_t seed) { return uint32_t(seed ^ (seed >> 32)); }
+
+constexpr uint64_t sketch_block_hash_v2(uint64_t seed, int64_t row, int64_t block,
+                                        int64_t blocks_per_row) {
+  const uint32_t h =
+      sketch_mix32(sketch_fold_seed(seed) ^
+                   uint32_t(uint64_t(row) * uint64_t(blocks_per_row) + uint64_t(block)));
+  return uint64_t(h) << 32 | (h & 1);
+}
+
+constexpr uint64_t sketch_block_hash(int version, uint64_t seed, int64_t row, int64_t block,
+                                     int64_t blocks_per_row) {
+  return version == 1 ? sketch_block_hash_v1(seed, row, block)
+                      : sketch_block_hash_v2(seed, row, block, blocks_per_row);
 }
 
 // floor(hash · buckets / 2^64) for buckets < 2^32, from two 32x32-bit products so that every
@@ -123,7 +155,8 @@ struct SketchMatrix {
   const uint64_t* salient_mask;
   int64_t n_out, n_in;
   SketchTableLayout layout = SketchTableLayout::F32;
-  int64_t band_rows = 0;  // rows per band; 0: one band (see "Row bands")
+  int64_t band_rows = 0;                  // rows per band; 0: one band (see "Row bands")
+  int hash_version = kSketchHashVersion;  // 1 or 2 (see "Blocks and hashing")
 
   int64_t blocks_per_row() const { return (n_in + block - 1) / block; }
   // Block b of output row `row` in hash row k: its bucket (main then salient numbering) and
@@ -131,7 +164,8 @@ struct SketchMatrix {
   uint64_t bucket_index(int k, int64_t row, int64_t b, bool* negative) const {
     const SketchHashRow& hr = hash_rows[k];
     const bool in_salient = salient(row, b);
-    const uint64_t h = sketch_block_hash(in_salient ? hr.salient_seed : hr.seed, row, b);
+    const uint64_t h = sketch_block_hash(hash_version, in_salient ? hr.salient_seed : hr.seed, row,
+                                         b, blocks_per_row());
     *negative = sketch_negative(h);
     return (in_salient ? hr.buckets : 0) +
            sketch_row_bucket(h, in_salient ? hr.salient_buckets : hr.buckets, n_out, band_rows,

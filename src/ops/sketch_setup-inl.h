@@ -12,6 +12,7 @@
 
 #include <hwy/highway.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 
@@ -27,6 +28,7 @@ using sketch_detail::kLow;
 using sketch_detail::paired;
 using sketch_detail::RowEntries;
 using DU64 = hn::ScalableTag<uint64_t>;
+using DU32 = hn::ScalableTag<uint32_t>;
 
 #undef SUBBIT_SKETCH_AVX512
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
@@ -71,7 +73,7 @@ struct Setup {
   alignas(64) float luts[kSketchMaxRows][2][16];  // Lut4/Lut4S: (hash row, set) -> q · step
   const uint8_t* base[kSketchMaxRows];            // each hash row's table
   uint32_t operand[kSketchMaxRows][2];            // entry operand of a + block, per set
-  const uint64_t* block_terms;  // (padded_blocks) xorshift30(b · B), thread scratch
+  const uint64_t* block_terms;  // (padded_blocks) xorshift30(b · B), thread scratch; hash v1 only
   int64_t blocks, padded_blocks, stride;
   int64_t table_bytes;  // all hash rows' tables
   bool prefetch;        // one band's share of the tables is large (kPrefetchTableBytes)
@@ -79,15 +81,19 @@ struct Setup {
 
 template <Decoder kDec, SketchRule kRule, class DF>
 void BuildSetup(const SketchMatrix& m, Setup& s) {
-  const int64_t lanes = hn::Lanes(DU64());
+  // Whole vectors of blocks for either hash: version 2 hashes 32-bit lanes, twice as many.
+  const int64_t lanes = std::max(hn::Lanes(DU64()), hn::Lanes(DU32()));
   s.blocks = m.blocks_per_row();
   s.padded_blocks = (s.blocks + lanes - 1) / lanes * lanes;
   s.stride = m.stride();
-  uint64_t* block_terms =
-      thread_scratch<uint64_t>(ThreadScratchSlot::SketchBlockTerms, size_t(s.padded_blocks));
-  for (int64_t b = 0; b < s.padded_blocks; ++b)
-    block_terms[b] = sketch_detail::xorshift30(uint64_t(b) * kSketchBlockMultiplier);
-  s.block_terms = block_terms;
+  s.block_terms = nullptr;
+  if (m.hash_version == 1) {
+    uint64_t* block_terms =
+        thread_scratch<uint64_t>(ThreadScratchSlot::SketchBlockTerms, size_t(s.padded_blocks));
+    for (int64_t b = 0; b < s.padded_blocks; ++b)
+      block_terms[b] = sketch_detail::xorshift30(uint64_t(b) * kSketchBlockMultiplier);
+    s.block_terms = block_terms;
+  }
   s.table_bytes = 0;
   for (int k = 0; k < m.rows; ++k) {
     const SketchHashRow& hr = m.hash_rows[k];

@@ -54,7 +54,9 @@ TEST(CompressMethods, DefaultsAreTheDocumentedOnes) {
                                                     {"block", 16},
                                                     {"value_bits", 4},
                                                     {"salient_fraction", 0.0},
-                                                    {"band_buckets", 256}}));
+                                                    {"band_buckets", 256},
+                                                    {"hash_version", 2}}));
+  EXPECT_EQ(recorded("sketch", "--hash-version 1")["hash_version"], 1);
   EXPECT_EQ(recorded("rtn", ""), nlohmann::json({{"bits", 4}}));
   EXPECT_EQ(recorded("sign", ""), nlohmann::json::object());
   EXPECT_EQ(recorded("littlebit", "--no-residual --rank-granularity 16"),
