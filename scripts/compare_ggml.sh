@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Matrix products side by side: ggml's CPU backend (test-backend-ops perf, MUL_MAT) and subbit_bench,
-# one after the other on this machine, with 1 and 2 threads, for the four Llama shapes of
+# one after the other on this machine, with 1 and 2 threads, for the shapes of bench/bench_gemv.cpp
 # bench/bench_gemv.cpp and n = 1, 8, 512 tokens. Prints one markdown table per thread count
 # (microseconds per product). ggml is a measurement peer only: nothing of it enters subbit.
 #
@@ -23,10 +23,15 @@ scratch=${2:-/tmp/subbit-ggml}
 bench=build/subbit_bench
 [ -x "$bench" ] || { echo "error: $bench: not built (cmake --build build --target subbit_bench)" >&2; exit 1; }
 
-# Our shapes: Llama-2-7B's (4096x4096, 11008x4096, 4096x11008), a 70B-class MLP (28672x8192) and
-# Llama-3.2-1B's (2048x2048, 8192x2048, 2048x8192 and the 128256x2048 head). A scratch copy
-# patched with another list is replaced.
-shape_list='{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}, {2048, 2048}, {8192, 2048}, {2048, 8192}, {128256, 2048}'
+# Our shapes, as subbit_bench lists them (bench/bench_gemv.cpp kShapes: Llama-2-7B's, a 70B-class
+# MLP and Llama-3.2-1B's), as "{rows, k}, ..." for ggml's perf list and as alternatives for its
+# -p filter. A scratch copy patched with another list is replaced.
+read -r -a shapes <<<"$("$bench" --benchmark_list_tests --benchmark_filter='^gemv/[^/]*/dense_bf16/real_time$' |
+  sed -E 's|^gemv/([0-9]+)x([0-9]+)/.*|\1x\2|' | tr '\n' ' ')"
+[ "${#shapes[@]}" -gt 0 ] || { echo "error: $bench lists no gemv/<shape>/dense_bf16 benchmark" >&2; exit 1; }
+shape_list=$(printf '{%s}, ' "${shapes[@]/x/, }")
+shape_list=${shape_list%, }
+alternatives() { printf '%s\n' "$@" | sort -un | paste -sd '|'; }
 mkdir -p "$scratch"
 if ! grep -qF "$shape_list" "$scratch/src/tests/test-backend-ops.cpp" 2>/dev/null; then
   rm -rf "$scratch/src" && mkdir -p "$scratch/src"
@@ -65,7 +70,7 @@ out=$(mktemp -d)
 rounds=${ROUNDS:-1}
 read -r -a tokens <<<"${TOKENS:-1 8 512}"
 ns=$(IFS='|'; echo "${tokens[*]}")
-shapes="m=(2048|4096|8192|11008|28672|128256),n=($ns),k=(2048|4096|8192|11008),"
+ggml_filter="m=($(alternatives "${shapes[@]%x*}")),n=($ns),k=($(alternatives "${shapes[@]#*x}")),"
 filters=()
 for n in "${tokens[@]}"; do
   if [ "$n" = 1 ]; then filters+=("gemv/[^/]*"); else filters+=("gemm/[^/]*/n$n"); fi
@@ -74,7 +79,7 @@ subbit_filter="^($(IFS='|'; echo "${filters[*]}"))/(dense_bf16|littlebit_.*|sket
 for round in $(seq "$rounds"); do
   for threads in 1 2; do
     echo "round $round, threads $threads: ggml ($ggml_bin)" >&2
-    GGML_BENCH_THREADS=$threads "$ggml_bin" perf -o MUL_MAT -b CPU -p "$shapes" \
+    GGML_BENCH_THREADS=$threads "$ggml_bin" perf -o MUL_MAT -b CPU -p "$ggml_filter" \
       >"$out/ggml_t${threads}_r$round.txt"
     echo "round $round, threads $threads: subbit ($bench)" >&2
     OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=3000 "$bench" \

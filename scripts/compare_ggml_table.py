@@ -10,8 +10,6 @@ import re
 import statistics
 import sys
 
-SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (28672, 8192),
-          (2048, 2048), (8192, 2048), (2048, 8192), (128256, 2048)]
 GGML_TYPES = ["bf16", "f16", "q4_0", "tq2_0", "q1_0"]
 GGML_LINE = re.compile(r"MUL_MAT\(type_a=(\w+),type_b=f32,m=(\d+),n=(\d+),k=(\d+),.*?([\d.]+) us/run")
 
@@ -43,6 +41,16 @@ def ours(times, rows, k, n, what):
         if name.startswith(prefix) and re.fullmatch(what, name[len(prefix):]):
             return us
     return None
+
+
+def shapes(times):
+    """(rows, k) of every shape subbit_bench measured, in the order it ran them (its kShapes)."""
+    found = []
+    for name in times:
+        m = re.match(r"gem[mv]/(\d+)x(\d+)/", name)
+        if m and (int(m[1]), int(m[2])) not in found:
+            found.append((int(m[1]), int(m[2])))
+    return found
 
 
 def median(values):
@@ -92,7 +100,7 @@ def main(out):
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         ratios = []
-        for rows, k in SHAPES:
+        for rows, k in shapes(s[0]):
             for n in (1, 8, 512):
                 peer = [{t: gr.get((t, rows, n, k)) for t in GGML_TYPES} for gr in g]
                 mine = [{key: ours(sr, rows, k, n, what) for key, what in OURS.items()} for sr in s]
