@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Matrix products side by side: ggml's CPU backend (test-backend-ops perf, MUL_MAT) and subbit_bench,
 # one after the other on this machine, with 1 and 2 threads, for the shapes of bench/bench_gemv.cpp
-# bench/bench_gemv.cpp and n = 1, 8, 512 tokens. Prints one markdown table per thread count
+# and n = 1, 8, 512 tokens. Prints one markdown table per thread count
 # (microseconds per product). ggml is a measurement peer only: nothing of it enters subbit.
 #
 #   [ROUNDS=R] [TOKENS="1 8 512"] scripts/compare_ggml.sh GGML [SCRATCH]
