@@ -126,6 +126,25 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
 
 // Each block's layers are built side by side, one thread each, so the file is the same bytes
 // whatever --threads says (here with the Gram route, which auto picks on large layers).
+TEST(CompressMethods, SketchHashVersionReachesTheFile) {
+  SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
+  const auto dir = testing::temp_dir("methods");
+  for (const int version : {1, 2}) {
+    const std::string file = (dir / fmt::format("sketch-v{}.gguf", version)).string();
+    const auto r =
+        compress(model_dir("sb-8m").string() + " -o " + file +
+                 fmt::format(" --method sketch --bpw 0.5 --hash-version {} -t 1", version));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    // Layers describe a hash version other than the default.
+    const auto info = testing::run_command(testing::cli_path().string() + " info " + file);
+    ASSERT_EQ(info.exit_code, 0) << info.err;
+    EXPECT_EQ(info.out.find("hash v1") != std::string::npos, version == 1) << info.out;
+    EXPECT_NE(info.out.find("\"hash_version\":" + std::to_string(version)), std::string::npos)
+        << info.out;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(CompressMethods, PostTrainingFilesDoNotDependOnTheThreadCount) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("threads");
@@ -268,7 +287,8 @@ TEST(CompressMethods, SensitivityUnderAWholeBudgetAllocatesTheTableToo) {
   // The table's target is its own, not the linears' uniform one.
   EXPECT_NE(table.at("target_bpw").get<double>(), details.at("target_bpw").get<double>());
   // info marks a layer over target against its own allocated target, not the uniform one.
-  const auto tensors = testing::run_command(testing::cli_path().string() + " info --tensors " + out);
+  const auto tensors =
+      testing::run_command(testing::cli_path().string() + " info --tensors " + out);
   ASSERT_EQ(tensors.exit_code, 0) << tensors.err;
   int checked = 0;
   for (const nlohmann::json& layer : layers) {
@@ -277,7 +297,8 @@ TEST(CompressMethods, SensitivityUnderAWholeBudgetAllocatesTheTableToo) {
     std::smatch line;
     ASSERT_TRUE(std::regex_search(
         tensors.out, line, std::regex("\n" + name + " +littlebit +[0-9.]+ K +([0-9.]+) [^\n]*")))
-        << name << "\n" << tensors.out;
+        << name << "\n"
+        << tensors.out;
     const bool marked = line[0].str().find("[over target") != std::string::npos;
     EXPECT_EQ(marked, std::stod(line[1]) > layer.at("target_bpw").get<double>() * 1.001)
         << line[0].str();
