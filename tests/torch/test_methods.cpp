@@ -124,8 +124,6 @@ TEST(CompressMethods, PostTrainingMethodsWriteFilesTheRuntimeLoads) {
   fs::remove_all(dir);
 }
 
-// Each block's layers are built side by side, one thread each, so the file is the same bytes
-// whatever --threads says (here with the Gram route, which auto picks on large layers).
 TEST(CompressMethods, SketchHashVersionReachesTheFile) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("methods");
@@ -145,6 +143,8 @@ TEST(CompressMethods, SketchHashVersionReachesTheFile) {
   fs::remove_all(dir);
 }
 
+// Each block's layers are built side by side, one thread each, so the file is the same bytes
+// whatever --threads says (here with the Gram route, which auto picks on large layers).
 TEST(CompressMethods, PostTrainingFilesDoNotDependOnTheThreadCount) {
   SKIP_UNLESS_EXISTS(model_dir("sb-8m") / "config.json");
   const auto dir = testing::temp_dir("threads");
