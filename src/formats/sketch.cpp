@@ -40,7 +40,7 @@ void check_buckets(const std::vector<int64_t>& buckets, int rows, const char* wh
       fail("sketch: {} bucket count {} out of range (1..{})", what, b, kMaxBuckets);
 }
 
-void check_hash_version(int version) {
+void check_hash_version(int64_t version) {
   if (version != 1 && version != 2) fail("sketch: hash version {} (supported: 1, 2)", version);
 }
 
@@ -473,8 +473,8 @@ int64_t SketchLinear::runtime_bytes() const {
 }
 
 // Metadata subbit.sketch.<prefix>.{config = [rule, block, value_bits, rows, band_rows,
-// hash_version], buckets,
-// salient_buckets (only with a salient set), seeds (main then salient, as int64 bit patterns)};
+// hash_version], buckets, salient_buckets (only with a salient set), seeds (main then salient, as
+// int64 bit patterns)};
 // tensors <prefix>.sketch<k> and .sketch_salient<k>: table codes, each a little-endian bitstream
 // of value_bits-bit codes q + max_code (I8), or fp16 values (F16); .sketch_scales (F16, main
 // rows then salient rows; absent for fp16 values); .sketch_mask (I8 words, salient set only).
@@ -529,9 +529,10 @@ std::unique_ptr<Linear> SketchLinear::load(const GgufFile& file, const std::stri
   const int block = int(config[1]), value_bits = int(config[2]), rows = int(config[3]);
   const int64_t band_rows = config.size() >= 5 ? config[4] : 0;
   const int64_t hash_version = config.size() == 6 ? config[5] : 1;
-  if (hash_version != 1 && hash_version != 2)
-    fail("{}: sketch hash version {} (this build reads 1 and 2)", where, hash_version);
-  in_context([&] { check_layout(rows, block, value_bits); });
+  in_context([&] {
+    check_layout(rows, block, value_bits);
+    check_hash_version(hash_version);  // before it is narrowed to int below
+  });
   if (d_out < 1 || d_in < 1) fail("{}: empty layer ({} x {})", where, d_out, d_in);
 
   const bool salient = file.has(key(prefix, "salient_buckets"));
