@@ -21,9 +21,10 @@
 // Sketch vs dense: time(gemv/<shape>/dense_bf16) / time(gemv/<shape>/sketch_bpw0.50); sketch vs
 // LittleBit at the same budget: time(littlebit_bpw0.55_r*) / time(sketch_bpw0.55) (likewise 0.10
 // and 1.00). The sketch layers use sketch_params_for_bpw's defaults (absmaxmin, 2 hash rows,
-// block 16, 4-bit values, no salient set, row bands of kSketchBandBuckets, hash version 2);
+// block 32, 4-bit values, no salient set, row bands of kSketchBandBuckets, hash version 2);
 // `_one_band` is the same layer with plain hashing over whole tables (no row bands), `_hash_v1`
-// (0.50 bpw only) with version 1's 64-bit hash (files written before version 2). Their tables are
+// (0.50 bpw only) with version 1's 64-bit hash (files written before version 2), `_block16`
+// (0.50 bpw only) with blocks of 16 weights (files written before block 32). Their tables are
 // filled directly with random codes and fp16 steps instead of running SketchLinear::encode on a
 // random matrix: encode would need the whole fp32 matrix (940 MB at 28672x8192) and seconds per
 // layer, and the kernel's speed does not depend on the values (it is branch-free; only the table
@@ -115,7 +116,7 @@ struct ShapeData {
   std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
   std::unique_ptr<SignLinear> sign_1bit;
   // Built by the sketch benchmarks, per SketchVariant and kSketchBpw.
-  std::unique_ptr<SketchLinear> sketch[3][std::size(kSketchBpw)];
+  std::unique_ptr<SketchLinear> sketch[4][std::size(kSketchBpw)];
   // Work buffers.
   std::vector<float> y;
 };
@@ -245,14 +246,16 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   set_common_counters(state, d, double(d.sign_1bit->storage_bits()) / 8.0);
 }
 
-// The default layer (row bands, hash version 2), plain hashing, or the version-1 hash.
-enum SketchVariant { kBanded, kOneBand, kHashV1 };
-constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1"};
+// The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash, or
+// block 16 (the default before block 32, which older files have).
+enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16 };
+constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16"};
 
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
 std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, SketchVariant variant,
                                             uint64_t seed) {
-  SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2, 16, 4, 0.0,
+  SketchParams p = sketch_params_for_bpw(shape.n_out, shape.n_in, bpw, 2,
+                                         variant == kBlock16 ? 16 : kSketchDefaultBlock, 4, 0.0,
                                          variant == kOneBand ? 0 : kSketchBandBuckets);
   if (variant == kHashV1) p.hash_version = 1;
   Rng rng{seed};
@@ -309,8 +312,8 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, SketchVa
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
-      for (SketchVariant variant : {kBanded, kOneBand, kHashV1}) {
-        if (variant == kHashV1 && kSketchBpw[bi] != 0.5) continue;
+      for (SketchVariant variant : {kBanded, kOneBand, kHashV1, kBlock16}) {
+        if ((variant == kHashV1 || variant == kBlock16) && kSketchBpw[bi] != 0.5) continue;
         benchmark::RegisterBenchmark(
             (prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + kSketchVariantSuffix[variant])
                 .c_str(),

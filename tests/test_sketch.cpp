@@ -217,8 +217,11 @@ TEST(SketchBands, SolverGivesEveryBandAtLeastTheAskedBuckets) {
       for (const auto* set : {&p.buckets, &p.salient_buckets})
         for (int64_t buckets : *set) EXPECT_GE(buckets / bands, band_buckets) << salient;
     }
-  // 4096 x 4096 at 0.5 bpw: 65531 buckets per hash row, 255 bands asked, 17 rows each (241 bands).
-  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5).band_rows, 17);
+  // 4096 x 4096 at 0.5 bpw, blocks of 32: 32765 buckets per hash row, 127 bands asked, 33 rows
+  // each (125 bands); blocks of 16: 65531 buckets, 255 bands asked, 17 rows each (241 bands).
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5).buckets[0], 32765);
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5).band_rows, 33);
+  EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5, 2, 16).band_rows, 17);
   EXPECT_EQ(sketch_params_for_bpw(4096, 4096, 0.5, 2, 16, 4, 0.0, 0).band_rows,
             0);                                                 // asked for one band
   EXPECT_EQ(sketch_params_for_bpw(64, 256, 0.5).band_rows, 0);  // too few buckets for two
@@ -744,7 +747,7 @@ TEST(SketchKernel, MagnitudeTiesGoToTheLowestRow) {
 
 // Every SIMD target compiled in (AVX-512, AVX2, SSE4, scalar, ... as the CPU supports them)
 // against the reference, over the table layouts (fp32 for fp16 values, int8 codes, 4-bit codes
-// in strides of 16 and 48), rules, hash rows, salient sets and the one-token, fused and banded
+// in strides of 16, 32 and 48), rules, hash rows, salient sets and the one-token, fused and banded
 // several-token paths.
 TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
   std::vector<std::unique_ptr<SketchLinear>> layers;
@@ -753,7 +756,7 @@ TEST(SketchKernel, EveryCompiledTargetMatchesReference) {
   for (SketchRule rule : {SketchRule::AbsMinMax, SketchRule::AbsMaxMin, SketchRule::Mean})
     for (int rows : {1, 2, 3})
       for (int value_bits : {2, 4, 8, 16})
-        for (int block : {8, 16, 40})
+        for (int block : {8, 16, 32, 40})
           for (double salient : {0.0, 0.1})
             for (int hash_version : kHashVersions) {
               // Plain hashing, and row bands of at least 4 buckets.

@@ -171,7 +171,7 @@ class SketchMethod final : public TrainableMethod {
   }
 
   int rows_ = 2;
-  int block_ = 16;
+  int block_ = kSketchDefaultBlock;
   int value_bits_ = 4;
   std::string rule_ = "absmaxmin";
   double salient_fraction_ = 0.0;

@@ -26,12 +26,17 @@
 
 namespace subbit {
 
+// Weights per block unless asked otherwise: 32 halves the one-token product's hashing against 16
+// and trains as well at 0.5 bpw (docs/ultrasketch.md, "Measurements"; files of any block read
+// alike).
+inline constexpr int kSketchDefaultBlock = 32;
+
 // What the encoder builds; the bucket counts fix the layer's size (sketch_storage_bits).
 struct SketchParams {
   SketchRule rule =
       SketchRule::AbsMaxMin;             // measured best before and after QAT (docs/ultrasketch.md)
   int rows = 2;                          // hash rows, 1 .. kSketchMaxRows
-  int block = 16;                        // weights per block, 1 .. kSketchMaxBlock
+  int block = kSketchDefaultBlock;       // weights per block, 1 .. kSketchMaxBlock
   int value_bits = 4;                    // table value code width: 2 .. 8, or 16 for fp16 values
   std::vector<int64_t> buckets;          // (rows): main table set, each 1 .. 2^32 − 1
   std::vector<int64_t> salient_buckets;  // (rows): salient table set; empty when there is none
@@ -43,8 +48,8 @@ struct SketchParams {
 
 // A salient block gets this many times the table space of an ordinary block.
 inline constexpr int kSketchSalientDensity = 4;
-// Buckets per band and hash row that sketch_params_for_bpw aims at: 256 buckets of 16 4-bit
-// codes (with their negated copy) are 4 KiB, so a band's tables of every hash row and set stay
+// Buckets per band and hash row that sketch_params_for_bpw aims at: 256 buckets of 32 4-bit
+// codes (with their negated copy) are 8 KiB, so a band's tables of every hash row and set stay
 // in L1 while its rows are multiplied. Docs: "Row bands" in docs/ultrasketch.md.
 inline constexpr int64_t kSketchBandBuckets = 256;
 
@@ -64,7 +69,8 @@ double sketch_bpw(int64_t d_out, int64_t d_in, const SketchParams& params);
 // band_buckets buckets in every table (as many bands as that allows, at most one per row);
 // band_buckets = 0 gives one band (plain hashing).
 SketchParams sketch_params_for_bpw(int64_t d_out, int64_t d_in, double target_bpw, int rows = 2,
-                                   int block = 16, int value_bits = 4, double salient_frac = 0.0,
+                                   int block = kSketchDefaultBlock, int value_bits = 4,
+                                   double salient_frac = 0.0,
                                    int64_t band_buckets = kSketchBandBuckets);
 
 // The one quantizer of table values, used by the encoder, the file, the runtime tables and the

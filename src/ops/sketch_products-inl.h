@@ -127,10 +127,32 @@ HWY_INLINE void TwoBlocksTwoRows(const Setup& s, const RowEntries& e0, const Row
   }
 }
 
+// Block b of two output rows, whose buckets span at least two vectors: even0/even1 += its even
+// vectors, odd0/odd1 += its odd ones (one block at a time keeps half as many bucket pointers live
+// as TwoBlocksTwoRows, which with two vectors per block ran out of registers).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_INLINE void OneBlockTwoRows(const Setup& s, const RowEntries& e0, const RowEntries& e1,
+                                int64_t b, const float* x, hn::Vec<DF>& even0, hn::Vec<DF>& even1,
+                                hn::Vec<DF>& odd0, hn::Vec<DF>& odd1) {
+  const DF df;
+  const int64_t stride = Stride<kStride>(s), lanes = hn::Lanes(df);
+  BlockRefs<kRows> r0, r1;
+  Refs<kDec, kRows>(s, e0, b, r0);
+  Refs<kDec, kRows>(s, e1, b, r1);
+  for (int64_t v = 0; v < stride; v += 2 * lanes) {
+    const auto x0 = hn::Load(df, x + b * stride + v), x1 = hn::Load(df, x + b * stride + v + lanes);
+    even0 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r0, v), x0, even0);
+    even1 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r1, v), x0, even1);
+    odd0 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r0, v + lanes), x1, odd0);
+    odd1 = hn::MulAdd(Decode<kDec, kRule, kRows>(df, s, r1, v + lanes), x1, odd1);
+  }
+}
+
 // Two output rows, one token: Σ_blocks decode(block) · x(block) for each; x is blocked (block b
 // at x + b · stride, zero past the block's weights) and 64-byte aligned. Two rows share each x
-// load (the product is bound by loads: entries, codes and x), and even and odd blocks
-// accumulate separately so the FMA latency does not bound it. With e1 == nullptr, one row.
+// load (the product is bound by loads: entries, codes and x), and even and odd blocks (even and
+// odd vectors of a block, when a block spans two or more) accumulate separately so the FMA
+// latency does not bound it. With e1 == nullptr, one row.
 // Not inlined: the loop gets the registers to itself (inlined, GCC spills its indices).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
 HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries* e1,
@@ -139,7 +161,23 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
   const int64_t blocks = s.blocks;
   auto even0 = hn::Zero(df), odd0 = hn::Zero(df), even1 = hn::Zero(df), odd1 = hn::Zero(df);
   int64_t b = 0;
-  if (e1 != nullptr) {
+  if (e1 != nullptr && kStride >= 2 * hn::MaxLanes(df) && kStride % (2 * hn::MaxLanes(df)) == 0) {
+    for (; b < blocks && stream.lines > 0; ++b) {
+      StreamLine(stream);
+      OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+    }
+    if (s.prefetch) {
+      for (; b + kPrefetchAhead < blocks; ++b) {
+        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead);
+        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead);
+        OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0,
+                                                         odd1);
+      }
+    }
+    for (; b < blocks; ++b)
+      OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+    *y1 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even1, odd1)));
+  } else if (e1 != nullptr) {
     for (; b + 2 <= blocks && stream.lines > 0; b += 2) {
       StreamLine(stream);
       TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
@@ -328,13 +366,17 @@ template <Decoder kDec, SketchRule kRule, int kRows>
 void MatmulRowsForStride(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
                          int64_t row_begin, int64_t row_end) {
   using D16 = hn::CappedTag<float, 16>;
-  // Block 16 (the default) has its own instantiation; every other stride shares the generic one
-  // (each instantiation is another copy of every kernel to compile, docs/building.md). Its vectors
-  // must divide every stride it serves: 8 and multiples of 16 for fp32 and int8 tables, multiples
-  // of 16 only for the Nibble layout (sketch_bucket_stride).
+  // Block 16 has its own instantiation, and so does block 32 with 4-bit codes (the Nibble
+  // layout); every other stride shares the generic one (each instantiation is another copy of
+  // every kernel to compile, docs/building.md). Its vectors must divide every stride it serves: 8
+  // and multiples of 16 for fp32 and int8 tables, multiples of 16 only for the Nibble layout
+  // (sketch_bucket_stride).
   using DGeneric = std::conditional_t<Nibbles(kDec), D16, hn::CappedTag<float, 8>>;
   if (m.stride() == 16)
     return MatmulRows<kDec, kRule, kRows, D16, 16>(m, x, y, tokens, row_begin, row_end);
+  if constexpr (Nibbles(kDec))
+    if (m.stride() == 32)
+      return MatmulRows<kDec, kRule, kRows, D16, 32>(m, x, y, tokens, row_begin, row_end);
   return MatmulRows<kDec, kRule, kRows, DGeneric, 0>(m, x, y, tokens, row_begin, row_end);
 }
 

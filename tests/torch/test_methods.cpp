@@ -51,12 +51,13 @@ TEST(CompressMethods, DefaultsAreTheDocumentedOnes) {
             nlohmann::json({{"residual", true}, {"rank_granularity", 8}, {"svd", svd}}));
   EXPECT_EQ(recorded("sketch", ""), nlohmann::json({{"rule", "absmaxmin"},
                                                     {"rows", 2},
-                                                    {"block", 16},
+                                                    {"block", 32},
                                                     {"value_bits", 4},
                                                     {"salient_fraction", 0.0},
                                                     {"band_buckets", 256},
                                                     {"hash_version", 2}}));
   EXPECT_EQ(recorded("sketch", "--hash-version 1")["hash_version"], 1);
+  EXPECT_EQ(recorded("sketch", "--block 16")["block"], 16);
   EXPECT_EQ(recorded("rtn", ""), nlohmann::json({{"bits", 4}}));
   EXPECT_EQ(recorded("sign", ""), nlohmann::json::object());
   EXPECT_EQ(recorded("littlebit", "--no-residual --rank-granularity 16"),
