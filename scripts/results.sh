@@ -32,6 +32,9 @@ compress() {  # name, options...
   build/subbit compress "$model" -o "$out/$name.gguf" -t "$threads" "$@" | grep -E "^linear layers|^QAT" | tee "$out/$name.log"
   ppl "$name" "$out/$name.gguf"
 }
+# The sketch tables in docs/results.md were measured with blocks of 16 weights, the default until
+# 725e333 (block 32 since); every sketch run here keeps them unless it names its own block.
+block16=(--block 16)
 sq() {  # name, options...: sketch with QAT
   compress "$@" --method sketch --calib-text "$calib" --train-text "$shared/text/train/corpus.txt.xz" \
     --train-tokens "$qat_tokens" "${qat_options[@]}" --seq 256 --batch 4
@@ -48,7 +51,8 @@ for part in $parts; do
     sketch)  # the default rule (absmaxmin) and the paper's (absminmax) at every budget
       for rule in absmaxmin absminmax; do
         for bpw in 1.0 0.7 0.5 0.3; do
-          compress "sketch-$bpw-$rule" --method sketch --bpw "$bpw" --rule "$rule" --calib-text "$calib"
+          compress "sketch-$bpw-$rule" --method sketch --bpw "$bpw" --rule "$rule" --calib-text "$calib" \
+            "${block16[@]}"
         done
       done
       ;;
@@ -56,11 +60,11 @@ for part in $parts; do
                # saliency, one band (plain hashing): how the ablations were run, before the
                # default changed to absmaxmin and row bands
       ab() { compress "$@" --method sketch --bpw 0.5 --band-buckets 0 --calib-text "$calib"; }
-      ab sketch-0.5-mean-oneband --rule mean
-      for rows in 1 3; do ab "sketch-0.5-rows$rows" --rule absminmax --rows "$rows"; done
+      ab sketch-0.5-mean-oneband --rule mean "${block16[@]}"
+      for rows in 1 3; do ab "sketch-0.5-rows$rows" --rule absminmax --rows "$rows" "${block16[@]}"; done
       for block in 8 32; do ab "sketch-0.5-block$block" --rule absminmax --block "$block"; done
-      ab sketch-0.5-salient5 --rule absminmax --salient-frac 0.05
-      for rule in absminmax absmaxmin; do ab "sketch-0.5-$rule-oneband" --rule "$rule"; done
+      ab sketch-0.5-salient5 --rule absminmax --salient-frac 0.05 "${block16[@]}"
+      for rule in absminmax absmaxmin; do ab "sketch-0.5-$rule-oneband" --rule "$rule" "${block16[@]}"; done
       ;;
     qat)
       for bpw in 1.0 0.55 0.3 0.1; do
@@ -70,15 +74,15 @@ for part in $parts; do
       ;;
     sketch-qat)  # both rules at every budget, mean at 0.5 bpw, and a second data order at 0.5 bpw
       for rule in absmaxmin absminmax; do
-        for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-$rule-qat" --bpw "$bpw" --rule "$rule"; done
-        sq "sketch-0.5-$rule-qat-seed2" --bpw 0.5 --rule "$rule" --seed 2
+        for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-$rule-qat" --bpw "$bpw" --rule "$rule" "${block16[@]}"; done
+        sq "sketch-0.5-$rule-qat-seed2" --bpw 0.5 --rule "$rule" --seed 2 "${block16[@]}"
       done
-      sq sketch-0.5-mean-qat --bpw 0.5 --rule mean
+      sq sketch-0.5-mean-qat --bpw 0.5 --rule mean "${block16[@]}"
       ;;
     sketch-ablation-qat)  # 0.5 bpw, one choice changed at a time from the defaults (absmaxmin,
                           # rows 2, block 16, no saliency, row bands), post-training and after QAT
-      for variant in "rows1 --rows 1" "rows3 --rows 3" "block8 --block 8" "block32 --block 32" \
-                     "salient5 --salient-frac 0.05"; do
+      for variant in "rows1 --rows 1 --block 16" "rows3 --rows 3 --block 16" "block8 --block 8" \
+                     "block32 --block 32" "salient5 --salient-frac 0.05 --block 16"; do
         read -r name options <<<"$variant"
         # shellcheck disable=SC2086  # options is a list of words
         compress "sketch-0.5-$name" --method sketch --bpw 0.5 --calib-text "$calib" $options
@@ -87,7 +91,7 @@ for part in $parts; do
       done
       ;;
     sketch-curve)  # the default settings at every budget with QAT (run with a larger QAT_TOKENS)
-      for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-qat$qat_tokens" --bpw "$bpw"; done
+      for bpw in 1.0 0.7 0.5 0.3; do sq "sketch-$bpw-qat$qat_tokens" --bpw "$bpw" "${block16[@]}"; done
       ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
