@@ -107,6 +107,11 @@ std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, Rng& rng) {
   return words;
 }
 
+// The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash, or
+// block 16 (the default before block 32, which older files have).
+enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16 };
+constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16"};
+
 // Everything one shape needs; only one shape is alive at a time.
 struct ShapeData {
   Shape shape;
@@ -116,7 +121,7 @@ struct ShapeData {
   std::vector<std::unique_ptr<LittleBitLinear>> littlebit;  // one per kLittleBitBpw
   std::unique_ptr<SignLinear> sign_1bit;
   // Built by the sketch benchmarks, per SketchVariant and kSketchBpw.
-  std::unique_ptr<SketchLinear> sketch[4][std::size(kSketchBpw)];
+  std::unique_ptr<SketchLinear> sketch[std::size(kSketchVariantSuffix)][std::size(kSketchBpw)];
   // Work buffers.
   std::vector<float> y;
 };
@@ -245,11 +250,6 @@ void BM_Sign1Bit(benchmark::State& state, int shape_index) {
   state.SetLabel(shape_name(d.shape) + " sign 1-bit");
   set_common_counters(state, d, double(d.sign_1bit->storage_bits()) / 8.0);
 }
-
-// The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash, or
-// block 16 (the default before block 32, which older files have).
-enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16 };
-constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16"};
 
 // A sketch layer with sketch_params_for_bpw's sizes and random 4-bit codes (see the top comment).
 std::unique_ptr<SketchLinear> random_sketch(const Shape& shape, double bpw, SketchVariant variant,
