@@ -148,6 +148,23 @@ HWY_INLINE void OneBlockTwoRows(const Setup& s, const RowEntries& e0, const RowE
   }
 }
 
+// Blocks per step of the two-row loop: one where a block spans an even number of vectors (its
+// even and odd vectors then fill the four accumulators), else two.
+template <class DF, int64_t kStride>
+constexpr int64_t kPairStepBlocks =
+    kStride >= 2 * hn::MaxLanes(DF()) && kStride % (2 * hn::MaxLanes(DF())) == 0 ? 1 : 2;
+
+// Blocks b .. b + kPairStepBlocks - 1 of two output rows.
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+HWY_INLINE void PairStep(const Setup& s, const RowEntries& e0, const RowEntries& e1, int64_t b,
+                         const float* x, hn::Vec<DF>& even0, hn::Vec<DF>& even1, hn::Vec<DF>& odd0,
+                         hn::Vec<DF>& odd1) {
+  if constexpr (kPairStepBlocks<DF, kStride> == 1)
+    OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, e1, b, x, even0, even1, odd0, odd1);
+  else
+    TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, e1, b, x, even0, even1, odd0, odd1);
+}
+
 // Two output rows, one token: Σ_blocks decode(block) · x(block) for each; x is blocked (block b
 // at x + b · stride, zero past the block's weights) and 64-byte aligned. Two rows share each x
 // load (the product is bound by loads: entries, codes and x), and even and odd blocks (even and
@@ -161,39 +178,23 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
   const int64_t blocks = s.blocks;
   auto even0 = hn::Zero(df), odd0 = hn::Zero(df), even1 = hn::Zero(df), odd1 = hn::Zero(df);
   int64_t b = 0;
-  if (e1 != nullptr && kStride >= 2 * hn::MaxLanes(df) && kStride % (2 * hn::MaxLanes(df)) == 0) {
-    for (; b < blocks && stream.lines > 0; ++b) {
+  if (e1 != nullptr) {
+    constexpr int64_t kStep = kPairStepBlocks<DF, kStride>;
+    for (; b + kStep <= blocks && stream.lines > 0; b += kStep) {
       StreamLine(stream);
-      OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+      PairStep<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
     }
     if (s.prefetch) {
-      for (; b + kPrefetchAhead < blocks; ++b) {
-        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead);
-        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead);
-        OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0,
-                                                         odd1);
+      for (; b + kPrefetchAhead + kStep <= blocks; b += kStep) {
+        for (int64_t i = 0; i < kStep; ++i) {
+          Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead + i);
+          Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead + i);
+        }
+        PairStep<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
       }
     }
-    for (; b < blocks; ++b)
-      OneBlockTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
-    *y1 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even1, odd1)));
-  } else if (e1 != nullptr) {
-    for (; b + 2 <= blocks && stream.lines > 0; b += 2) {
-      StreamLine(stream);
-      TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
-    }
-    if (s.prefetch) {
-      for (; b + kPrefetchAhead + 2 <= blocks; b += 2) {
-        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead);
-        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead);
-        Prefetch<kDec, kRows>(s, e0, b + kPrefetchAhead + 1);
-        Prefetch<kDec, kRows>(s, *e1, b + kPrefetchAhead + 1);
-        TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0,
-                                                          odd1);
-      }
-    }
-    for (; b + 2 <= blocks; b += 2)
-      TwoBlocksTwoRows<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
+    for (; b + kStep <= blocks; b += kStep)
+      PairStep<kDec, kRule, kRows, DF, kStride>(s, e0, *e1, b, x, even0, even1, odd0, odd1);
     if (b < blocks) AccumulateBlock<kDec, kRule, kRows, DF, kStride>(s, *e1, b, x, even1);
     *y1 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even1, odd1)));
   } else {
