@@ -24,7 +24,9 @@
 // block 32, 4-bit values, no salient set, row bands of kSketchBandBuckets, hash version 2);
 // `_one_band` is the same layer with plain hashing over whole tables (no row bands), `_hash_v1`
 // (0.50 bpw only) with version 1's 64-bit hash (files written before version 2), `_block16`
-// (0.50 bpw only) with blocks of 16 weights (files written before block 32). Their tables are
+// (0.50 bpw only) with blocks of 16 weights (files written before block 32), `_fp32` (0.50 bpw
+// only) the default layer with the BF16 one-token products switched off (exact fp32, as on CPUs
+// without AVX512_BF16; ops/sketch_matmul.h). Their tables are
 // filled directly with random codes and fp16 steps instead of running SketchLinear::encode on a
 // random matrix: encode would need the whole fp32 matrix (940 MB at 28672x8192) and seconds per
 // layer, and the kernel's speed does not depend on the values (it is branch-free; only the table
@@ -52,6 +54,7 @@
 #include "ops/dense_matmul.h"
 #include "ops/parallel.h"
 #include "ops/sign_matmul.h"
+#include "ops/sketch_matmul.h"
 
 namespace subbit {
 namespace {
@@ -109,8 +112,8 @@ std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, Rng& rng) {
 
 // The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash, or
 // block 16 (the default before block 32, which older files have).
-enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16 };
-constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16"};
+enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16, kFp32 };
+constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16", "_fp32"};
 
 // Everything one shape needs; only one shape is alive at a time.
 struct ShapeData {
@@ -281,12 +284,16 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, SketchVa
   auto& layer = d.sketch[variant][bpw_index];
   if (!layer)
     layer = random_sketch(d.shape, kSketchBpw[bpw_index], variant, 0x5ce7c4 + uint64_t(bpw_index));
+  const bool bf16_before = set_sketch_bf16_products(false);
+  if (variant != kFp32) set_sketch_bf16_products(bf16_before);
   Scratch scratch;
   for (auto _ : state) {
     layer->forward(d.x.data(), d.y.data(), 1, scratch);
     benchmark::DoNotOptimize(d.y.data());
     benchmark::ClobberMemory();
   }
+  state.counters["bf16"] = sketch_bf16_products() ? 1 : 0;
+  set_sketch_bf16_products(bf16_before);
   state.SetLabel(shape_name(d.shape) + " sketch nominal_bpw=" + bpw_name(kSketchBpw[bpw_index]) +
                  " " + layer->describe());
   set_common_counters(state, d, double(layer->storage_bits()) / 8.0);
@@ -312,8 +319,8 @@ void BM_Sketch(benchmark::State& state, int shape_index, int bpw_index, SketchVa
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
     for (int bi = 0; bi < int(std::size(kSketchBpw)); ++bi)
-      for (SketchVariant variant : {kBanded, kOneBand, kHashV1, kBlock16}) {
-        if ((variant == kHashV1 || variant == kBlock16) && kSketchBpw[bi] != 0.5) continue;
+      for (SketchVariant variant : {kBanded, kOneBand, kHashV1, kBlock16, kFp32}) {
+        if (variant != kBanded && variant != kOneBand && kSketchBpw[bi] != 0.5) continue;
         benchmark::RegisterBenchmark(
             (prefix + "sketch_bpw" + bpw_name(kSketchBpw[bi]) + kSketchVariantSuffix[variant])
                 .c_str(),

@@ -529,7 +529,22 @@ std::vector<float> reconstructed_by_rule(const SketchLinear& layer) {
 class SketchKernel : public ::testing::TestWithParam<std::tuple<SketchRule, int, int, bool, int>> {
 };
 
+// The exactness checks hold for the fp32 products: they switch the BF16 one-token products (on by
+// default where the CPU has AVX512_BF16 and VBMI) off while they run; those have their own test
+// against the BF16-rounded product (Bf16ProductsMatchRoundedReference).
+class ExactProducts {
+ public:
+  ExactProducts() : was_(set_sketch_bf16_products(false)) {}
+  ~ExactProducts() { set_sketch_bf16_products(was_); }
+  ExactProducts(const ExactProducts&) = delete;
+  ExactProducts& operator=(const ExactProducts&) = delete;
+
+ private:
+  bool was_;
+};
+
 TEST_P(SketchKernel, SimdMatchesReferenceAndDenseReconstruction) {
+  const ExactProducts exact;
   const auto [rule, rows, block, salient, hash_version] = GetParam();
   std::mt19937 rng(1234);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -592,6 +607,7 @@ INSTANTIATE_TEST_SUITE_P(Awkward, SketchKernel,
 // within 1e-4 · (1 + |reference|) per output.
 void expect_near_reference(const SketchLinear& layer, int64_t tokens, std::mt19937& rng,
                            const std::string& what) {
+  const ExactProducts exact;
   std::normal_distribution<float> dist(0.0f, 1.0f);
   std::vector<float> x(tokens * layer.n_in());
   for (float& v : x) v = dist(rng);
@@ -621,6 +637,7 @@ TEST(SketchKernel, LargeBlocksAndFourRows) {
 // reconstruction): within 1e-5 of Σ|w·x| per output, as above (fp32 summation in another order).
 void expect_kernel_matches_reference(const SketchLinear& layer, int64_t tokens, uint32_t seed,
                                      const std::string& what) {
+  const ExactProducts exact;
   const int64_t d_out = layer.n_out(), d_in = layer.n_in();
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -672,6 +689,65 @@ TEST(SketchKernel, TablesStreamedBandAheadMatchReference) {
                           ASSERT_GT(layer.runtime_bytes(), int64_t{1} << 20);
                           expect_kernel_matches_reference(layer, 1, 3, "streamed, " + what);
                         });
+}
+
+// The BF16 one-token products (ops/sketch_matmul.h) of layers with the defaults (4-bit codes, two
+// hash rows, absmaxmin, block 32) against the product of the reconstruction rounded to BF16 times
+// x rounded to BF16: within 1e-5 of Σ|w·x| (fp32 summation in another order), and within 2^-7 of
+// it of the exact product. Odd row counts, a single row and block, inputs past the last whole
+// block, streamed tables; ties in magnitude (all_ties_layer) go to hash row 0 as in fp32.
+std::unique_ptr<SketchLinear> all_ties_layer(SketchRule rule, int rows, int block, int value_bits,
+                                             bool salient, int hash_version, int64_t d_out,
+                                             int64_t d_in);
+
+void expect_bf16_product(const SketchLinear& layer, const std::string& what) {
+  const SketchMatrix& m = layer.matrix();
+  ASSERT_TRUE(m.rule == SketchRule::AbsMaxMin && m.rows == 2 && m.block == 32 &&
+              m.layout == SketchTableLayout::Nibble && m.salient_mask == nullptr)
+      << what;
+  const int64_t d_out = layer.n_out(), d_in = layer.n_in();
+  std::mt19937 rng(17);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(d_in), fast(d_out);
+  for (float& v : x) v = dist(rng);
+  Scratch scratch;
+  layer.forward(x.data(), fast.data(), 1, scratch);
+  const auto dense = dequantized(layer);
+  for (int64_t o = 0; o < d_out; ++o) {
+    double rounded = 0, exact = 0, magnitude = 0;
+    for (int64_t i = 0; i < d_in; ++i) {
+      const double w = bf16_to_f32(f32_to_bf16(dense[o * d_in + i]));
+      const double xi = bf16_to_f32(f32_to_bf16(x[i]));
+      rounded += w * xi;
+      exact += double(dense[o * d_in + i]) * x[i];
+      magnitude += std::fabs(w * xi);
+    }
+    ASSERT_NEAR(fast[o], rounded, 1e-5 * magnitude + 1e-6) << what << " output " << o;
+    ASSERT_NEAR(fast[o], exact, 0x1p-7 * magnitude + 1e-6) << what << " output " << o;
+  }
+}
+
+TEST(SketchKernel, Bf16ProductsMatchRoundedReference) {
+  if (!sketch_bf16_products()) GTEST_SKIP() << "this CPU lacks AVX512_BF16 or AVX512_VBMI";
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 32}, {37, 160}, {9, 150}, {64, 1000}};
+  for (const auto& [d_out, d_in] : shapes)
+    for (double bpw : {0.5, 2.0})
+      for_each_hash_version(d_out, d_in, 23, sketch_params_for_bpw(d_out, d_in, bpw, 2, 32, 4, 0.0),
+                            [&](const SketchLinear& layer, const std::string& what) {
+                              expect_bf16_product(
+                                  layer, fmt::format("{}x{} bpw {} {}", d_out, d_in, bpw, what));
+                            });
+  // Tables over 1 MiB with row bands, streamed a band ahead; 2047 rows leave the last one unpaired.
+  for_each_hash_version(2047, 2048, 11, sketch_params_for_bpw(2047, 2048, 1.5, 2, 32, 4, 0.0),
+                        [](const SketchLinear& layer, const std::string& what) {
+                          ASSERT_GT(layer.matrix().band_rows, 0);
+                          ASSERT_GT(layer.runtime_bytes(), int64_t{1} << 20);
+                          expect_bf16_product(layer, "streamed, " + what);
+                        });
+  for (int hash_version : kHashVersions)
+    expect_bf16_product(
+        *all_ties_layer(SketchRule::AbsMaxMin, 2, 32, 4, false, hash_version, 21, 96),
+        fmt::format("all ties, hash v{}", hash_version));
 }
 
 // A layer whose buckets all hold the same vector in every hash row and set (equal steps), so

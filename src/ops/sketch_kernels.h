@@ -20,7 +20,10 @@
 // q · step is exact in fp32 (|q| < 2^7, fp16 step), so every decoder produces exactly the values
 // of the scalar reference. Selection (absminmax / absmaxmin) on AVX-512 is one VRANGEPS per
 // extra hash row (TieBits says how ties keep going to the lowest row). Only the summation order
-// of the products differs from the reference.
+// of the products differs from the reference, except in the BF16 one-token products of Lut4
+// layers with two hash rows, absmaxmin and block 32 on CPUs with AVX512_BF16 and AVX512_VBMI
+// (RowDotsBf16, on unless set_sketch_bf16_products(false)): they select by rank on bytes and
+// multiply BF16-rounded weights with BF16-rounded activations.
 //
 // Where the parts live. Per-target code, in the order each part builds on the one before:
 //   sketch_setup-inl.h     what a product needs of a layer (Setup), selection helpers

@@ -1,6 +1,7 @@
 // What the sketch product does before its kernels run: checks the layer, lays out the
 // activations, picks the table layout's product (ops/sketch_kernels.h); and the scalar reference.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "common/error.h"
@@ -26,7 +27,21 @@ void matmul_decoding_rows(const SketchMatrix& m, const float* x, float* y, int64
   });
 }
 
+std::atomic<bool> bf16_products_on{true};
+
 }  // namespace
+
+bool set_sketch_bf16_products(bool on) { return bf16_products_on.exchange(on); }
+
+bool sketch_bf16_products() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool supported =
+      __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+  return supported && bf16_products_on;
+#else
+  return false;
+#endif
+}
 
 void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens) {
   if (m.rows < 1 || m.rows > kSketchMaxRows || m.block < 1 || m.block > kSketchMaxBlock)

@@ -233,6 +233,15 @@ inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, 
   }
 }
 
+// One-token products of the default layers (4-bit codes, two hash rows, the underestimate rule,
+// blocks of 32) on CPUs with AVX512_BF16 and AVX512_VBMI round the weights and the activations
+// to BF16 and accumulate in fp32, about 1.3x faster than exact fp32 (docs/ultrasketch.md, "BF16
+// products"). On by default where the CPU has both; off, every product is exact fp32. Returns the
+// setting before.
+bool set_sketch_bf16_products(bool on);
+// Whether such products take the BF16 path now: switched on and the CPU has both.
+bool sketch_bf16_products();
+
 // Highway SIMD (dynamic dispatch), multithreaded over output rows; decoding is fused into the
 // products (ops/sketch_kernels.h describes the kernels and where each part lives).
 void sketch_matmul(const SketchMatrix& m, const float* x, float* y, int64_t tokens);

@@ -14,9 +14,11 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "common/dtype.h"
 #include "ops/matmul_tile-inl.h"
 #include "ops/parallel.h"
 #include "ops/sketch_decode-inl.h"
@@ -207,6 +209,163 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
   *y0 = hn::GetLane(hn::SumOfLanes(df, hn::Add(even0, odd0)));
 }
 
+// ---- One token in BF16 (docs/ultrasketch.md, "BF16 products"): the default layers (4-bit codes,
+// two hash rows, the underestimate rule, blocks of 32) on CPUs with AVX512_BF16 and AVX512_VBMI.
+// Per block and two output rows, the 64 code bytes (2 rows x 2 hash rows x 16) are split into
+// nibbles; VPSHUFB maps each hash row's codes to their rank among the 32 values of both hash rows
+// sorted by magnitude, ties to hash row 0, so the smaller rank is the rule's choice (one VPMINUB
+// for 64 weights); VPERMW looks the rank's value up in BF16, and VDPBF16PS multiplies 32 weights
+// with x rounded to BF16, permuted once per product to the order the bytes land in. Against the
+// fp32 loop (per 16 weights two shifts, two VPERMPS, VRANGEPS, a mask and an FMA) this is about
+// half the vector instructions (dev/sketch-kernel-notes.md).
+template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride>
+constexpr bool kHasBf16Products =
+    Is512<DF>() && kDec == Decoder::Lut4&& kRule == SketchRule::AbsMaxMin&& kRows == 2 &&
+    kStride == 32;
+
+// The element of a block whose code the BF16 products put at byte position p (0..63): byte p % 16
+// of the block's 16 code bytes, its low nibble in even 128-bit lanes, its high one in odd lanes;
+// nibble n of a group's 64-bit word holds the element that sketch_nibble maps to n.
+constexpr int Bf16Element(int p) {
+  const int byte = p % 16, n = 2 * (byte % 8) + (p / 16) % 2;
+  return 16 * (byte / 8) + 2 * (n % 8) + n / 8;
+}
+
+// The rank and value tables of the BF16 products (Setup::bf16_ranks, bf16_values).
+inline void BuildBf16Tables(const SketchMatrix& m, Setup& s) {
+  struct Entry {
+    float value;
+    int row, code;
+  };
+  Entry all[32];
+  for (int k = 0; k < 2; ++k)
+    for (int c = 0; c < 16; ++c)
+      all[16 * k + c] = {float(c < 8 ? c : c - 16) * m.hash_rows[k].scale, k, c};
+  std::stable_sort(all, all + 32, [](const Entry& a, const Entry& b) {
+    return std::fabs(a.value) != std::fabs(b.value) ? std::fabs(a.value) < std::fabs(b.value)
+                                                    : a.row < b.row;
+  });
+  for (int rank = 0; rank < 32; ++rank) {
+    const Entry& e = all[rank];
+    s.bf16_ranks[32 * e.row + e.code] = s.bf16_ranks[32 * e.row + 16 + e.code] = uint8_t(rank);
+    s.bf16_values[rank] = f32_to_bf16(e.value);
+  }
+}
+
+// One token's blocked x (blocks, 32) as BF16 in product order: per block the words of the even
+// byte positions, then those of the odd ones. out: (blocks, 32).
+inline void Bf16Activations(const float* x, int64_t blocks, uint16_t* out) {
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int w = 0; w < 16; ++w) {
+      out[b * 32 + w] = f32_to_bf16(x[b * 32 + Bf16Element(2 * w)]);
+      out[b * 32 + 16 + w] = f32_to_bf16(x[b * 32 + Bf16Element(2 * w + 1)]);
+    }
+}
+
+#if SUBBIT_SKETCH_AVX512
+// The target's own features too: clang replaces the enclosing target pragma's with an attribute's.
+#define SUBBIT_BF16_ATTR __attribute__((target(HWY_TARGET_STR ",avx512bf16,avx512vbmi")))
+
+// Ranks of one output row's block b, 128-bit lanes [hash row 0's low nibbles, its high
+// nibbles, hash row 1's low, high].
+SUBBIT_BF16_ATTR HWY_INLINE __m512i Bf16BlockRanks(const Setup& s, const RowEntries& e, int64_t b,
+                                                   __m512i ranks) {
+  BlockRefs<2> r;
+  Refs<Decoder::Lut4, 2>(s, e, b, r);
+  __m512i v =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r.bucket[0])));
+  v = _mm512_mask_broadcast_i32x4(v, 0xFF00,
+                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(r.bucket[1])));
+  v = _mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4);
+  return _mm512_shuffle_epi8(ranks, _mm512_and_si512(v, _mm512_set1_epi8(15)));
+}
+
+// Block b of two output rows: lanes 0-7 of acc_even / acc_odd for e0's row, 8-15 for e1's.
+SUBBIT_BF16_ATTR HWY_INLINE void Bf16Block(const Setup& s, const RowEntries& e0,
+                                           const RowEntries& e1, int64_t b, const uint16_t* xw,
+                                           __m512i ranks, __m512i values, __m512& acc_even,
+                                           __m512& acc_odd) {
+  const __m512i r0 = Bf16BlockRanks(s, e0, b, ranks), r1 = Bf16BlockRanks(s, e1, b, ranks);
+  // Hash row 0's ranks of both output rows against hash row 1's: the smaller rank is the rule's.
+  const __m512i chosen =
+      _mm512_min_epu8(_mm512_shuffle_i64x2(r0, r1, 0x44), _mm512_shuffle_i64x2(r0, r1, 0xEE));
+  const __m512i w_even = _mm512_permutexvar_epi16(chosen, values);  // VPERMW reads 5 index bits
+  const __m512i w_odd = _mm512_permutexvar_epi16(_mm512_srli_epi16(chosen, 8), values);
+  const __m512i x_even =
+      _mm512_broadcast_i64x4(_mm256_load_si256(reinterpret_cast<const __m256i*>(xw + b * 32)));
+  const __m512i x_odd =
+      _mm512_broadcast_i64x4(_mm256_load_si256(reinterpret_cast<const __m256i*>(xw + b * 32 + 16)));
+  acc_even = _mm512_dpbf16_ps(acc_even, reinterpret_cast<__m512bh>(w_even),
+                              reinterpret_cast<__m512bh>(x_even));
+  acc_odd = _mm512_dpbf16_ps(acc_odd, reinterpret_cast<__m512bh>(w_odd),
+                             reinterpret_cast<__m512bh>(x_odd));
+}
+
+// Blocks b and b + 1 of two output rows, into separate accumulators (the VDPBF16PS latency).
+SUBBIT_BF16_ATTR HWY_INLINE void Bf16BlockPair(const Setup& s, const RowEntries& e0,
+                                               const RowEntries& e1, int64_t b, const uint16_t* xw,
+                                               __m512i ranks, __m512i values, __m512 (&acc)[4]) {
+  Bf16Block(s, e0, e1, b, xw, ranks, values, acc[0], acc[1]);
+  Bf16Block(s, e0, e1, b + 1, xw, ranks, values, acc[2], acc[3]);
+}
+
+// RowDots in BF16 (e0 == e1 for a single row); xw from Bf16Activations. The same table stream
+// and prefetch as RowDots.
+inline SUBBIT_BF16_ATTR HWY_NOINLINE void RowDotsBf16(const Setup& s, const RowEntries& e0,
+                                                      const RowEntries& e1, const uint16_t* xw,
+                                                      float* y0, float* y1,
+                                                      TableStream<2>& stream) {
+  const __m512i ranks = _mm512_load_si512(s.bf16_ranks), values = _mm512_load_si512(s.bf16_values);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  const int64_t blocks = s.blocks;
+  int64_t b = 0;
+  for (; b + 2 <= blocks && stream.lines > 0; b += 2) {
+    StreamLine(stream);
+    Bf16BlockPair(s, e0, e1, b, xw, ranks, values, acc);
+  }
+  if (s.prefetch) {
+    for (; b + kPrefetchAhead + 2 <= blocks; b += 2) {
+      for (int64_t i = 0; i < 2; ++i) {
+        Prefetch<Decoder::Lut4, 2>(s, e0, b + kPrefetchAhead + i);
+        Prefetch<Decoder::Lut4, 2>(s, e1, b + kPrefetchAhead + i);
+      }
+      Bf16BlockPair(s, e0, e1, b, xw, ranks, values, acc);
+    }
+  }
+  for (; b + 2 <= blocks; b += 2) Bf16BlockPair(s, e0, e1, b, xw, ranks, values, acc);
+  if (b < blocks) Bf16Block(s, e0, e1, b, xw, ranks, values, acc[0], acc[1]);
+  const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+  *y0 = _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0x00FF, sum));
+  *y1 = _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0xFF00, sum));
+}
+
+// The one-token product of rows [row_begin, row_end) in BF16; x blocked (blocks, 32), e the
+// entry buffers of two rows.
+inline void MatmulRowsBf16(const SketchMatrix& m, Setup& s, RowEntries (&e)[2], const float* x,
+                           float* y, int64_t row_begin, int64_t row_end) {
+  BuildBf16Tables(m, s);
+  uint16_t* xw = thread_scratch<uint16_t>(ThreadScratchSlot::SketchBf16Activations,
+                                          size_t(s.blocks * 32));  // (blocks, 32)
+  Bf16Activations(x, s.blocks, xw);
+  TableStreamer<2> streamer(m, s, row_begin);
+  int64_t r = row_begin;
+  for (; r + 2 <= row_end; r += 2) {
+    TableStream<2> stream = streamer.Through(r + 1);
+    Hash<Decoder::Lut4, 2, 32>(m, s, r, e[0]);
+    Hash<Decoder::Lut4, 2, 32>(m, s, r + 1, e[1]);
+    RowDotsBf16(s, e[0], e[1], xw, y + r, y + r + 1, stream);
+  }
+  if (r < row_end) {
+    TableStream<2> none{{}, 0};
+    float unused;
+    Hash<Decoder::Lut4, 2, 32>(m, s, r, e[0]);
+    RowDotsBf16(s, e[0], e[0], xw, y + r, &unused, none);
+  }
+}
+#undef SUBBIT_BF16_ATTR
+#endif  // SUBBIT_SKETCH_AVX512
+
 // Two output rows (e1 == nullptr: one) times kT tokens: each block is decoded once and multiplied
 // with every token; xs: kT blocked token rows; out (2, kT).
 template <Decoder kDec, SketchRule kRule, int kRows, class DF, int64_t kStride, int kT>
@@ -283,6 +442,10 @@ void MatmulRows(const SketchMatrix& m, const float* x, float* y, int64_t tokens,
   RowEntries e[2];
   sketch_detail::entry_buffers(2 * kRows * s.padded_blocks, 2, s.padded_blocks, e);
   if (tokens == 1) {
+#if SUBBIT_SKETCH_AVX512
+    if constexpr (kHasBf16Products<kDec, kRule, kRows, DF, kStride>)
+      if (sketch_bf16_products()) return MatmulRowsBf16(m, s, e, x, y, row_begin, row_end);
+#endif
     TableStreamer<kRows> streamer(m, s, row_begin);
     int64_t r = row_begin;
     for (; r + 2 <= row_end; r += 2) {

@@ -73,6 +73,8 @@ struct Setup {
   alignas(64) float luts[kSketchMaxRows][2][16];  // Lut4/Lut4S: (hash row, set) -> q · step
   const uint8_t* base[kSketchMaxRows];            // each hash row's table
   uint32_t operand[kSketchMaxRows][2];            // entry operand of a + block, per set
+  alignas(64) uint8_t bf16_ranks[64];             // BF16 products: code -> rank, per hash row twice
+  alignas(64) uint16_t bf16_values[32];           // BF16 products: rank -> BF16 value
   const uint64_t* block_terms;  // (padded_blocks) xorshift30(b · B), thread scratch; hash v1 only
   int64_t blocks, padded_blocks, stride;
   int64_t table_bytes;  // all hash rows' tables

@@ -18,6 +18,7 @@ enum class ThreadScratchSlot : int {
   SketchDecodedRows,  // sketch_matmul: rows decoded once for several tokens, or the row path's row
   SketchZeros,        // sketch_matmul: a zero token row for tiles past the last token
   SketchActivations,  // sketch_matmul: activations in the blocked layout
+  SketchBf16Activations,  // sketch_matmul: one token's activations as BF16, in product order
   kCount
 };
 
