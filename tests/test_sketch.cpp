@@ -730,13 +730,15 @@ void expect_bf16_product(const SketchLinear& layer, const std::string& what) {
 TEST(SketchKernel, Bf16ProductsMatchRoundedReference) {
   if (!sketch_bf16_products()) GTEST_SKIP() << "this CPU lacks AVX512_BF16 or AVX512_VBMI";
   const std::pair<int64_t, int64_t> shapes[] = {{1, 32}, {37, 160}, {9, 150}, {64, 1000}};
-  for (const auto& [d_out, d_in] : shapes)
-    for (double bpw : {0.5, 2.0})
+  for (const auto& shape : shapes)
+    for (double bpw : {0.5, 2.0}) {
+      const int64_t d_out = shape.first, d_in = shape.second;  // clang 14 captures no bindings
       for_each_hash_version(d_out, d_in, 23, sketch_params_for_bpw(d_out, d_in, bpw, 2, 32, 4, 0.0),
                             [&](const SketchLinear& layer, const std::string& what) {
                               expect_bf16_product(
                                   layer, fmt::format("{}x{} bpw {} {}", d_out, d_in, bpw, what));
                             });
+    }
   // Tables over 1 MiB with row bands, streamed a band ahead; 2047 rows leave the last one unpaired.
   for_each_hash_version(2047, 2048, 11, sketch_params_for_bpw(2047, 2048, 1.5, 2, 32, 4, 0.0),
                         [](const SketchLinear& layer, const std::string& what) {
