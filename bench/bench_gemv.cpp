@@ -110,8 +110,9 @@ std::vector<uint64_t> random_signs(int64_t rows, int64_t cols, Rng& rng) {
   return words;
 }
 
-// The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash, or
-// block 16 (the default before block 32, which older files have).
+// The default layer (row bands, hash version 2, block 32), plain hashing, the version-1 hash,
+// block 16 (the default before block 32, which older files have), or the default layer with the
+// BF16 one-token products switched off.
 enum SketchVariant { kBanded, kOneBand, kHashV1, kBlock16, kFp32 };
 constexpr const char* kSketchVariantSuffix[] = {"", "_one_band", "_hash_v1", "_block16", "_fp32"};
 

@@ -1,6 +1,6 @@
 // Standalone experiment behind docs/roofline.md "The sketch's limit": how much faster the
 // one-token sketch product's inner loop (two hash rows of 4-bit codes, blocks of 32, the
-// underestimate rule) gets when the selection is done on bytes and the weights are decoded to
+// absmaxmin rule) gets when the selection is done on bytes and the weights are decoded to
 // BF16 for `vdpbf16ps`, against the loop subbit runs today (fp32 lookups, `vrangeps`, FMA).
 // Hashing is left out: both loops read the same precomputed bucket offsets. Not part of the
 // build; results in dev/sketch-kernel-notes.md. Needs AVX512_BF16 and AVX512_VBMI (Zen 4/5,
@@ -13,8 +13,8 @@
 // bf16: per block and two output rows, the 64 bytes of codes (two rows x two hash rows x 16)
 //       are split into nibbles, each hash row's codes mapped by `vpshufb` to their rank in the
 //       32 values of both rows sorted by magnitude (ties to hash row 0), the two ranks' minimum
-//       taken (the underestimate rule), and the rank looked up by `vpermw` in a 32-entry BF16
-//       table; x is rounded to BF16 and permuted once to the order the bytes land in.
+//       taken (absmaxmin reads the smaller magnitude), and the rank looked up by `vpermw` in a
+//       32-entry BF16 table; x is rounded to BF16 and permuted once to the order the bytes land in.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -53,7 +53,7 @@ int code(const Problem& p, int64_t row, int64_t b, int k, int e) {
   return (e % 2 == 0) ? byte & 15 : byte >> 4;
 }
 float value(const Problem& p, int k, int c) { return float(c < 8 ? c : c - 16) * p.step[k]; }
-float underestimate(float v0, float v1) { return std::fabs(v1) < std::fabs(v0) ? v1 : v0; }
+float smaller_magnitude(float v0, float v1) { return std::fabs(v1) < std::fabs(v0) ? v1 : v0; }
 
 // ---- today's loop: fp32 tables with the tie bits, vrangeps, FMA.
 struct F32Tables {
@@ -196,7 +196,7 @@ void references(const Problem& p, std::vector<double>& exact, std::vector<double
   for (int64_t r = 0; r < p.n_out; ++r)
     for (int64_t b = 0; b < p.blocks; ++b)
       for (int e = 0; e < kBlock; ++e) {
-        const float w = underestimate(value(p, 0, code(p, r, b, 0, e)), value(p, 1, code(p, r, b, 1, e)));
+        const float w = smaller_magnitude(value(p, 0, code(p, r, b, 0, e)), value(p, 1, code(p, r, b, 1, e)));
         const float xv = p.x[b * kBlock + e];
         exact[r] += double(w) * xv;
         rounded[r] += double(from_bf16(to_bf16(w))) * from_bf16(to_bf16(xv));

@@ -233,7 +233,7 @@ inline void sketch_put_code(const SketchMatrix& m, void* table, uint64_t index, 
   }
 }
 
-// One-token products of the default layers (4-bit codes, two hash rows, the underestimate rule,
+// One-token products of the default layers (4-bit codes, two hash rows, the absmaxmin rule,
 // blocks of 32) on CPUs with AVX512_BF16 and AVX512_VBMI round the weights and the activations
 // to BF16 and accumulate in fp32, about 1.3x faster than exact fp32 (docs/ultrasketch.md, "BF16
 // products"). On by default where the CPU has both; off, every product is exact fp32. Returns the

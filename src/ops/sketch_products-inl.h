@@ -210,7 +210,7 @@ HWY_NOINLINE void RowDots(const Setup& s, const RowEntries& e0, const RowEntries
 }
 
 // ---- One token in BF16 (docs/ultrasketch.md, "BF16 products"): the default layers (4-bit codes,
-// two hash rows, the underestimate rule, blocks of 32) on CPUs with AVX512_BF16 and AVX512_VBMI.
+// two hash rows, the absmaxmin rule, blocks of 32) on CPUs with AVX512_BF16 and AVX512_VBMI.
 // Per block and two output rows, the 64 code bytes (2 rows x 2 hash rows x 16) are split into
 // nibbles; VPSHUFB maps each hash row's codes to their rank among the 32 values of both hash rows
 // sorted by magnitude, ties to hash row 0, so the smaller rank is the rule's choice (one VPMINUB
